@@ -1,0 +1,15 @@
+//! peercam: capture a camera, encode H.264 once, and stream it peer-to-peer to every
+//! viewer's browser over WebRTC, with MQTT carrying only the signaling.
+//!
+//! The modules follow the pipeline: `source` → `encode` → `fanout` → `session`, with
+//! `signaling`, `telemetry`, `config` and `service` beside it. See docs/ARCHITECTURE.md.
+
+pub mod config;
+pub mod encode;
+pub mod fanout;
+pub mod h264;
+pub mod service;
+pub mod session;
+pub mod signaling;
+pub mod source;
+pub mod telemetry;
