@@ -1,1 +1,350 @@
-//! placeholder
+//! Fan-out: one encoded stream to many viewers. Each frame is packetized into RTP payloads
+//! once and shared by reference count; every viewer has its own bounded queue.
+//! It must never block the encoder or let one viewer's backlog delay another.
+
+use crate::encode::EncodedFrame;
+use bytes::Bytes;
+use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::packetizer::Payloader;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// RTP payload budget per packet: fits a 1280-byte path MTU with SRTP and headers to spare.
+pub const RTP_PAYLOAD_MTU: usize = 1200;
+/// Frames a viewer may have queued before it starts dropping (about 0.25 s at 30 fps).
+pub const VIEWER_QUEUE_FRAMES: usize = 8;
+/// At most one forced IDR per this interval, however many viewers ask.
+pub const MIN_FORCED_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+const RTP_CLOCK_HZ: u128 = 90_000;
+
+/// A frame ready for the wire: RTP payloads shared by every viewer.
+#[derive(Debug)]
+pub struct PacketizedFrame {
+    pub payloads: Vec<Bytes>,
+    pub keyframe: bool,
+    /// 90 kHz RTP timestamp derived from the capture time.
+    pub rtp_timestamp: u32,
+    pub capture_us: u64,
+    pub sequence: u64,
+}
+
+/// Converts a capture time (Unix µs) to a 90 kHz RTP timestamp (wrapping).
+pub fn rtp_timestamp_from_capture(capture_us: u64) -> u32 {
+    (capture_us as u128 * RTP_CLOCK_HZ / 1_000_000) as u32
+}
+
+/// Coalesced keyframe requests from viewers (joins, PLI, FIR), read by the encoder.
+#[derive(Debug, Default)]
+pub struct KeyframeRequests {
+    pending: AtomicBool,
+    last_forced: Mutex<Option<Instant>>,
+    requested_total: AtomicU64,
+}
+
+impl KeyframeRequests {
+    pub fn request(&self) {
+        self.requested_total.fetch_add(1, Ordering::Relaxed);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// True when the encoder should force an IDR now: a request is pending and the last
+    /// forced IDR is at least [`MIN_FORCED_KEYFRAME_INTERVAL`] old. Requests arriving
+    /// inside the interval stay pending and are served when it ends.
+    pub fn take_due(&self, now: Instant) -> bool {
+        if !self.pending.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut last = lock(&self.last_forced);
+        if last.is_some_and(|t| now.saturating_duration_since(t) < MIN_FORCED_KEYFRAME_INTERVAL) {
+            return false;
+        }
+        self.pending.store(false, Ordering::Release);
+        *last = Some(now);
+        true
+    }
+
+    /// A keyframe is being sent anyway: it answers every request made before it.
+    pub fn satisfied_by_keyframe(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+
+    pub fn requested_total(&self) -> u64 {
+        self.requested_total.load(Ordering::Relaxed)
+    }
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<PacketizedFrame>>,
+    /// Set on join and after an overflow: only a keyframe can resume this viewer.
+    awaiting_keyframe: bool,
+    /// Whether this subscriber already asked for the keyframe it is waiting for.
+    keyframe_requested: bool,
+    dropped: u64,
+}
+
+struct FanOutState {
+    subscribers: Vec<Subscriber>,
+    next_id: u64,
+    payloader: H264Payloader,
+}
+
+/// Distributes encoded frames to viewers.
+pub struct FanOut {
+    state: Mutex<FanOutState>,
+    keyframes: Arc<KeyframeRequests>,
+}
+
+/// A viewer's feed. Dropping it unsubscribes.
+pub struct Subscription {
+    pub frames: mpsc::Receiver<Arc<PacketizedFrame>>,
+    id: u64,
+    fanout: Weak<FanOut>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(fanout) = self.fanout.upgrade() {
+            fanout.unsubscribe(self.id);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the stream down with it: the state stays usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FanOut {
+    pub fn new(keyframes: Arc<KeyframeRequests>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(FanOutState {
+                subscribers: Vec::new(),
+                next_id: 0,
+                payloader: H264Payloader::default(),
+            }),
+            keyframes,
+        })
+    }
+
+    pub fn keyframes(&self) -> &Arc<KeyframeRequests> {
+        &self.keyframes
+    }
+
+    /// Adds a viewer. Its first frame is a keyframe, which is requested at once.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let (tx, frames) = mpsc::channel(VIEWER_QUEUE_FRAMES);
+        let id = {
+            let mut state = lock(&self.state);
+            let id = state.next_id;
+            state.next_id += 1;
+            state.subscribers.push(Subscriber {
+                id,
+                tx,
+                awaiting_keyframe: true,
+                keyframe_requested: true,
+                dropped: 0,
+            });
+            id
+        };
+        self.keyframes.request();
+        Subscription {
+            frames,
+            id,
+            fanout: Arc::downgrade(self),
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        lock(&self.state).subscribers.retain(|s| s.id != id);
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.state).subscribers.len()
+    }
+
+    /// Packetizes `frame` once and offers it to every viewer without waiting on any.
+    pub fn publish(&self, frame: EncodedFrame) {
+        let mut state = lock(&self.state);
+        if frame.keyframe {
+            self.keyframes.satisfied_by_keyframe();
+        }
+        if state.subscribers.is_empty() {
+            return;
+        }
+        let payloads = match state.payloader.payload(RTP_PAYLOAD_MTU, &frame.access_unit) {
+            Ok(payloads) if !payloads.is_empty() => payloads,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::warn!(sequence = frame.sequence, "cannot packetize frame: {err}");
+                return;
+            }
+        };
+        let shared = Arc::new(PacketizedFrame {
+            payloads,
+            keyframe: frame.keyframe,
+            rtp_timestamp: rtp_timestamp_from_capture(frame.capture_us),
+            capture_us: frame.capture_us,
+            sequence: frame.sequence,
+        });
+        let mut wants_keyframe = false;
+        state.subscribers.retain_mut(|sub| {
+            if sub.awaiting_keyframe && !shared.keyframe {
+                // Ask once the viewer's queue has room again, so a stuck viewer cannot
+                // make the encoder emit IDRs for everyone.
+                if !sub.keyframe_requested && sub.tx.capacity() > 0 {
+                    sub.keyframe_requested = true;
+                    wants_keyframe = true;
+                }
+                return !sub.tx.is_closed();
+            }
+            match sub.tx.try_send(Arc::clone(&shared)) {
+                Ok(()) => {
+                    sub.awaiting_keyframe = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.dropped += 1;
+                    if !sub.awaiting_keyframe {
+                        tracing::debug!(
+                            viewer = sub.id,
+                            "viewer queue full, dropping until next keyframe"
+                        );
+                    }
+                    sub.awaiting_keyframe = true;
+                    sub.keyframe_requested = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if wants_keyframe {
+            self.keyframes.request();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(sequence: u64, keyframe: bool) -> EncodedFrame {
+        // A tiny IDR or non-IDR slice; the payloader only needs valid NAL framing.
+        let nal = if keyframe { 0x65 } else { 0x41 };
+        EncodedFrame {
+            access_unit: Bytes::from(vec![0, 0, 0, 1, nal, 0x88, 0x84, 0x21]),
+            keyframe,
+            capture_us: 1_000_000 + sequence * 33_333,
+            sequence,
+        }
+    }
+
+    #[test]
+    fn rtp_timestamp_is_90khz_of_capture_time() {
+        assert_eq!(rtp_timestamp_from_capture(1_000_000), 90_000);
+        assert_eq!(
+            rtp_timestamp_from_capture(1_000_000 + 33_333),
+            90_000 + 2_999
+        );
+        // Wraps at 2^32 ticks instead of overflowing.
+        let wrap_us = (1u128 << 32) * 1_000_000 / 90_000;
+        assert!(rtp_timestamp_from_capture(wrap_us as u64 + 1_000) < 1_000);
+    }
+
+    #[test]
+    fn keyframe_requests_are_coalesced_to_one_per_interval() {
+        let requests = KeyframeRequests::default();
+        let t0 = Instant::now();
+        assert!(!requests.take_due(t0), "nothing requested yet");
+        requests.request();
+        requests.request();
+        assert!(requests.take_due(t0));
+        assert!(!requests.take_due(t0), "two requests, one IDR");
+        requests.request();
+        assert!(
+            !requests.take_due(t0 + Duration::from_millis(100)),
+            "inside 250 ms"
+        );
+        assert!(
+            requests.take_due(t0 + Duration::from_millis(250)),
+            "served when the interval ends"
+        );
+        requests.request();
+        requests.satisfied_by_keyframe();
+        assert!(!requests.take_due(t0 + Duration::from_secs(5)));
+    }
+
+    #[tokio::test]
+    async fn a_joining_viewer_starts_at_a_keyframe_and_requests_one() {
+        let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+        let mut sub = fanout.subscribe();
+        assert!(
+            fanout.keyframes().take_due(Instant::now()),
+            "join requests an IDR"
+        );
+        fanout.publish(frame(1, false));
+        fanout.publish(frame(2, true));
+        fanout.publish(frame(3, false));
+        let first = sub.frames.recv().await.unwrap();
+        assert_eq!((first.sequence, first.keyframe), (2, true));
+        assert_eq!(sub.frames.recv().await.unwrap().sequence, 3);
+        assert_eq!(
+            first.rtp_timestamp,
+            rtp_timestamp_from_capture(first.capture_us)
+        );
+    }
+
+    #[tokio::test]
+    async fn frames_are_shared_not_copied_between_viewers() {
+        let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+        let mut a = fanout.subscribe();
+        let mut b = fanout.subscribe();
+        fanout.publish(frame(1, true));
+        let fa = a.frames.recv().await.unwrap();
+        let fb = b.frames.recv().await.unwrap();
+        assert!(Arc::ptr_eq(&fa, &fb));
+    }
+
+    #[tokio::test]
+    async fn a_stuck_viewer_drops_without_delaying_others_and_resumes_at_a_keyframe() {
+        let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+        let mut stuck = fanout.subscribe();
+        let mut healthy = fanout.subscribe();
+        let now = Instant::now();
+        fanout.keyframes().take_due(now);
+        fanout.publish(frame(0, true));
+        let mut received = Vec::new();
+        for seq in 1..=20 {
+            fanout.publish(frame(seq, false));
+            while let Ok(f) = healthy.frames.try_recv() {
+                received.push(f.sequence);
+            }
+        }
+        assert_eq!(
+            received,
+            (0..=20).collect::<Vec<_>>(),
+            "the healthy viewer lost nothing"
+        );
+        // The stuck viewer holds exactly its queue's worth; the rest was dropped and no
+        // IDR was asked for while its queue stayed full.
+        assert!(!fanout.keyframes().take_due(now + Duration::from_secs(1)));
+        let mut held = Vec::new();
+        while let Ok(f) = stuck.frames.try_recv() {
+            held.push(f.sequence);
+        }
+        assert_eq!(held, (0..VIEWER_QUEUE_FRAMES as u64).collect::<Vec<_>>());
+        // Now drained: the next delta frame is skipped, an IDR is requested, and the
+        // viewer resumes exactly at the next keyframe.
+        fanout.publish(frame(21, false));
+        assert!(stuck.frames.try_recv().is_err());
+        assert!(fanout.keyframes().take_due(now + Duration::from_secs(2)));
+        fanout.publish(frame(22, true));
+        assert_eq!(stuck.frames.try_recv().unwrap().sequence, 22);
+        drop(stuck);
+        assert_eq!(fanout.subscriber_count(), 1);
+    }
+}
