@@ -1,0 +1,94 @@
+//! The embedded MQTT broker (rumqttd), so a camera works on a LAN with nothing else
+//! installed. TCP for agents, WebSocket for browsers (MQTT 3.1.1 only on that listener).
+//! It must never start half-way silently: a port it cannot take is a clear startup error.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("embedded broker cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("embedded broker did not start: {0}")]
+    Start(String),
+}
+
+fn ensure_free(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
+    // rumqttd reports bind failures only in its own log; check first for a clear error.
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| BrokerError::Bind { addr, key, source })
+}
+
+fn server(name: &str, listen: SocketAddr) -> rumqttd::ServerSettings {
+    rumqttd::ServerSettings {
+        name: name.to_owned(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: 1024 * 1024,
+            max_inflight_count: 256,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// Starts the broker on its own threads and returns once it accepts TCP connections.
+pub fn start(listen: SocketAddr, ws_listen: Option<SocketAddr>) -> Result<(), BrokerError> {
+    ensure_free(listen, "broker.listen")?;
+    if let Some(ws) = ws_listen {
+        ensure_free(ws, "broker.ws_listen")?;
+    }
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 1024,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([(
+            "tcp".to_owned(),
+            server("v4-tcp", listen),
+        )])),
+        v5: None,
+        ws: ws_listen.map(|ws| HashMap::from([("ws".to_owned(), server("v4-ws", ws))])),
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".to_owned())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(err) = broker.start() {
+                tracing::error!("embedded broker stopped: {err}");
+            }
+        })
+        .map_err(|e| BrokerError::Start(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+            tracing::info!(%listen, ws_listen = ?ws_listen, "embedded MQTT broker listening");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::Start(format!(
+        "nothing accepts connections on {listen} after 5 s"
+    )))
+}

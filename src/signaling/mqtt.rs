@@ -1,0 +1,148 @@
+//! The MQTT transport for signaling (rumqttc): keeps the broker connection alive with
+//! backoff, (re)subscribes, publishes the retained status with an offline last will, and
+//! moves session messages between the broker and the session manager.
+//! It must never carry media, and never stall sessions while the broker is away.
+
+use crate::session::{Incoming, Outgoing};
+use crate::signaling::protocol::{Status, Topics};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Session payloads are limited to 64 KiB by the protocol; accept more on the wire so an
+/// oversized message gets a clear protocol error instead of a dropped connection.
+const MAX_INCOMING_PACKET: usize = 1024 * 1024;
+const REQUEST_QUEUE: usize = 512;
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keepalive: Duration,
+    pub topics: Topics,
+    pub device: String,
+}
+
+fn options(settings: &MqttSettings) -> MqttOptions {
+    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    options
+        .set_keep_alive(settings.keepalive)
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET)
+        .set_last_will(LastWill::new(
+            settings.topics.status(),
+            Status::offline(&settings.device).to_json(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(username) = &settings.username {
+        options.set_credentials(username, settings.password.clone().unwrap_or_default());
+    }
+    options
+}
+
+/// Runs the signaling connection until `shutdown` turns true; then publishes the offline
+/// status and disconnects cleanly. `status` holds the current retained status JSON.
+pub async fn run(
+    settings: MqttSettings,
+    mut status: watch::Receiver<String>,
+    incoming: mpsc::Sender<Incoming>,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
+    let status_topic = settings.topics.status();
+    let session_filter = settings.topics.to_camera_filter();
+    let mut backoff = MIN_BACKOFF;
+    let mut connected = false;
+    let mut failures_logged = false;
+    loop {
+        tokio::select! {
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(broker = %format!("{}:{}", settings.host, settings.port),
+                        client_id = %settings.client_id, "MQTT connected");
+                    connected = true;
+                    failures_logged = false;
+                    backoff = MIN_BACKOFF;
+                    // A clean session forgets subscriptions: subscribe on every connect.
+                    if let Err(err) = client.try_subscribe(&session_filter, QoS::AtLeastOnce) {
+                        tracing::error!("cannot subscribe to {session_filter}: {err}");
+                    }
+                    let current = status.borrow_and_update().clone();
+                    publish(&client, &status_topic, current, true);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let message = Incoming { topic: publish.topic.clone(), payload: publish.payload.clone() };
+                    if incoming.try_send(message).is_err() {
+                        tracing::warn!(topic = %publish.topic, "signaling backlog full; dropping message");
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if connected || !failures_logged {
+                        tracing::warn!("MQTT connection to {}:{} lost or refused: {err}; retrying", settings.host, settings.port);
+                        failures_logged = true;
+                    } else {
+                        tracing::debug!("MQTT reconnect failed: {err}");
+                    }
+                    connected = false;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                }
+            },
+            Some(message) = outbox.recv() => publish(&client, &message.topic, message.payload, false),
+            changed = status.changed() => {
+                if changed.is_ok() && connected {
+                    let current = status.borrow_and_update().clone();
+                    publish(&client, &status_topic, current, true);
+                }
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    // Deliver what sessions said last (hangups), then the offline status, then leave.
+    while let Ok(message) = outbox.try_recv() {
+        publish(&client, &message.topic, message.payload, false);
+    }
+    if connected {
+        publish(
+            &client,
+            &status_topic,
+            Status::offline(&settings.device).to_json(),
+            true,
+        );
+        let _ = client.try_disconnect();
+        let flush = async {
+            while let Ok(event) = eventloop.poll().await {
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+    }
+    tracing::info!("MQTT signaling stopped");
+}
+
+fn publish(client: &AsyncClient, topic: &str, payload: String, retain: bool) {
+    if let Err(err) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+        tracing::debug!(topic, "publish dropped: {err}");
+    }
+}
