@@ -1,0 +1,55 @@
+//! systemd's notify protocol: READY once the service is up, STATUS lines with the viewer
+//! count, and watchdog pings only while the pipeline still produces frames.
+//! Without NOTIFY_SOCKET (not under systemd) every call is a no-op; it must never fail the service.
+
+use sd_notify::NotifyState;
+use std::time::Duration;
+
+fn send(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {err}");
+    }
+}
+
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+pub fn watchdog_ping() {
+    send(&[NotifyState::Watchdog]);
+}
+
+/// How often to ping when systemd set `WatchdogSec=` (half its timeout), or `None`.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
+}
+
+/// The pipeline counts as alive while its last encoded frame is younger than this many
+/// frame periods (and never less than two seconds, for very low frame rates).
+pub fn stall_limit(fps: u32) -> Duration {
+    let periods = Duration::from_secs(10) / fps.max(1);
+    periods.max(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_limit_scales_with_frame_rate() {
+        assert_eq!(stall_limit(30), Duration::from_secs(2));
+        assert_eq!(stall_limit(1), Duration::from_secs(10));
+        assert_eq!(stall_limit(0), Duration::from_secs(10));
+    }
+}
