@@ -1,1 +1,724 @@
-//! placeholder
+//! Configuration: the TOML schema, its defaults, and validation whose errors name the
+//! dotted key and the reason. Pure apart from reading the file; it must never let an
+//! unknown key or an out-of-range value through to the running service.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub video: VideoConfig,
+    pub mqtt: MqttConfig,
+    pub broker: BrokerConfig,
+    pub webrtc: WebrtcConfig,
+    pub http: HttpConfig,
+    pub telemetry: TelemetryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// MQTT topic level identifying this camera: `[A-Za-z0-9_-]{1,64}`.
+    pub id: String,
+    /// Human-readable name shown to viewers.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoConfig {
+    /// "testsrc" or a V4L2 device path such as "/dev/video0".
+    pub source: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    pub keyframe_interval_s: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub broker: BrokerTarget,
+    pub topic_prefix: String,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keepalive_s: u16,
+}
+
+impl MqttConfig {
+    /// The configured client id, or `peercam-{device.id}`.
+    pub fn client_id(&self, device: &DeviceConfig) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("peercam-{}", device.id))
+    }
+}
+
+/// Which MQTT broker signaling uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BrokerTarget {
+    /// The built-in rumqttd, listening on `[broker]`.
+    #[default]
+    Embedded,
+    External {
+        host: String,
+        port: u16,
+    },
+}
+
+impl<'de> Deserialize<'de> for BrokerTarget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_broker(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_broker(text: &str) -> Result<BrokerTarget, String> {
+    if text == "embedded" {
+        return Ok(BrokerTarget::Embedded);
+    }
+    let Some(rest) = text.strip_prefix("mqtt://") else {
+        if text.starts_with("mqtts://") || text.starts_with("ws://") || text.starts_with("wss://") {
+            return Err(format!("{text:?}: only \"embedded\" or mqtt://host:port are supported (TLS and WebSocket brokers are not yet)"));
+        }
+        return Err(format!(
+            "{text:?} is neither \"embedded\" nor mqtt://host[:port]"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("{text:?}: port {port:?} is not a number from 1 to 65535"))?;
+            (host, port)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 || host.contains('/') || host.contains('@') {
+        return Err(format!(
+            "{text:?} is not of the form mqtt://host[:port] with a port from 1 to 65535"
+        ));
+    }
+    Ok(BrokerTarget::External {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    /// WebSocket MQTT listener for browsers (MQTT 3.1.1); "off" disables it.
+    #[serde(deserialize_with = "optional_addr")]
+    pub ws_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebrtcConfig {
+    pub max_viewers: usize,
+    pub ice_servers: Vec<IceServer>,
+    pub connect_timeout_s: u64,
+    /// Local UDP addresses ICE binds; a wildcard means every non-loopback interface.
+    pub udp_addrs: Vec<String>,
+}
+
+/// A STUN or TURN server, published to viewers in RTCIceServer shape.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where the viewer page is served; "off" disables the HTTP server.
+    #[serde(deserialize_with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+    /// Directory holding the built viewer page (index.html and its assets).
+    pub web_root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter directive such as "info" or "peercam=debug"; RUST_LOG overrides it.
+    pub level: String,
+}
+
+fn optional_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() || text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address like \"127.0.0.1:8080\" (or \"off\")"
+        ))
+    })
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            id: "cam1".into(),
+            name: "peercam camera".into(),
+        }
+    }
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig {
+            source: "testsrc".into(),
+            width: 1280,
+            height: 720,
+            fps: 30,
+            bitrate_kbps: 2000,
+            keyframe_interval_s: 2,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: BrokerTarget::Embedded,
+            topic_prefix: "peercam".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            keepalive_s: 15,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: addr("127.0.0.1:1883"),
+            ws_listen: Some(addr("127.0.0.1:8083")),
+        }
+    }
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        WebrtcConfig {
+            max_viewers: 8,
+            ice_servers: Vec::new(),
+            connect_timeout_s: 15,
+            udp_addrs: vec!["0.0.0.0:0".into()],
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Some(addr("127.0.0.1:8080")),
+            web_root: PathBuf::from("/usr/share/peercam/web"),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { interval_ms: 1000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem: where (file, line, column when known), which key, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    source_name: String,
+    position: Option<(usize, usize)>,
+    key: Option<String>,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            source_name: "config".into(),
+            position: None,
+            key: Some(key.to_owned()),
+            reason: reason.into(),
+        }
+    }
+
+    /// The dotted key at fault, when the problem is with one key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    fn in_file(mut self, name: &str) -> Self {
+        self.source_name = name.to_owned();
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source_name)?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        match &self.key {
+            Some(key) => write!(f, ": {key}: {}", self.reason),
+            None => write!(f, ": {}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates TOML text; missing keys take their defaults.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|err| translate_toml_error(text, &err))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            source_name: name.clone(),
+            position: None,
+            key: None,
+            reason: format!("cannot read the configuration file: {err}"),
+        })?;
+        Config::from_toml_str(&text).map_err(|e| e.in_file(&name))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, key: &str, reason: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::new(key, reason))
+            }
+        };
+        let id = &self.device.id;
+        check(
+            !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "device.id",
+            format!("must be 1 to 64 letters, digits, '-' or '_' (it is an MQTT topic level), got {id:?}"),
+        )?;
+        let v = &self.video;
+        check(
+            v.source == "testsrc" || v.source.starts_with("/dev/"),
+            "video.source",
+            format!(
+                "must be \"testsrc\" or a device path such as \"/dev/video0\", got {:?}",
+                v.source
+            ),
+        )?;
+        check(
+            v.width % 2 == 0 && (16..=3840).contains(&v.width),
+            "video.width",
+            format!(
+                "must be an even number between 16 and 3840 (got {})",
+                v.width
+            ),
+        )?;
+        check(
+            v.height % 2 == 0 && (16..=2160).contains(&v.height),
+            "video.height",
+            format!(
+                "must be an even number between 16 and 2160 (got {})",
+                v.height
+            ),
+        )?;
+        check(
+            (1..=120).contains(&v.fps),
+            "video.fps",
+            format!("must be between 1 and 120 (got {})", v.fps),
+        )?;
+        check(
+            (50..=50_000).contains(&v.bitrate_kbps),
+            "video.bitrate_kbps",
+            format!("must be between 50 and 50000 (got {})", v.bitrate_kbps),
+        )?;
+        check(
+            (1..=600).contains(&v.keyframe_interval_s),
+            "video.keyframe_interval_s",
+            format!("must be between 1 and 600 (got {})", v.keyframe_interval_s),
+        )?;
+        let prefix = &self.mqtt.topic_prefix;
+        check(
+            !prefix.is_empty() && !prefix.contains(['+', '#']) && !prefix.starts_with('/') && !prefix.ends_with('/'),
+            "mqtt.topic_prefix",
+            format!("must be non-empty, without '+' or '#', and not start or end with '/' (got {prefix:?})"),
+        )?;
+        if let Some(client_id) = &self.mqtt.client_id {
+            check(
+                !client_id.is_empty() && client_id.len() <= 128,
+                "mqtt.client_id",
+                "must be 1 to 128 characters".into(),
+            )?;
+        }
+        check(
+            self.mqtt.keepalive_s >= 5,
+            "mqtt.keepalive_s",
+            format!("must be at least 5 (got {})", self.mqtt.keepalive_s),
+        )?;
+        let w = &self.webrtc;
+        check(
+            (1..=64).contains(&w.max_viewers),
+            "webrtc.max_viewers",
+            format!("must be between 1 and 64 (got {})", w.max_viewers),
+        )?;
+        check(
+            (1..=300).contains(&w.connect_timeout_s),
+            "webrtc.connect_timeout_s",
+            format!("must be between 1 and 300 (got {})", w.connect_timeout_s),
+        )?;
+        for (i, server) in w.ice_servers.iter().enumerate() {
+            let key = format!("webrtc.ice_servers[{i}].urls");
+            check(
+                !server.urls.is_empty(),
+                &key,
+                "must list at least one stun: or turn: URL".into(),
+            )?;
+            for url in &server.urls {
+                check(
+                    ["stun:", "turn:", "turns:"]
+                        .iter()
+                        .any(|scheme| url.starts_with(scheme)),
+                    &key,
+                    format!("{url:?} must start with stun:, turn: or turns:"),
+                )?;
+                if url.starts_with("turn") {
+                    check(
+                        server.username.is_some() && server.credential.is_some(),
+                        &format!("webrtc.ice_servers[{i}]"),
+                        format!("TURN server {url:?} needs username and credential"),
+                    )?;
+                }
+            }
+        }
+        check(
+            !w.udp_addrs.is_empty(),
+            "webrtc.udp_addrs",
+            "must list at least one address such as \"0.0.0.0:0\"".into(),
+        )?;
+        for text in &w.udp_addrs {
+            check(
+                text.parse::<SocketAddr>().is_ok(),
+                "webrtc.udp_addrs",
+                format!("{text:?} is not an address like \"0.0.0.0:0\" or \"192.168.1.10:50000\""),
+            )?;
+        }
+        check(
+            (100..=60_000).contains(&self.telemetry.interval_ms),
+            "telemetry.interval_ms",
+            format!(
+                "must be between 100 and 60000 (got {})",
+                self.telemetry.interval_ms
+            ),
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|err| {
+            ConfigError::new(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter such as \"info\" or \"peercam=debug\": {err}",
+                    self.log.level
+                ),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// Turns a toml/serde error into one that names the dotted key and gives line:column.
+fn translate_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let message = err.message().to_owned();
+    let (position, path) = match err.span() {
+        Some(span) => (
+            Some(line_column(text, span.start)),
+            key_path_at(text, span.start),
+        ),
+        None => (None, String::new()),
+    };
+    let mut key = path;
+    let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "unknown field `x`, expected one of `a`, `b`" → name the key, list the valid ones.
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        if !key.ends_with(field) {
+            key = if key.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        if valid.is_empty() {
+            "unknown key".to_owned()
+        } else {
+            format!("unknown key (expected one of: {})", valid.join(", "))
+        }
+    } else if let Some(rest) = message.strip_prefix("invalid type: ") {
+        match rest.split_once(", expected ") {
+            Some((found, expected)) => {
+                format!("expected {}, found {}", describe(expected), found.trim())
+            }
+            None => message.clone(),
+        }
+    } else if message.starts_with("invalid value: ") {
+        message.replacen("invalid value: ", "", 1)
+    } else {
+        message.trim().to_owned()
+    };
+    ConfigError {
+        source_name: "config".into(),
+        position,
+        key: (!key.is_empty()).then_some(key),
+        reason,
+    }
+}
+
+fn describe(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer".into(),
+        "a string" | "a sequence" | "a boolean" => expected.into(),
+        other => other.trim_end_matches('.').into(),
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key at `offset`: the enclosing `[table]` (with `[[array]]` indices) plus the
+/// key on that line, if any.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let mut array_counts: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
+    let mut line_start = 0;
+    for line in text[..offset].split_inclusive('\n') {
+        let trimmed = line.trim();
+        if line_start + line.len() <= offset || !line.ends_with('\n') {
+            if let Some(name) = trimmed
+                .strip_prefix("[[")
+                .and_then(|t| t.split("]]").next())
+            {
+                let name = name.trim().to_owned();
+                let index = array_counts
+                    .entry(name.clone())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(0);
+                table = format!("{name}[{index}]");
+            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.split(']').next()) {
+                table = name.trim().to_owned();
+            }
+        }
+        line_start += line.len();
+    }
+    let current_line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let current_line = text[current_line_start..].lines().next().unwrap_or("");
+    let key = if current_line.trim_start().starts_with('[') {
+        String::new()
+    } else {
+        current_line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"')
+            .to_owned()
+    };
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> ConfigError {
+        Config::from_toml_str(text).unwrap_err()
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults_and_the_reference_file_matches_them() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+        let reference = Config::from_toml_str(include_str!("../config/peercam.toml")).unwrap();
+        assert_eq!(reference, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_dotted_key_and_the_valid_ones() {
+        let e = error("[video]\nwidht = 640\n");
+        assert_eq!(e.key(), Some("video.widht"));
+        assert_eq!(e.to_string(), "config:2:1: video.widht: unknown key (expected one of: source, width, height, fps, bitrate_kbps, keyframe_interval_s)");
+        assert_eq!(error("colour = 1\n").key(), Some("colour"));
+        let e = error("[[webrtc.ice_servers]]\nurls = [\"stun:stun.example.lan\"]\n[[webrtc.ice_servers]]\nurl = \"turn:x\"\n");
+        assert_eq!(e.key(), Some("webrtc.ice_servers[1].url"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected() {
+        let e = error("[video]\nfps = \"thirty\"\n");
+        assert_eq!(e.key(), Some("video.fps"));
+        assert!(
+            e.reason()
+                .contains("expected a non-negative integer, found string \"thirty\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_range_rule_names_its_key() {
+        let cases = [
+            ("[device]\nid = \"cam one\"", "device.id"),
+            ("[video]\nsource = \"camera\"", "video.source"),
+            ("[video]\nwidth = 1281", "video.width"),
+            ("[video]\nheight = 8", "video.height"),
+            ("[video]\nfps = 0", "video.fps"),
+            ("[video]\nbitrate_kbps = 10", "video.bitrate_kbps"),
+            (
+                "[video]\nkeyframe_interval_s = 0",
+                "video.keyframe_interval_s",
+            ),
+            ("[mqtt]\ntopic_prefix = \"a/#\"", "mqtt.topic_prefix"),
+            ("[mqtt]\nkeepalive_s = 1", "mqtt.keepalive_s"),
+            ("[webrtc]\nmax_viewers = 0", "webrtc.max_viewers"),
+            (
+                "[webrtc]\nconnect_timeout_s = 0",
+                "webrtc.connect_timeout_s",
+            ),
+            ("[webrtc]\nudp_addrs = []", "webrtc.udp_addrs"),
+            ("[webrtc]\nudp_addrs = [\"nowhere\"]", "webrtc.udp_addrs"),
+            (
+                "[[webrtc.ice_servers]]\nurls = [\"http://x\"]",
+                "webrtc.ice_servers[0].urls",
+            ),
+            (
+                "[[webrtc.ice_servers]]\nurls = [\"turn:turn.example.lan:3478\"]",
+                "webrtc.ice_servers[0]",
+            ),
+            ("[telemetry]\ninterval_ms = 5", "telemetry.interval_ms"),
+            ("[log]\nlevel = \"=[\"", "log.level"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(error(text).key(), Some(key), "{text}");
+        }
+        assert_eq!(
+            error("[video]\nwidth = 1281").to_string(),
+            "config: video.width: must be an even number between 16 and 3840 (got 1281)"
+        );
+    }
+
+    #[test]
+    fn broker_urls() {
+        let broker = |text: &str| {
+            Config::from_toml_str(&format!("[mqtt]\nbroker = \"{text}\"")).map(|c| c.mqtt.broker)
+        };
+        assert_eq!(broker("embedded").unwrap(), BrokerTarget::Embedded);
+        assert_eq!(
+            broker("mqtt://broker.lan").unwrap(),
+            BrokerTarget::External {
+                host: "broker.lan".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(
+            broker("mqtt://10.0.0.2:1884").unwrap(),
+            BrokerTarget::External {
+                host: "10.0.0.2".into(),
+                port: 1884
+            }
+        );
+        let e = broker("mqtts://broker.lan").unwrap_err();
+        assert_eq!(e.key(), Some("mqtt.broker"));
+        assert!(e.reason().contains("not yet"), "{e}");
+        assert!(broker("mqtt://host:99999").is_err());
+        assert!(broker("tcp://host").is_err());
+    }
+
+    #[test]
+    fn listeners_can_be_turned_off() {
+        let config =
+            Config::from_toml_str("[broker]\nws_listen = \"off\"\n[http]\nlisten = \"\"").unwrap();
+        assert_eq!((config.broker.ws_listen, config.http.listen), (None, None));
+        assert_eq!(
+            error("[http]\nlisten = \"everywhere\"").key(),
+            Some("http.listen")
+        );
+    }
+
+    #[test]
+    fn ice_servers_serialize_in_rtc_shape() {
+        let config = Config::from_toml_str(
+            "[[webrtc.ice_servers]]\nurls = [\"stun:stun.example.lan:3478\"]\n[[webrtc.ice_servers]]\nurls = [\"turn:turn.example.lan:3478\"]\nusername = \"u\"\ncredential = \"p\"\n",
+        )
+        .unwrap();
+        let json = serde_json::to_value(&config.webrtc.ice_servers).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"urls":["stun:stun.example.lan:3478"]},{"urls":["turn:turn.example.lan:3478"],"username":"u","credential":"p"}])
+        );
+    }
+
+    #[test]
+    fn load_names_the_missing_file() {
+        let e = Config::load(Path::new("/nonexistent/peercam.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/peercam.toml: cannot read"),
+            "{e}"
+        );
+    }
+}
