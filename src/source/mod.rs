@@ -16,3 +16,27 @@ pub struct Frame {
     /// Frame counter since the source started.
     pub sequence: u64,
 }
+
+/// A camera or generator the capture thread pulls frames from.
+pub trait VideoSource: Send {
+    /// Blocks until the next frame is available.
+    fn next_frame(&mut self) -> Result<Frame, SourceError>;
+    /// One line for logs: what this source is and its mode.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Device(String),
+}
+
+impl VideoSource for testsrc::TestSource {
+    fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        Ok(testsrc::TestSource::next_frame(self))
+    }
+
+    fn describe(&self) -> String {
+        "testsrc (synthetic pattern with latency stamp)".to_owned()
+    }
+}

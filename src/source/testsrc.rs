@@ -1,1 +1,186 @@
-//! placeholder
+//! The synthetic source `testsrc`: colour bars with a moving box and bar, paced by the real
+//! clock, carrying the latency stamp. Lets everything downstream run without a camera.
+//! It must never burst frames to catch up, nor do per-pixel work it can do once.
+
+use super::stamp;
+use super::Frame;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// 75% colour bars (white, yellow, cyan, green, magenta, red, blue) in BT.601 limited range.
+const BARS_YUV: [(u8, u8, u8); 7] = [
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+];
+const BOX_LUMA: u8 = 235;
+const BAR_LUMA: u8 = 16;
+/// The box crosses the frame once every this many seconds.
+const SWEEP_SECONDS: u64 = 4;
+
+pub struct TestSource {
+    width: u32,
+    height: u32,
+    fps: u32,
+    background: Vec<u8>,
+    sequence: u64,
+    anchor: Option<(Instant, u64)>,
+}
+
+impl TestSource {
+    pub fn new(width: u32, height: u32, fps: u32) -> Result<TestSource, String> {
+        if width < 16 || height < 16 || width % 2 != 0 || height % 2 != 0 {
+            return Err(format!(
+                "testsrc needs an even size of at least 16x16, got {width}x{height}"
+            ));
+        }
+        if fps == 0 {
+            return Err("testsrc needs a frame rate of at least 1".to_owned());
+        }
+        Ok(TestSource {
+            width,
+            height,
+            fps,
+            background: bars(width as usize, height as usize),
+            sequence: 0,
+            anchor: None,
+        })
+    }
+
+    fn period(&self) -> Duration {
+        Duration::from_secs(1) / self.fps
+    }
+
+    /// Waits for the next frame's deadline, then renders it with the current time.
+    pub fn next_frame(&mut self) -> Frame {
+        let now = Instant::now();
+        let (start, first) = *self.anchor.get_or_insert((now, self.sequence));
+        let deadline = start + self.period() * (self.sequence - first) as u32;
+        if now < deadline {
+            std::thread::sleep(deadline - now);
+        } else if now - deadline > self.period() {
+            // Too late (stalled consumer, suspended VM): restart the clock, never burst.
+            self.anchor = Some((now, self.sequence));
+        }
+        let capture_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let frame = self.render(self.sequence, capture_us);
+        self.sequence += 1;
+        frame
+    }
+
+    /// Renders frame `sequence` stamped with `capture_us`, without waiting.
+    pub fn render(&mut self, sequence: u64, capture_us: u64) -> Frame {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut i420 = self.background.clone();
+        let frames_per_sweep = (SWEEP_SECONDS * u64::from(self.fps)).max(1);
+        let phase = (sequence % frames_per_sweep) as usize;
+        let sweep = frames_per_sweep as usize;
+        // A box moving left to right through the middle band.
+        let box_size = (h / 4).max(2) & !1;
+        let box_x = (phase * (w - box_size) / sweep) & !1;
+        let box_y = (h / 2 - box_size / 2) & !1;
+        for y in box_y..box_y + box_size {
+            i420[y * w + box_x..y * w + box_x + box_size].fill(BOX_LUMA);
+        }
+        // A dark bar moving top to bottom, full width.
+        let bar_height = (h / 24).max(2);
+        let bar_y = phase * (h - bar_height) / sweep;
+        i420[bar_y * w..(bar_y + bar_height) * w].fill(BAR_LUMA);
+        stamp::write_stamp(&mut i420, self.width, self.height, capture_us / 1000);
+        Frame {
+            width: self.width,
+            height: self.height,
+            i420,
+            capture_us,
+            sequence,
+        }
+    }
+}
+
+/// The static background: vertical colour bars, computed once.
+fn bars(w: usize, h: usize) -> Vec<u8> {
+    let (cw, ch) = (w / 2, h / 2);
+    let mut frame = vec![0u8; w * h + 2 * cw * ch];
+    let (luma, chroma) = frame.split_at_mut(w * h);
+    let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
+    let bar_of =
+        |x: usize, width: usize| BARS_YUV[(x * BARS_YUV.len() / width).min(BARS_YUV.len() - 1)];
+    let luma_row: Vec<u8> = (0..w).map(|x| bar_of(x, w).0).collect();
+    let u_row: Vec<u8> = (0..cw).map(|x| bar_of(x, cw).1).collect();
+    let v_row: Vec<u8> = (0..cw).map(|x| bar_of(x, cw).2).collect();
+    for row in luma.chunks_exact_mut(w) {
+        row.copy_from_slice(&luma_row);
+    }
+    for (u, v) in u_plane
+        .chunks_exact_mut(cw)
+        .zip(v_plane.chunks_exact_mut(cw))
+    {
+        u.copy_from_slice(&u_row);
+        v.copy_from_slice(&v_row);
+    }
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_sizes_with_a_clear_message() {
+        let error = |w, h, fps| TestSource::new(w, h, fps).err().unwrap_or_default();
+        assert!(error(641, 480, 30).contains("641x480"));
+        assert!(error(0, 0, 30).contains("0x0"));
+        assert!(error(640, 480, 0).contains("frame rate"));
+    }
+
+    #[test]
+    fn frames_have_i420_planes_and_a_readable_stamp() {
+        let mut source = TestSource::new(640, 480, 30).unwrap();
+        let frame = source.render(7, 1_763_942_400_123_456);
+        assert_eq!(frame.i420.len(), 640 * 480 * 3 / 2);
+        assert_eq!((frame.width, frame.height, frame.sequence), (640, 480, 7));
+        assert_eq!(
+            stamp::read_stamp(&frame.i420, 640, 640, 480),
+            Some(1_763_942_400_123)
+        );
+    }
+
+    #[test]
+    fn the_picture_moves_outside_the_stamp() {
+        let mut source = TestSource::new(1280, 720, 30).unwrap();
+        let a = source.render(0, 0);
+        let b = source.render(15, 0);
+        let below_stamp = 16 * 1280..1280 * 720;
+        assert_ne!(a.i420[below_stamp.clone()], b.i420[below_stamp]);
+    }
+
+    #[test]
+    fn pacing_keeps_order_and_increments() {
+        let mut source = TestSource::new(64, 32, 50).unwrap();
+        let frames: Vec<Frame> = (0..5).map(|_| source.next_frame()).collect();
+        for pair in frames.windows(2) {
+            assert_eq!(pair[1].sequence, pair[0].sequence + 1);
+            assert!(pair[1].capture_us > pair[0].capture_us);
+        }
+    }
+
+    #[test]
+    #[ignore = "benchmark: prints ns per 1280x720 frame"]
+    fn render_cost_at_720p() {
+        let mut source = TestSource::new(1280, 720, 30).unwrap();
+        let started = Instant::now();
+        for n in 0..300 {
+            std::hint::black_box(source.render(n, n * 33_333));
+        }
+        println!(
+            "testsrc: {} ns per 1280x720 frame",
+            started.elapsed().as_nanos() / 300
+        );
+    }
+}
