@@ -5,6 +5,7 @@
 use super::keyframe_requests::{KeyframeRequestForwarder, SLOT};
 use crate::encode::H264_FMTP;
 use crate::fanout::PacketizedFrame;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
@@ -13,6 +14,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -105,9 +107,35 @@ pub struct ViewerPeer {
     pub ssrc: u32,
 }
 
+/// Set once mDNS sockets proved impossible here (no multicast-capable interface).
+static MDNS_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Builds a viewer's connection. Browsers on a LAN hide their host candidates behind
+/// `.local` names, so mDNS queries are on; where the machine cannot open a multicast
+/// socket at all, the connection is built without them (peer-reflexive candidates still work).
 pub async fn build_peer(
     settings: &PeerSettings,
     events: mpsc::UnboundedSender<PeerEvent>,
+) -> Result<ViewerPeer, webrtc::error::Error> {
+    if !MDNS_UNAVAILABLE.load(Ordering::Relaxed) {
+        match build_peer_with(settings, events.clone(), MulticastDnsMode::QueryOnly).await {
+            Ok(peer) => return Ok(peer),
+            Err(err) if err.to_string().contains("io error") => {
+                MDNS_UNAVAILABLE.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "mDNS unavailable ({err}); viewers' .local candidates will not resolve"
+                );
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    build_peer_with(settings, events, MulticastDnsMode::Disabled).await
+}
+
+async fn build_peer_with(
+    settings: &PeerSettings,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    mdns: MulticastDnsMode,
 ) -> Result<ViewerPeer, webrtc::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_codec(
@@ -120,6 +148,7 @@ pub async fn build_peer(
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
         .with(Slot::from(SLOT), KeyframeRequestForwarder::default());
     let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(mdns)
         .with_ice_timeouts(
             Some(ICE_DISCONNECTED_TIMEOUT),
             Some(ICE_FAILED_TIMEOUT),

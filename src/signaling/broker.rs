@@ -3,7 +3,7 @@
 //! It must never start half-way silently: a port it cannot take is a clear startup error.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +80,17 @@ pub fn start(listen: SocketAddr, ws_listen: Option<SocketAddr>) -> Result<(), Br
             }
         })
         .map_err(|e| BrokerError::Start(e.to_string()))?;
+    // Ready once the listener holds the port (probing with a TCP connect would make the
+    // broker log a failed MQTT handshake).
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+        if TcpListener::bind(listen).is_err() {
             tracing::info!(%listen, ws_listen = ?ws_listen, "embedded MQTT broker listening");
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::Start(format!(
-        "nothing accepts connections on {listen} after 5 s"
+        "it did not take {listen} within 5 s"
     )))
 }
