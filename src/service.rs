@@ -1,1 +1,296 @@
-//! placeholder
+//! The service: wires broker, pipeline, signaling, sessions and telemetry from one
+//! configuration, and owns their shutdown. It must never hold media or protocol logic
+//! itself; it only connects the parts and stops them in order.
+
+use crate::config::{BrokerTarget, Config};
+use crate::encode::EncoderSettings;
+use crate::fanout::{FanOut, KeyframeRequests};
+use crate::http::{self, PageConfig};
+use crate::notify;
+use crate::pipeline::{Pipeline, PipelineHealth};
+use crate::session::peer::PeerSettings;
+use crate::session::{SessionContext, SessionManager};
+use crate::signaling::broker;
+use crate::signaling::mqtt::{self, MqttSettings};
+use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
+use crate::source::testsrc::TestSource;
+use crate::source::VideoSource;
+use crate::telemetry::{PipelineCounters, TelemetrySampler};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use webrtc::peer_connection::RTCIceServer;
+
+/// Signaling messages waiting for the session manager before new ones are dropped.
+const INCOMING_QUEUE: usize = 1024;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn open_source(config: &Config) -> anyhow::Result<Box<dyn VideoSource>> {
+    let video = &config.video;
+    match video.source.as_str() {
+        "testsrc" => Ok(Box::new(
+            TestSource::new(video.width, video.height, video.fps).map_err(anyhow::Error::msg)?,
+        )),
+        other => anyhow::bail!("video.source: {other:?} is not supported yet (only \"testsrc\")"),
+    }
+}
+
+fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
+    let (host, port) = match &config.mqtt.broker {
+        BrokerTarget::Embedded => {
+            let listen = config.broker.listen;
+            // A wildcard listener is reached through loopback from the same machine.
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                listen.ip().to_string()
+            };
+            (host, listen.port())
+        }
+        BrokerTarget::External { host, port } => (host.clone(), *port),
+    };
+    MqttSettings {
+        host,
+        port,
+        client_id: config.mqtt.client_id(&config.device),
+        username: config.mqtt.username.clone(),
+        password: config.mqtt.password.clone(),
+        keepalive: Duration::from_secs(u64::from(config.mqtt.keepalive_s)),
+        topics,
+        device: config.device.id.clone(),
+    }
+}
+
+fn ice_servers(config: &Config) -> Vec<RTCIceServer> {
+    config
+        .webrtc
+        .ice_servers
+        .iter()
+        .map(|server| RTCIceServer {
+            urls: server.urls.clone(),
+            username: server.username.clone().unwrap_or_default(),
+            credential: server.credential.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The retained status document for the current viewer count and camera state.
+pub fn status_json(config: &Config, viewers: usize, camera_available: bool) -> String {
+    let ice_servers = config
+        .webrtc
+        .ice_servers
+        .iter()
+        .filter_map(|server| serde_json::to_value(server).ok())
+        .collect();
+    let mut status = Status::online(
+        &config.device.id,
+        &config.device.name,
+        VERSION,
+        VideoInfo {
+            codec: "H264".to_owned(),
+            width: config.video.width,
+            height: config.video.height,
+            fps: config.video.fps,
+        },
+        viewers as u32,
+        config.webrtc.max_viewers as u32,
+        ice_servers,
+    );
+    if !camera_available {
+        status.state = CameraState::Unavailable;
+    }
+    status.to_json()
+}
+
+fn service_status(viewers: usize, camera_available: bool) -> String {
+    let camera = if camera_available {
+        "camera online"
+    } else {
+        "camera unavailable"
+    };
+    format!("{viewers} viewer(s); {camera}")
+}
+
+/// Pings systemd's watchdog only while the encoder keeps finishing frames, so a stuck
+/// capture or encoder gets the service restarted.
+async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_limit: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    let mut stalled = false;
+    loop {
+        ticker.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let age = Duration::from_millis(now_ms.saturating_sub(health.last_encoded_ms()));
+        if health.last_encoded_ms() == 0 || age <= stall_limit {
+            stalled = false;
+            notify::watchdog_ping();
+        } else if !stalled {
+            stalled = true;
+            tracing::error!("no frame encoded for {age:?}; withholding watchdog pings");
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = sigterm => tracing::info!("SIGTERM; shutting down"),
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.mqtt.broker == BrokerTarget::Embedded {
+        let (listen, ws) = (config.broker.listen, config.broker.ws_listen);
+        tokio::task::spawn_blocking(move || broker::start(listen, ws)).await??;
+    }
+
+    let counters = Arc::new(PipelineCounters::default());
+    let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+    let source = open_source(&config)?;
+    let pipeline = Pipeline::start(
+        source,
+        EncoderSettings {
+            width: config.video.width,
+            height: config.video.height,
+            fps: config.video.fps,
+            bitrate_kbps: config.video.bitrate_kbps,
+            keyframe_interval_s: config.video.keyframe_interval_s,
+        },
+        Arc::clone(&fanout),
+        Arc::clone(&counters),
+    )
+    .context("starting the video pipeline")?;
+
+    let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    // Signaling stops after the sessions, so their hangups still reach the viewers.
+    let (signaling_shutdown_tx, signaling_shutdown) = watch::channel(false);
+    let (outbox_tx, outbox) = mpsc::unbounded_channel();
+    let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+    let (viewers_tx, mut viewers) = watch::channel(0usize);
+    let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
+    let (_camera_tx, camera_available) = watch::channel(true);
+    let (status_tx, status) = watch::channel(status_json(&config, 0, true));
+
+    let ctx = Arc::new(SessionContext {
+        peer_settings: PeerSettings {
+            ice_servers: ice_servers(&config),
+            udp_addrs: config.webrtc.udp_addrs.clone(),
+        },
+        fanout: Arc::clone(&fanout),
+        topics: topics.clone(),
+        outbox: outbox_tx,
+        telemetry,
+        camera_available: camera_available.clone(),
+        connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
+        max_viewers: config.webrtc.max_viewers,
+    });
+    let manager =
+        tokio::spawn(SessionManager::new(ctx, viewers_tx).run(incoming, shutdown.clone()));
+    let signaling = tokio::spawn(mqtt::run(
+        mqtt_settings(&config, topics),
+        status,
+        incoming_tx,
+        outbox,
+        signaling_shutdown,
+    ));
+
+    // Status follows the viewer count; telemetry is sampled once for all viewers.
+    let status_config = config.clone();
+    let mut status_shutdown = shutdown.clone();
+    let status_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = viewers.changed() => {
+                    if changed.is_err() { break; }
+                    let count = *viewers.borrow_and_update();
+                    status_tx.send_replace(status_json(&status_config, count, true));
+                    notify::status(&service_status(count, true));
+                }
+                _ = status_shutdown.changed() => break,
+            }
+        }
+    });
+    let telemetry_viewers = fanout.clone();
+    let interval = Duration::from_millis(config.telemetry.interval_ms);
+    let (width, height) = (config.video.width, config.video.height);
+    let telemetry_counters = Arc::clone(&counters);
+    let telemetry_task = tokio::spawn(async move {
+        let mut sampler = TelemetrySampler::new(width, height);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let viewers = telemetry_viewers.subscriber_count();
+            let message = sampler.sample(&telemetry_counters, viewers, true);
+            telemetry_tx.send_replace(Some(Arc::from(message.to_json())));
+        }
+    });
+
+    let http = match config.http.listen {
+        Some(listen) => {
+            let page = PageConfig {
+                ws_port: match config.mqtt.broker {
+                    BrokerTarget::Embedded => config.broker.ws_listen.map(|a| a.port()),
+                    BrokerTarget::External { .. } => None,
+                },
+                device: config.device.id.clone(),
+                topic_prefix: config.mqtt.topic_prefix.clone(),
+            };
+            Some(http::serve(listen, config.http.web_root.clone(), page, shutdown.clone()).await?)
+        }
+        None => None,
+    };
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        tokio::spawn(watchdog_loop(
+            interval,
+            Arc::clone(pipeline.health()),
+            notify::stall_limit(config.video.fps),
+        ))
+    });
+    notify::ready(&service_status(0, true));
+    tracing::info!("peercam ready");
+
+    wait_for_signal().await;
+    notify::stopping();
+    shutdown_tx.send_replace(true);
+    let stopped = async {
+        let _ = manager.await;
+        signaling_shutdown_tx.send_replace(true);
+        let _ = signaling.await;
+    };
+    if tokio::time::timeout(Duration::from_millis(2500), stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("signaling did not stop in time");
+    }
+    status_task.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    telemetry_task.abort();
+    tokio::task::spawn_blocking(move || pipeline.stop())
+        .await
+        .ok();
+    tracing::info!("peercam stopped");
+    Ok(())
+}
