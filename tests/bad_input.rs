@@ -1,0 +1,184 @@
+//! Malformed signaling input: each gets an `error` reply on its session topic (where one
+//! exists), never crashes the agent, and never disturbs a viewer that is streaming.
+
+mod common;
+
+use common::viewer::{new_session_id, Observer, TestViewer};
+use common::{require_loopback_only_network, Agent, AgentOptions};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const NO_VIDEO_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11\r\na=setup:actpass\r\n\
+a=sctp-port:5000\r\n";
+
+/// Well-formed enough to pass validation; used as a conflicting second offer.
+const OTHER_VIDEO_OFFER: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtpmap:102 H264/90000\r\n";
+
+struct Probe<'a> {
+    observer: &'a Observer,
+    device: &'a str,
+}
+
+impl Probe<'_> {
+    /// Publishes `payload` on a fresh session and returns the camera's error reply.
+    async fn error_for(&self, payload: Vec<u8>) -> Value {
+        let sid = new_session_id();
+        let to_camera = format!("peercam/{}/session/{sid}/to-camera", self.device);
+        let to_viewer = format!("peercam/{}/session/{sid}/to-viewer", self.device);
+        self.observer.publish(&to_camera, payload).await;
+        self.observer
+            .wait_for(&to_viewer, Duration::from_secs(10), |m| {
+                m["type"] == "error"
+            })
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
+    require_loopback_only_network();
+    let agent = Agent::start(AgentOptions {
+        connect_timeout_s: 3,
+        ..Default::default()
+    });
+    let device = agent.device.clone();
+    let observer = Observer::start(
+        agent.mqtt_port,
+        &[format!("peercam/{device}/session/+/to-viewer")],
+    )
+    .await;
+
+    // A viewer streams throughout, to prove bad input never disturbs it.
+    let bystander = TestViewer::start(agent.mqtt_port, &device).await;
+    bystander
+        .wait_until("bystander decodes", Duration::from_secs(15), |s| {
+            s.frames_decoded >= 10
+        })
+        .await;
+
+    let probe = Probe {
+        observer: &observer,
+        device: &device,
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not JSON", b"this is not json".to_vec(), "JSON"),
+        ("not UTF-8", vec![0xff, 0xfe, 0x00, 0x7b], ""),
+        ("not an object", b"[1,2,3]".to_vec(), ""),
+        ("no type", br#"{"sdp":"v=0"}"#.to_vec(), "type"),
+        (
+            "unknown type",
+            br#"{"type":"subscribe"}"#.to_vec(),
+            "subscribe",
+        ),
+        (
+            "oversized",
+            json!({"type":"offer","sdp": "a".repeat(70_000)})
+                .to_string()
+                .into_bytes(),
+            "65536",
+        ),
+        (
+            "malformed SDP",
+            json!({"type":"offer","sdp":"hello"})
+                .to_string()
+                .into_bytes(),
+            "SDP",
+        ),
+        (
+            "offer without video",
+            json!({"type":"offer","sdp": NO_VIDEO_OFFER})
+                .to_string()
+                .into_bytes(),
+            "video",
+        ),
+        (
+            "malformed candidate",
+            json!({"type":"candidate","candidate":{"candidate":"bogus","sdpMid":"0"}})
+                .to_string()
+                .into_bytes(),
+            "candidate",
+        ),
+        (
+            "candidate not an object",
+            json!({"type":"candidate","candidate":42})
+                .to_string()
+                .into_bytes(),
+            "candidate",
+        ),
+    ];
+    for (name, payload, needle) in cases {
+        let error = probe.error_for(payload).await;
+        assert_eq!(error["code"], "bad-request", "{name}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{name}: error message {message:?} should mention {needle:?}"
+        );
+    }
+
+    // Candidates for a session whose offer never comes: buffered, then refused.
+    let orphan = probe
+        .error_for(json!({"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}}).to_string().into_bytes())
+        .await;
+    assert!(
+        orphan["message"].as_str().unwrap().contains("no offer"),
+        "{orphan}"
+    );
+
+    // A second, different offer on a live session.
+    let second_offer = json!({"type":"offer","sdp": OTHER_VIDEO_OFFER});
+    observer
+        .publish(
+            &format!("peercam/{device}/session/{}/to-camera", bystander.sid),
+            second_offer.to_string(),
+        )
+        .await;
+    let to_bystander = format!("peercam/{device}/session/{}/to-viewer", bystander.sid);
+    let refusal = observer
+        .wait_for(&to_bystander, Duration::from_secs(5), |m| {
+            m["type"] == "error"
+        })
+        .await;
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has an offer"),
+        "{refusal}"
+    );
+
+    // An invalid session id gets no reply (there is no valid topic to reply on) and no crash.
+    observer
+        .publish(
+            &format!("peercam/{device}/session/bad!id/to-camera"),
+            b"{}".to_vec(),
+        )
+        .await;
+    observer
+        .publish(
+            &format!("peercam/{device}/session/short/to-camera"),
+            b"{}".to_vec(),
+        )
+        .await;
+
+    // The bystander never noticed; a new viewer still works.
+    let before = bystander.stats().frames_decoded;
+    bystander
+        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
+            s.frames_decoded > before + 20
+        })
+        .await;
+    let newcomer = TestViewer::start(agent.mqtt_port, &device).await;
+    newcomer
+        .wait_until("newcomer decodes", Duration::from_secs(15), |s| {
+            s.frames_decoded >= 30
+        })
+        .await;
+    assert!(
+        agent.log_lines().iter().all(|l| !l.contains("panicked")),
+        "no panic in the agent log"
+    );
+}

@@ -1,0 +1,318 @@
+//! Test harness shared by the end-to-end tests: starts the real `peercam` binary, a real
+//! mosquitto when asked, and test viewers that speak only the documented protocol.
+//! Networked tests must run inside a loopback-only network namespace (see scripts/).
+#![allow(dead_code)]
+
+pub mod viewer;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free loopback TCP port (bound, then released for the process under test).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// True when this process can only reach loopback; networked tests refuse to run otherwise,
+/// because ICE would gather and probe every interface of the machine.
+pub fn require_loopback_only_network() {
+    // /proc/self/net/dev follows the network namespace (sysfs may still show the host's).
+    let interfaces: Vec<String> = std::fs::read_to_string("/proc/self/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split(':').next().map(|name| name.trim().to_owned()))
+        .collect();
+    let others: Vec<&String> = interfaces
+        .iter()
+        .filter(|name| name.as_str() != "lo")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "networked tests must run in a loopback-only namespace (scripts/in-loopback-netns); found {others:?}"
+    );
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "peercam-test-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Which broker the agent under test talks to.
+pub enum BrokerMode {
+    Embedded,
+    External(u16),
+}
+
+/// Knobs the tests turn; everything else keeps the product defaults.
+pub struct AgentOptions {
+    pub device: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub keyframe_interval_s: u32,
+    pub max_viewers: usize,
+    pub connect_timeout_s: u64,
+    pub telemetry_interval_ms: u64,
+    pub broker: BrokerMode,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            device: "cam1".into(),
+            width: 640,
+            height: 480,
+            fps: 30,
+            keyframe_interval_s: 2,
+            max_viewers: 8,
+            connect_timeout_s: 15,
+            telemetry_interval_ms: 500,
+            broker: BrokerMode::Embedded,
+        }
+    }
+}
+
+/// The real `peercam` binary, running with a generated config; killed on drop.
+pub struct Agent {
+    child: Child,
+    pub mqtt_port: u16,
+    pub ws_port: u16,
+    pub device: String,
+    pub config_path: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    pub fn start(options: AgentOptions) -> Agent {
+        let dir = temp_dir("agent");
+        let (mqtt_port, ws_port, broker_line) = match options.broker {
+            BrokerMode::Embedded => {
+                let (p, w) = (free_port(), free_port());
+                (p, w, "broker = \"embedded\"".to_owned())
+            }
+            BrokerMode::External(port) => {
+                (port, 0, format!("broker = \"mqtt://127.0.0.1:{port}\""))
+            }
+        };
+        let config = format!(
+            r#"[device]
+id = "{device}"
+name = "Test camera"
+[video]
+source = "testsrc"
+width = {width}
+height = {height}
+fps = {fps}
+bitrate_kbps = 1500
+keyframe_interval_s = {kf}
+[mqtt]
+{broker_line}
+[broker]
+listen = "127.0.0.1:{mqtt_port}"
+ws_listen = "{ws}"
+[webrtc]
+max_viewers = {max}
+connect_timeout_s = {cto}
+udp_addrs = ["127.0.0.1:0"]
+[http]
+listen = "off"
+[telemetry]
+interval_ms = {ti}
+[log]
+level = "info"
+"#,
+            device = options.device,
+            width = options.width,
+            height = options.height,
+            fps = options.fps,
+            kf = options.keyframe_interval_s,
+            max = options.max_viewers,
+            cto = options.connect_timeout_s,
+            ti = options.telemetry_interval_ms,
+            ws = if ws_port == 0 {
+                "off".to_owned()
+            } else {
+                format!("127.0.0.1:{ws_port}")
+            },
+        );
+        let config_path = dir.join("peercam.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::spawn(config_path, mqtt_port, ws_port, options.device)
+    }
+
+    fn spawn(config_path: PathBuf, mqtt_port: u16, ws_port: u16, device: String) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start peercam");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("PEERCAM_TEST_ECHO").is_some() {
+                        eprintln!("[agent] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let agent = Agent {
+            child,
+            mqtt_port,
+            ws_port,
+            device,
+            config_path,
+            log,
+        };
+        agent.wait_for_log("MQTT connected", Duration::from_secs(20));
+        agent
+    }
+
+    /// Restarts the same configuration (same ports) after a stop.
+    pub fn restart(self) -> Agent {
+        let (path, port, ws, device) = (
+            self.config_path.clone(),
+            self.mqtt_port,
+            self.ws_port,
+            self.device.clone(),
+        );
+        drop(self);
+        Self::spawn(path, port, ws, device)
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "agent did not log {needle:?} within {timeout:?}; log:\n{}",
+            self.log_lines().join("\n")
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status and how long it took.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        unsafe_sigterm(self.child.id());
+        let status = self.child.wait().unwrap();
+        (status, started.elapsed())
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real mosquitto broker on a loopback port; killed on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Self::start_on(free_port())
+    }
+
+    /// Stops this broker and starts a fresh one (no persistence) on the same port.
+    pub fn restart(self) -> Mosquitto {
+        let port = self.port;
+        drop(self);
+        Self::start_on(port)
+    }
+
+    pub fn start_on(port: u16) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed (scripts/install-test-deps installs it)");
+        let dir = temp_dir("mosquitto");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, Duration::from_secs(10));
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,498 @@
+//! A test viewer: webrtc-rs offerer + openh264 decoder that speaks only the documented
+//! signaling protocol (raw JSON over MQTT), decodes every frame, and reads the latency stamp.
+
+use bytes::Bytes;
+use openh264::decoder::Decoder;
+use openh264::formats::YUVSource;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::packetizer::Depacketizer;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
+};
+
+/// What the viewer has seen so far.
+#[derive(Default, Debug, Clone)]
+pub struct ViewerStats {
+    pub frames_decoded: u64,
+    pub decode_errors: u64,
+    pub width: usize,
+    pub height: usize,
+    pub first_frame_after_offer: Option<Duration>,
+    /// capture-to-decode latency from the stamp, per decoded frame, in ms.
+    pub latencies_ms: Vec<i64>,
+    /// Distinct luma fingerprints (outside the stamp): proves the picture changes.
+    pub distinct_pictures: usize,
+    pub telemetry: Vec<Value>,
+    pub camera_messages: Vec<Value>,
+    pub connection_states: Vec<String>,
+}
+
+/// Reads the documented latency stamp: 48 cells, MSB first, luma sampled at cell centres.
+pub fn read_stamp(luma: &[u8], stride: usize, width: usize, height: usize) -> Option<u64> {
+    let cell = if height >= 720 { 16 } else { 8 };
+    if width < 48 * cell || height < cell {
+        return None;
+    }
+    let mut value = 0u64;
+    for bit in 0..48 {
+        let (x, y) = (bit * cell + cell / 2, cell / 2);
+        let sample = *luma.get(y * stride + x)?;
+        value = (value << 1) | u64::from(sample >= 128);
+    }
+    Some(value)
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Shared {
+    stats: Mutex<ViewerStats>,
+    fingerprints: Mutex<HashSet<u64>>,
+    offer_sent: Mutex<Option<Instant>>,
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    to_camera: String,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let message = json!({"type": "candidate", "candidate": {
+                "candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index}});
+            let _ = self
+                .client
+                .publish(
+                    &self.to_camera,
+                    QoS::AtLeastOnce,
+                    false,
+                    message.to_string(),
+                )
+                .await;
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let message = json!({"type": "candidate", "candidate": null});
+            let _ = self
+                .client
+                .publish(
+                    &self.to_camera,
+                    QoS::AtLeastOnce,
+                    false,
+                    message.to_string(),
+                )
+                .await;
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.shared
+            .stats
+            .lock()
+            .unwrap()
+            .connection_states
+            .push(state.to_string());
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let shared = Arc::clone(&self.shared);
+        let (units_tx, units_rx) = std::sync::mpsc::channel::<Bytes>();
+        std::thread::spawn(move || decode_loop(shared, units_rx));
+        tokio::spawn(async move {
+            let mut depacketizer = H264Packet::default();
+            let mut access_unit = Vec::new();
+            while let Some(event) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                    continue;
+                };
+                if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
+                    access_unit.extend_from_slice(&nals);
+                }
+                if packet.header.marker
+                    && !access_unit.is_empty()
+                    && units_tx
+                        .send(Bytes::from(std::mem::take(&mut access_unit)))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
+    let mut decoder = Decoder::new().expect("openh264 decoder");
+    for unit in units {
+        match decoder.decode(&unit) {
+            Ok(Some(picture)) => {
+                let (width, height) = picture.dimensions();
+                let (stride, _, _) = picture.strides();
+                let luma = picture.y();
+                let stamp = read_stamp(luma, stride, width, height);
+                // Fingerprint rows below the stamp so the stamp's change does not count.
+                let mut fingerprint = 0u64;
+                for y in (height / 8..height).step_by(7) {
+                    for x in (0..width).step_by(5) {
+                        fingerprint = fingerprint
+                            .wrapping_mul(31)
+                            .wrapping_add(u64::from(luma[y * stride + x] / 16));
+                    }
+                }
+                let offer_sent = *shared.offer_sent.lock().unwrap();
+                let new_picture = shared.fingerprints.lock().unwrap().insert(fingerprint);
+                let mut stats = shared.stats.lock().unwrap();
+                stats.frames_decoded += 1;
+                stats.width = width;
+                stats.height = height;
+                if new_picture {
+                    stats.distinct_pictures += 1;
+                }
+                if stats.first_frame_after_offer.is_none() {
+                    stats.first_frame_after_offer = offer_sent.map(|t| t.elapsed());
+                }
+                if let Some(stamp) = stamp {
+                    stats.latencies_ms.push(unix_ms() - stamp as i64);
+                }
+            }
+            Ok(None) => {}
+            Err(_) => shared.stats.lock().unwrap().decode_errors += 1,
+        }
+    }
+}
+
+pub struct TestViewer {
+    pub sid: String,
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    pc: Arc<dyn PeerConnection>,
+    to_camera: String,
+    _data_channel: Arc<dyn DataChannel>,
+}
+
+pub fn new_session_id() -> String {
+    format!("test{:016x}", rand::random::<u64>())
+}
+
+impl TestViewer {
+    /// Connects to the broker, sends an offer (recvonly H.264 + `telemetry` channel).
+    pub async fn start(mqtt_port: u16, device: &str) -> TestViewer {
+        Self::start_with_sid(mqtt_port, device, &new_session_id()).await
+    }
+
+    pub async fn start_with_sid(mqtt_port: u16, device: &str, sid: &str) -> TestViewer {
+        let to_camera = format!("peercam/{device}/session/{sid}/to-camera");
+        let to_viewer = format!("peercam/{device}/session/{sid}/to-viewer");
+        let mut options = MqttOptions::new(format!("viewer-{sid}"), "127.0.0.1", mqtt_port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        options.set_last_will(LastWill::new(
+            &to_camera,
+            json!({"type":"hangup"}).to_string(),
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(ViewerStats::default()),
+            fingerprints: Mutex::new(HashSet::new()),
+            offer_sent: Mutex::new(None),
+        });
+
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs().unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
+        let handler = Arc::new(Handler {
+            shared: Arc::clone(&shared),
+            client: client.clone(),
+            to_camera: to_camera.clone(),
+        });
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                // The loopback-only namespace has no multicast: no mDNS.
+                .with_setting_engine(
+                    SettingEngineBuilder::new()
+                        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+                        .build(),
+                )
+                .with_media_engine(media_engine)
+                .with_interceptor_registry(registry)
+                .with_handler(handler)
+                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .build()
+                .await
+                .unwrap(),
+        );
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+        let data_channel = pc.create_data_channel("telemetry", None).await.unwrap();
+        let telemetry_shared = Arc::clone(&shared);
+        let telemetry_channel = Arc::clone(&data_channel);
+        tokio::spawn(async move {
+            while let Some(event) = telemetry_channel.poll().await {
+                if let DataChannelEvent::OnMessage(message) = event {
+                    if let Ok(value) = serde_json::from_slice::<Value>(&message.data) {
+                        telemetry_shared.stats.lock().unwrap().telemetry.push(value);
+                    }
+                }
+            }
+        });
+
+        // Signaling: apply the camera's answer and candidates in arrival order.
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let signaling_pc = Arc::clone(&pc);
+        let signaling_shared = Arc::clone(&shared);
+        let subscribe_client = client.clone();
+        let topic = to_viewer.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = subscribe_client.subscribe(&topic, QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let Ok(message) = serde_json::from_slice::<Value>(&publish.payload) else {
+                            continue;
+                        };
+                        signaling_shared
+                            .stats
+                            .lock()
+                            .unwrap()
+                            .camera_messages
+                            .push(message.clone());
+                        match message["type"].as_str() {
+                            Some("answer") => {
+                                let sdp = message["sdp"].as_str().unwrap_or_default().to_owned();
+                                if let Ok(answer) = RTCSessionDescription::answer(sdp) {
+                                    let _ = signaling_pc.set_remote_description(answer).await;
+                                }
+                            }
+                            Some("candidate") if message["candidate"].is_object() => {
+                                let c = &message["candidate"];
+                                let init = RTCIceCandidateInit {
+                                    candidate: c["candidate"]
+                                        .as_str()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                    sdp_mid: c["sdpMid"].as_str().map(str::to_owned),
+                                    sdp_mline_index: c["sdpMLineIndex"].as_u64().map(|v| v as u16),
+                                    ..Default::default()
+                                };
+                                let _ = signaling_pc.add_ice_candidate(init).await;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+            .await
+            .expect("subscribe to to-viewer")
+            .unwrap();
+
+        let offer = pc.create_offer(None).await.unwrap();
+        pc.set_local_description(offer.clone()).await.unwrap();
+        *shared.offer_sent.lock().unwrap() = Some(Instant::now());
+        client
+            .publish(
+                &to_camera,
+                QoS::AtLeastOnce,
+                false,
+                json!({"type": "offer", "sdp": offer.sdp}).to_string(),
+            )
+            .await
+            .unwrap();
+        TestViewer {
+            sid: sid.to_owned(),
+            shared,
+            client,
+            pc,
+            to_camera,
+            _data_channel: data_channel,
+        }
+    }
+
+    pub fn stats(&self) -> ViewerStats {
+        self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` holds on the stats, or panics with them after `timeout`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&ViewerStats) -> bool,
+    ) -> ViewerStats {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            if check(&stats) {
+                return stats;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "viewer {}: {what} not reached within {timeout:?}: {stats:#?}",
+                    self.sid
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes raw bytes on this session's to-camera topic (for bad-input tests).
+    pub async fn publish_raw(&self, payload: Vec<u8>) {
+        self.client
+            .publish(&self.to_camera, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    pub async fn hangup(&self) {
+        self.publish_raw(json!({"type": "hangup"}).to_string().into_bytes())
+            .await;
+        let _ = self.pc.close().await;
+    }
+}
+
+/// A bare MQTT client that watches topics and publishes raw payloads: for status checks
+/// and for feeding malformed input to the camera.
+pub struct Observer {
+    client: AsyncClient,
+    messages: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Observer {
+    pub async fn start(mqtt_port: u16, filters: &[String]) -> Observer {
+        let mut options = MqttOptions::new(
+            format!("observer-{:08x}", rand::random::<u32>()),
+            "127.0.0.1",
+            mqtt_port,
+        );
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let sub_client = client.clone();
+        let filters = filters.to_vec();
+        let expected_subacks = filters.len();
+        let sink = Arc::clone(&messages);
+        tokio::spawn(async move {
+            let mut subacks = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for filter in &filters {
+                            let _ = sub_client.subscribe(filter, QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks += 1;
+                        if subacks >= expected_subacks {
+                            if let Some(tx) = subscribed_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let value = serde_json::from_slice::<Value>(&publish.payload)
+                            .unwrap_or(Value::Null);
+                        sink.lock().unwrap().push((publish.topic.clone(), value));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+            .await
+            .expect("observer subscribed")
+            .unwrap();
+        Observer { client, messages }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    pub fn messages_on(&self, topic: &str) -> Vec<Value> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Waits for a message on `topic` matching `check`; returns it.
+    pub async fn wait_for(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.messages_on(topic).into_iter().rev().find(|v| check(v)) {
+                return found;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no matching message on {topic} within {timeout:?}; saw {:#?}",
+                    self.messages_on(topic)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The newest message on `topic`, if any.
+    pub fn latest(&self, topic: &str) -> Option<Value> {
+        self.messages_on(topic).pop()
+    }
+}

@@ -1,0 +1,299 @@
+//! End-to-end streaming tests: the real agent binary, a real broker (embedded rumqttd or
+//! mosquitto), and webrtc-rs test viewers that decode every frame. Loopback-only namespace.
+
+mod common;
+
+use common::viewer::{Observer, TestViewer};
+use common::{require_loopback_only_network, Agent, AgentOptions, BrokerMode, Mosquitto};
+use serde_json::Value;
+use std::time::Duration;
+
+fn status_topic(device: &str) -> String {
+    format!("peercam/{device}/status")
+}
+
+fn median(values: &[i64]) -> i64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(-1)
+}
+
+/// One viewer through the whole documented lifecycle; returns the viewer's figures.
+async fn one_viewer_lifecycle(agent: &Agent) {
+    let status = status_topic(&agent.device);
+    let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
+    let online = observer
+        .wait_for(&status, Duration::from_secs(5), |v| v["state"] == "online")
+        .await;
+    assert_eq!(online["protocol"], 1);
+    assert_eq!(online["video"]["codec"], "H264");
+    assert_eq!(online["video"]["width"], 640);
+    assert_eq!(online["viewers"], 0);
+    assert_eq!(
+        online["ice_servers"],
+        Value::Array(vec![]),
+        "no public STUN by default"
+    );
+
+    let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    let stats = viewer
+        .wait_until(
+            ">= 60 decoded frames and 3 telemetry messages",
+            Duration::from_secs(20),
+            |s| s.frames_decoded >= 60 && s.telemetry.len() >= 3,
+        )
+        .await;
+    assert_eq!((stats.width, stats.height), (640, 480), "decoded size");
+    assert_eq!(stats.decode_errors, 0);
+    assert!(
+        stats.distinct_pictures > 30,
+        "the picture moves: {} distinct",
+        stats.distinct_pictures
+    );
+    assert!(
+        !stats.latencies_ms.is_empty(),
+        "every frame carries a readable stamp"
+    );
+    let latency = median(&stats.latencies_ms);
+    assert!(
+        (0..5_000).contains(&latency),
+        "stamp decodes to a sane capture time: {latency} ms"
+    );
+    let telemetry = stats.telemetry.last().unwrap();
+    assert_eq!(telemetry["type"], "telemetry");
+    assert_eq!(telemetry["video"]["width"], 640);
+    assert!(telemetry["video"]["frames_encoded"].as_u64().unwrap() > 0);
+    assert!(telemetry["system"]["mem_total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(telemetry["viewers"], 1);
+    let busy_status = observer
+        .wait_for(&status, Duration::from_secs(5), |v| v["viewers"] == 1)
+        .await;
+    assert_eq!(busy_status["state"], "online");
+    println!(
+        "figures: frames={} first_frame_after_offer={:?} median_latency_ms={} telemetry_msgs={}",
+        stats.frames_decoded,
+        stats.first_frame_after_offer,
+        latency,
+        stats.telemetry.len()
+    );
+
+    viewer.hangup().await;
+    observer
+        .wait_for(&status, Duration::from_secs(5), |v| {
+            v["viewers"] == 0 && v["state"] == "online"
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_viewer_streams_through_the_embedded_broker() {
+    require_loopback_only_network();
+    let agent = Agent::start(AgentOptions::default());
+    one_viewer_lifecycle(&agent).await;
+    agent.wait_for_log("reason=\"viewer-hangup\"", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_viewer_streams_through_mosquitto() {
+    require_loopback_only_network();
+    let mosquitto = Mosquitto::start();
+    let agent = Agent::start(AgentOptions {
+        broker: BrokerMode::External(mosquitto.port),
+        ..Default::default()
+    });
+    one_viewer_lifecycle(&agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_viewers_share_one_encoder() {
+    require_loopback_only_network();
+    let fps = 15;
+    let agent = Agent::start(AgentOptions {
+        fps,
+        ..Default::default()
+    });
+    let mut viewers = Vec::new();
+    for _ in 0..5 {
+        viewers.push(TestViewer::start(agent.mqtt_port, &agent.device).await);
+    }
+    for viewer in &viewers {
+        viewer
+            .wait_until("30 decoded frames", Duration::from_secs(30), |s| {
+                s.frames_decoded >= 30
+            })
+            .await;
+    }
+    // frames_encoded must grow at the frame rate, not five times it.
+    let first = viewers[0].stats().telemetry.last().cloned().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let last = viewers[0].stats().telemetry.last().cloned().unwrap();
+    let encoded = last["video"]["frames_encoded"].as_u64().unwrap()
+        - first["video"]["frames_encoded"].as_u64().unwrap();
+    let seconds =
+        (last["ts_ms"].as_u64().unwrap() - first["ts_ms"].as_u64().unwrap()) as f64 / 1000.0;
+    let rate = encoded as f64 / seconds;
+    println!(
+        "figures: 5 viewers, frames_encoded rate {rate:.1}/s at {fps} fps, viewers={}",
+        last["viewers"]
+    );
+    assert!(
+        rate > fps as f64 * 0.5 && rate < fps as f64 * 1.5,
+        "encoded {rate:.1} frames/s for {fps} fps"
+    );
+    assert_eq!(last["viewers"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_joiner_gets_a_keyframe_at_once() {
+    require_loopback_only_network();
+    let agent = Agent::start(AgentOptions {
+        keyframe_interval_s: 10,
+        ..Default::default()
+    });
+    let first = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    first
+        .wait_until("first viewer decodes", Duration::from_secs(15), |s| {
+            s.frames_decoded >= 30
+        })
+        .await;
+    // Join mid-GOP: the periodic IDR is up to 10 s away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    let stats = late
+        .wait_until("late joiner decodes", Duration::from_secs(10), |s| {
+            s.frames_decoded >= 1
+        })
+        .await;
+    let wait = stats.first_frame_after_offer.unwrap();
+    println!(
+        "figures: late joiner first frame {} ms after its offer",
+        wait.as_millis()
+    );
+    assert!(
+        wait < Duration::from_secs(1),
+        "first frame {wait:?} after the offer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_viewers_answers_busy() {
+    require_loopback_only_network();
+    let agent = Agent::start(AgentOptions {
+        max_viewers: 1,
+        ..Default::default()
+    });
+    let first = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    first
+        .wait_until("first viewer decodes", Duration::from_secs(15), |s| {
+            s.frames_decoded >= 5
+        })
+        .await;
+    let second = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    let stats = second
+        .wait_until("busy error", Duration::from_secs(5), |s| {
+            s.camera_messages.iter().any(|m| m["type"] == "error")
+        })
+        .await;
+    let error = stats
+        .camera_messages
+        .iter()
+        .find(|m| m["type"] == "error")
+        .unwrap();
+    assert_eq!(error["code"], "busy");
+    assert!(error["message"].as_str().unwrap().contains("maximum of 1"));
+    // The first viewer keeps streaming.
+    let before = first.stats().frames_decoded;
+    first
+        .wait_until("first viewer still streams", Duration::from_secs(5), |s| {
+            s.frames_decoded > before + 10
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_hangs_up_viewers_and_goes_offline() {
+    require_loopback_only_network();
+    // An external broker outlives the agent, so the offline status can be observed.
+    let mosquitto = Mosquitto::start();
+    let agent = Agent::start(AgentOptions {
+        broker: BrokerMode::External(mosquitto.port),
+        ..Default::default()
+    });
+    let status = status_topic(&agent.device);
+    let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
+    let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    viewer
+        .wait_until("decodes", Duration::from_secs(15), |s| {
+            s.frames_decoded >= 10
+        })
+        .await;
+    let (exit, took) = agent.terminate();
+    println!("figures: SIGTERM to exit {} ms", took.as_millis());
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+    let stats = viewer
+        .wait_until("hangup", Duration::from_secs(3), |s| {
+            s.camera_messages.iter().any(|m| m["type"] == "hangup")
+        })
+        .await;
+    let hangup = stats
+        .camera_messages
+        .iter()
+        .find(|m| m["type"] == "hangup")
+        .unwrap();
+    assert_eq!(hangup["reason"], "shutdown");
+    let offline = observer
+        .wait_for(&status, Duration::from_secs(3), |v| v["state"] == "offline")
+        .await;
+    assert_eq!(
+        offline,
+        serde_json::json!({"type": "status", "state": "offline", "device": "cam1"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_heals_and_viewers_keep_streaming() {
+    require_loopback_only_network();
+    let mosquitto = Mosquitto::start();
+    let agent = Agent::start(AgentOptions {
+        broker: BrokerMode::External(mosquitto.port),
+        ..Default::default()
+    });
+    let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    viewer
+        .wait_until("decodes", Duration::from_secs(15), |s| {
+            s.frames_decoded >= 10
+        })
+        .await;
+
+    drop(mosquitto);
+    let port = agent.mqtt_port;
+    agent.wait_for_log("lost or refused", Duration::from_secs(10));
+    // Media does not go through the broker: the viewer keeps decoding while it is gone.
+    let before = viewer.stats().frames_decoded;
+    viewer
+        .wait_until("decodes without a broker", Duration::from_secs(5), |s| {
+            s.frames_decoded >= before + 60
+        })
+        .await;
+
+    let _mosquitto = Mosquitto::start_on(port);
+    let status = status_topic(&agent.device);
+    let observer = Observer::start(port, std::slice::from_ref(&status)).await;
+    // The camera reconnects, resubscribes and republishes its retained status.
+    let online = observer
+        .wait_for(&status, Duration::from_secs(20), |v| v["state"] == "online")
+        .await;
+    assert_eq!(
+        online["viewers"], 1,
+        "the viewer that never left is still counted"
+    );
+    let newcomer = TestViewer::start(port, &agent.device).await;
+    newcomer
+        .wait_until(
+            "a new viewer after the restart decodes",
+            Duration::from_secs(15),
+            |s| s.frames_decoded >= 10,
+        )
+        .await;
+}
