@@ -1,0 +1,61 @@
+//! The command line as an admin uses it: `check-config` accepts the reference file and
+//! rejects mistakes with the key and the reason, and a bad config never starts the agent.
+
+use std::process::Command;
+
+fn peercam(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_peercam"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("peercam-cli-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_reference_file() {
+    let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/config/peercam.toml");
+    let (code, out) = peercam(&["check-config", "--config", reference]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("configuration is valid"), "{out}");
+}
+
+#[test]
+fn check_config_names_the_key_and_the_reason() {
+    let typo = write_config("typo", "[video]\nwidth = 640\nfsp = 25\n");
+    let (code, out) = peercam(&["check-config", "--config", typo.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains(":3:1: video.fsp: unknown key (expected one of: source, width"),
+        "{out}"
+    );
+
+    let range = write_config("range", "[webrtc]\nmax_viewers = 0\n");
+    let (code, out) = peercam(&["check-config", "--config", range.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("webrtc.max_viewers: must be between 1 and 64 (got 0)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_agent_refuses_to_start_on_a_bad_config() {
+    let bad = write_config("bad", "[mqtt]\nbroker = \"mqtts://broker.lan\"\n");
+    let (code, out) = peercam(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(out.contains("mqtt.broker"), "{out}");
+    let (code, out) = peercam(&["--config", "/nonexistent/peercam.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("/nonexistent/peercam.toml: cannot read"),
+        "{out}"
+    );
+}
