@@ -474,6 +474,51 @@ impl Config {
     }
 }
 
+/// What a reload (SIGHUP) can apply to a running agent, and what needs a restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Keys that changed and take effect at once.
+    pub applied: Vec<&'static str>,
+    /// Sections that changed but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Config {
+    /// Compares a re-read configuration with the running one.
+    pub fn reload_plan(&self, new: &Config) -> ReloadPlan {
+        let mut plan = ReloadPlan::default();
+        let mut live = |changed: bool, key: &'static str| {
+            if changed {
+                plan.applied.push(key);
+            }
+        };
+        live(self.log.level != new.log.level, "log.level");
+        live(
+            self.telemetry.interval_ms != new.telemetry.interval_ms,
+            "telemetry.interval_ms",
+        );
+        live(
+            self.webrtc.max_viewers != new.webrtc.max_viewers,
+            "webrtc.max_viewers",
+        );
+        live(self.device.name != new.device.name, "device.name");
+        let mut restart = |changed: bool, section: &'static str| {
+            if changed {
+                plan.needs_restart.push(section);
+            }
+        };
+        restart(self.device.id != new.device.id, "device.id");
+        restart(self.video != new.video, "video");
+        restart(self.mqtt != new.mqtt, "mqtt");
+        restart(self.broker != new.broker, "broker");
+        let mut webrtc = self.webrtc.clone();
+        webrtc.max_viewers = new.webrtc.max_viewers;
+        restart(webrtc != new.webrtc, "webrtc");
+        restart(self.http != new.http, "http");
+        plan
+    }
+}
+
 /// Turns a toml/serde error into one that names the dotted key and gives line:column.
 fn translate_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
     let message = err.message().to_owned();
@@ -710,6 +755,19 @@ mod tests {
             json,
             serde_json::json!([{"urls":["stun:stun.example.lan:3478"]},{"urls":["turn:turn.example.lan:3478"],"username":"u","credential":"p"}])
         );
+    }
+
+    #[test]
+    fn reload_applies_live_keys_and_names_the_rest() {
+        let old = Config::default();
+        let new = Config::from_toml_str(
+            "[log]\nlevel = \"debug\"\n[webrtc]\nmax_viewers = 2\nconnect_timeout_s = 20\n[video]\nfps = 25\n",
+        )
+        .unwrap();
+        let plan = old.reload_plan(&new);
+        assert_eq!(plan.applied, vec!["log.level", "webrtc.max_viewers"]);
+        assert_eq!(plan.needs_restart, vec!["video", "webrtc"]);
+        assert_eq!(old.reload_plan(&old), ReloadPlan::default());
     }
 
     #[test]
