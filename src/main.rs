@@ -35,27 +35,43 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Sets up logging and returns the hook that changes the filter at runtime (SIGHUP).
+fn init_logging(level: &str) -> peercam::service::LogLevelSetter {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    // Library internals stay quiet unless asked for through RUST_LOG.
+    let from_config = |level: &str| {
+        EnvFilter::try_new(format!(
+            "{level},rumqttd=warn,rtc=warn,rtc_ice=error,rtc_dtls=error,webrtc=warn"
+        ))
+    };
+    let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = EnvFilter::try_from_default_env()
-        // Library internals stay quiet unless asked for through RUST_LOG.
-        .unwrap_or_else(|_| {
-            EnvFilter::new(format!(
-                "{level},rumqttd=warn,rtc=warn,rtc_ice=error,rtc_dtls=error,webrtc=warn"
-            ))
-        });
+        .or_else(|_| from_config(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = fmt::layer()
         .with_target(false)
         // Colour only for a person at a terminal; pipes and journald get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()) && !under_journald);
-    if under_journald {
-        // journald adds its own timestamps and does not render colours.
-        builder.without_time().init();
+    // journald adds its own timestamps.
+    let output = if under_journald {
+        output.without_time().boxed()
     } else {
-        builder.init();
-    }
+        output.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    Box::new(move |level: &str| {
+        if env_override {
+            return Err("RUST_LOG is set and takes precedence".to_owned());
+        }
+        let filter = from_config(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 fn main() -> ExitCode {
@@ -78,7 +94,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => {
-            init_logging(&config.log.level);
+            let set_log_level = init_logging(&config.log.level);
             tracing::info!(version = peercam::service::VERSION, device = %config.device.id, "peercam starting");
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -90,7 +106,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(peercam::service::run(config)) {
+            match runtime.block_on(peercam::service::run(
+                config,
+                cli.config.clone(),
+                set_log_level,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");

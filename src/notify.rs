@@ -22,6 +22,13 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+pub fn reloading() {
+    send(&[
+        NotifyState::Reloading,
+        NotifyState::Status("reloading configuration"),
+    ]);
+}
+
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }

@@ -17,6 +17,8 @@ use crate::source::testsrc::TestSource;
 use crate::source::VideoSource;
 use crate::telemetry::{PipelineCounters, TelemetrySampler};
 use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -135,25 +137,47 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
     }
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Stop,
+    Reload,
+}
+
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    let sigterm = async {
-        match terminate.as_mut() {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; only Ctrl-C stops the agent");
+        let _ = tokio::signal::ctrl_c().await;
+        return Signal::Stop;
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = sigterm => tracing::info!("SIGTERM; shutting down"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; shutting down");
+            Signal::Stop
+        }
+        _ = terminate.recv() => {
+            tracing::info!("SIGTERM; shutting down");
+            Signal::Stop
+        }
+        _ = hangup.recv() => {
+            tracing::info!("SIGHUP; re-reading the configuration");
+            Signal::Reload
+        }
     }
 }
 
-/// Runs the agent until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Applies a new log filter at runtime; returns an error text when it is invalid.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Runs the agent until SIGTERM/SIGINT. SIGHUP re-reads `config_path` (when given) and
+/// applies what can change live.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    set_log_level: LogLevelSetter,
+) -> anyhow::Result<()> {
     if config.mqtt.broker == BrokerTarget::Embedded {
         let (listen, ws) = (config.broker.listen, config.broker.ws_listen);
         tokio::task::spawn_blocking(move || broker::start(listen, ws)).await??;
@@ -183,6 +207,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (outbox_tx, outbox) = mpsc::unbounded_channel();
     let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
     let (viewers_tx, mut viewers) = watch::channel(0usize);
+    let live_viewers = viewers.clone();
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
     let (_camera_tx, camera_available) = watch::channel(true);
     let (status_tx, status) = watch::channel(status_json(&config, 0, true));
@@ -198,10 +223,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         telemetry,
         camera_available: camera_available.clone(),
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
-        max_viewers: config.webrtc.max_viewers,
+        max_viewers: AtomicUsize::new(config.webrtc.max_viewers),
     });
-    let manager =
-        tokio::spawn(SessionManager::new(ctx, viewers_tx).run(incoming, shutdown.clone()));
+    let manager = tokio::spawn(
+        SessionManager::new(Arc::clone(&ctx), viewers_tx).run(incoming, shutdown.clone()),
+    );
     let signaling = tokio::spawn(mqtt::run(
         mqtt_settings(&config, topics),
         status,
@@ -210,32 +236,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         signaling_shutdown,
     ));
 
-    // Status follows the viewer count; telemetry is sampled once for all viewers.
-    let status_config = config.clone();
+    // Status follows the viewer count and live config; telemetry is sampled once for all viewers.
+    let (live_tx, live) = watch::channel(config.clone());
+    let mut status_live = live.clone();
     let mut status_shutdown = shutdown.clone();
     let status_task = tokio::spawn(async move {
         loop {
             tokio::select! {
-                changed = viewers.changed() => {
-                    if changed.is_err() { break; }
-                    let count = *viewers.borrow_and_update();
-                    status_tx.send_replace(status_json(&status_config, count, true));
-                    notify::status(&service_status(count, true));
-                }
+                changed = viewers.changed() => if changed.is_err() { break },
+                changed = status_live.changed() => if changed.is_err() { break },
                 _ = status_shutdown.changed() => break,
             }
+            let count = *viewers.borrow_and_update();
+            let current = status_live.borrow_and_update().clone();
+            status_tx.send_replace(status_json(&current, count, true));
+            notify::status(&service_status(count, true));
         }
     });
     let telemetry_viewers = fanout.clone();
-    let interval = Duration::from_millis(config.telemetry.interval_ms);
     let (width, height) = (config.video.width, config.video.height);
     let telemetry_counters = Arc::clone(&counters);
+    let mut telemetry_live = live.clone();
     let telemetry_task = tokio::spawn(async move {
         let mut sampler = TelemetrySampler::new(width, height);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let interval =
+                Duration::from_millis(telemetry_live.borrow_and_update().telemetry.interval_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = telemetry_live.changed() => {
+                    if changed.is_err() { break; }
+                    continue;
+                }
+            }
             let viewers = telemetry_viewers.subscriber_count();
             let message = sampler.sample(&telemetry_counters, viewers, true);
             telemetry_tx.send_replace(Some(Arc::from(message.to_json())));
@@ -266,7 +299,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     notify::ready(&service_status(0, true));
     tracing::info!("peercam ready");
 
-    wait_for_signal().await;
+    while let Signal::Reload = wait_for_signal().await {
+        let Some(path) = &config_path else {
+            tracing::info!("SIGHUP: no --config file to re-read");
+            continue;
+        };
+        notify::reloading();
+        match Config::load(path) {
+            Err(err) => tracing::error!("SIGHUP: keeping the running configuration: {err}"),
+            Ok(new) => {
+                let current = live.borrow().clone();
+                let plan = current.reload_plan(&new);
+                if current.log.level != new.log.level {
+                    if let Err(err) = set_log_level(&new.log.level) {
+                        tracing::warn!("log.level not changed: {err}");
+                    }
+                }
+                ctx.max_viewers
+                    .store(new.webrtc.max_viewers, Ordering::Relaxed);
+                let mut applied = current;
+                applied.log.level = new.log.level.clone();
+                applied.telemetry = new.telemetry.clone();
+                applied.webrtc.max_viewers = new.webrtc.max_viewers;
+                applied.device.name = new.device.name.clone();
+                live_tx.send_replace(applied);
+                tracing::info!(applied = ?plan.applied, needs_restart = ?plan.needs_restart, "configuration reloaded");
+                for section in &plan.needs_restart {
+                    tracing::warn!("{section} changed; restart peercam to apply it");
+                }
+            }
+        }
+        notify::ready(&service_status(*live_viewers.borrow(), true));
+    }
     notify::stopping();
     shutdown_tx.send_replace(true);
     let stopped = async {

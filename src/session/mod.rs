@@ -14,6 +14,7 @@ use crate::signaling::protocol::{
 use bytes::Bytes;
 use peer::PeerSettings;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -92,7 +93,8 @@ pub struct SessionContext {
     /// False while the camera device is gone.
     pub camera_available: watch::Receiver<bool>,
     pub connect_timeout: Duration,
-    pub max_viewers: usize,
+    /// Changeable at runtime (SIGHUP reload).
+    pub max_viewers: AtomicUsize,
 }
 
 impl SessionContext {
@@ -259,15 +261,13 @@ impl SessionManager {
             );
             return;
         }
-        if self.live.len() >= self.ctx.max_viewers {
-            tracing::info!(sid = %sid, max = self.ctx.max_viewers, "refusing viewer: busy");
+        let max_viewers = self.ctx.max_viewers.load(Ordering::Relaxed);
+        if self.live.len() >= max_viewers {
+            tracing::info!(sid = %sid, max = max_viewers, "refusing viewer: busy");
             self.reply_error(
                 &sid,
                 ErrorCode::Busy,
-                format!(
-                    "the camera already has its maximum of {} viewers",
-                    self.ctx.max_viewers
-                ),
+                format!("the camera already has its maximum of {max_viewers} viewers"),
             );
             return;
         }

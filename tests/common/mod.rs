@@ -80,6 +80,8 @@ pub struct AgentOptions {
     pub connect_timeout_s: u64,
     pub telemetry_interval_ms: u64,
     pub broker: BrokerMode,
+    /// Extra environment for the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -94,6 +96,7 @@ impl Default for AgentOptions {
             connect_timeout_s: 15,
             telemetry_interval_ms: 500,
             broker: BrokerMode::Embedded,
+            env: Vec::new(),
         }
     }
 }
@@ -163,14 +166,21 @@ level = "info"
         );
         let config_path = dir.join("peercam.toml");
         std::fs::write(&config_path, config).unwrap();
-        Self::spawn(config_path, mqtt_port, ws_port, options.device)
+        Self::spawn(config_path, mqtt_port, ws_port, options.device, options.env)
     }
 
-    fn spawn(config_path: PathBuf, mqtt_port: u16, ws_port: u16, device: String) -> Agent {
+    fn spawn(
+        config_path: PathBuf,
+        mqtt_port: u16,
+        ws_port: u16,
+        device: String,
+        env: Vec<(String, String)>,
+    ) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
             .arg("--config")
             .arg(&config_path)
             .env_remove("RUST_LOG")
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -211,18 +221,6 @@ level = "info"
         agent
     }
 
-    /// Restarts the same configuration (same ports) after a stop.
-    pub fn restart(self) -> Agent {
-        let (path, port, ws, device) = (
-            self.config_path.clone(),
-            self.mqtt_port,
-            self.ws_port,
-            self.device.clone(),
-        );
-        drop(self);
-        Self::spawn(path, port, ws, device)
-    }
-
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
@@ -241,6 +239,11 @@ level = "info"
         );
     }
 
+    /// Sends a signal by name ("HUP", "TERM", ...).
+    pub fn signal(&self, name: &str) {
+        send_signal(self.child.id(), name);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -248,17 +251,21 @@ level = "info"
     /// Sends SIGTERM and waits for exit; returns the exit status and how long it took.
     pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
         let started = Instant::now();
-        unsafe_sigterm(self.child.id());
+        send_signal(self.child.id(), "TERM");
         let status = self.child.wait().unwrap();
         (status, started.elapsed())
     }
 }
 
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
+fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "kill -{name} {pid} failed"
+    );
 }
 
 impl Drop for Agent {

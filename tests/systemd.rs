@@ -1,0 +1,98 @@
+//! The agent as systemd runs it: the notify protocol over a real NOTIFY_SOCKET datagram
+//! socket (READY, STATUS, WATCHDOG, RELOADING, STOPPING), and SIGHUP re-reading the config.
+
+mod common;
+
+use common::viewer::Observer;
+use common::{require_loopback_only_network, Agent, AgentOptions};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+/// Collects notify datagrams until `done` holds or the timeout passes.
+fn collect(
+    socket: &UnixDatagram,
+    seen: &mut Vec<String>,
+    timeout: Duration,
+    done: impl Fn(&[String]) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while !done(seen) && Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(done(seen), "notify messages so far: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notify_protocol_watchdog_and_reload() {
+    require_loopback_only_network();
+    let dir = common::temp_dir("notify");
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let agent = Agent::start(AgentOptions {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), socket_path.display().to_string()),
+            // A 1 s watchdog: peercam pings every 0.5 s while frames flow.
+            ("WATCHDOG_USEC".into(), "1000000".into()),
+        ],
+        ..Default::default()
+    });
+    let mut seen = Vec::new();
+    collect(&socket, &mut seen, Duration::from_secs(10), |s| {
+        s.iter().any(|l| l == "READY=1") && s.iter().filter(|l| *l == "WATCHDOG=1").count() >= 3
+    });
+    assert!(
+        seen.iter()
+            .any(|l| l == "STATUS=0 viewer(s); camera online"),
+        "{seen:?}"
+    );
+
+    // SIGHUP: max_viewers applies live (and shows in the retained status); video needs a restart.
+    let status_topic = format!("peercam/{}/status", agent.device);
+    let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status_topic)).await;
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+    let changed = config
+        .replace("max_viewers = 8", "max_viewers = 3")
+        .replace("fps = 30", "fps = 25");
+    std::fs::write(&agent.config_path, changed).unwrap();
+    agent.signal("HUP");
+    collect(&socket, &mut seen, Duration::from_secs(5), |s| {
+        s.iter().any(|l| l == "RELOADING=1")
+    });
+    let status = observer
+        .wait_for(&status_topic, Duration::from_secs(5), |v| {
+            v["max_viewers"] == 3
+        })
+        .await;
+    assert_eq!(
+        status["video"]["fps"], 30,
+        "video settings wait for a restart"
+    );
+    agent.wait_for_log(
+        "video changed; restart peercam to apply it",
+        Duration::from_secs(5),
+    );
+
+    // A broken file on SIGHUP keeps the running configuration.
+    std::fs::write(&agent.config_path, "[video]\nfps = \"fast\"\n").unwrap();
+    agent.signal("HUP");
+    agent.wait_for_log("keeping the running configuration", Duration::from_secs(5));
+    agent.wait_for_log("video.fps", Duration::from_secs(1));
+
+    let pid = agent.pid();
+    let (exit, _) = agent.terminate();
+    assert!(exit.success());
+    collect(&socket, &mut seen, Duration::from_secs(3), |s| {
+        s.iter().any(|l| l == "STOPPING=1")
+    });
+    println!("figures: pid {pid} sent {} notify lines", seen.len());
+}
