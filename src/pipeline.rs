@@ -19,13 +19,15 @@ const ENCODE_QUEUE_FRAMES: usize = 2;
 #[derive(Default)]
 pub struct PipelineHealth {
     stop: AtomicBool,
-    /// Unix ms of the last frame the encoder finished (0 = none yet).
-    last_encoded_ms: AtomicU64,
+    /// Unix ms of the last captured frame the encoder thread dealt with (0 = none yet).
+    last_frame_ms: AtomicU64,
 }
 
 impl PipelineHealth {
-    pub fn last_encoded_ms(&self) -> u64 {
-        self.last_encoded_ms.load(Ordering::Relaxed)
+    /// Unix ms of the last captured frame the encoder thread dealt with, encoded or (with
+    /// no viewers) skipped: it stops moving when capture or encoding is stuck.
+    pub fn last_frame_ms(&self) -> u64 {
+        self.last_frame_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -95,6 +97,14 @@ impl Pipeline {
                         Err(RecvTimeoutError::Timeout) => continue,
                         Err(RecvTimeoutError::Disconnected) => break,
                     };
+                    encode_health
+                        .last_frame_ms
+                        .store(unix_ms(), Ordering::Relaxed);
+                    if fanout.subscriber_count() == 0 {
+                        // Nobody watches: spare the board the encoder's CPU and heat. A
+                        // viewer's subscription requests an IDR, so it starts at once.
+                        continue;
+                    }
                     let started = Instant::now();
                     let force_keyframe = keyframes.take_due(started);
                     match encoder.encode(&frame, force_keyframe) {
@@ -107,9 +117,6 @@ impl Pipeline {
                                 encoded.keyframe,
                                 started.elapsed().as_micros() as u64,
                             );
-                            encode_health
-                                .last_encoded_ms
-                                .store(unix_ms(), Ordering::Relaxed);
                             fanout.publish(encoded);
                         }
                         Ok(None) => {

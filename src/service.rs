@@ -126,13 +126,13 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let age = Duration::from_millis(now_ms.saturating_sub(health.last_encoded_ms()));
-        if health.last_encoded_ms() == 0 || age <= stall_limit {
+        let age = Duration::from_millis(now_ms.saturating_sub(health.last_frame_ms()));
+        if health.last_frame_ms() == 0 || age <= stall_limit {
             stalled = false;
             notify::watchdog_ping();
         } else if !stalled {
             stalled = true;
-            tracing::error!("no frame encoded for {age:?}; withholding watchdog pings");
+            tracing::error!("no frame through the pipeline for {age:?}; withholding watchdog pings");
         }
     }
 }

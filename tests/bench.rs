@@ -55,7 +55,7 @@ async fn agent_cpu_and_latency_at_720p30() {
         fps: 30,
         ..Default::default()
     });
-    measure("0 viewers (capture + encode only)", agent.pid()).await;
+    measure("0 viewers (capture only; the encoder idles)", agent.pid()).await;
     for count in [1usize, 5] {
         let mut viewers = Vec::new();
         for _ in 0..count {
