@@ -335,6 +335,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        fn in_range<T: PartialOrd + fmt::Display + Copy>(
+            key: &str,
+            value: T,
+            range: std::ops::RangeInclusive<T>,
+        ) -> Result<(), ConfigError> {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                let (low, high) = (range.start(), range.end());
+                Err(ConfigError::new(
+                    key,
+                    format!("must be between {low} and {high} (got {value})"),
+                ))
+            }
+        }
         let check = |ok: bool, key: &str, reason: String| {
             if ok {
                 Ok(())
@@ -373,21 +388,9 @@ impl Config {
                 v.height
             ),
         )?;
-        check(
-            (1..=120).contains(&v.fps),
-            "video.fps",
-            format!("must be between 1 and 120 (got {})", v.fps),
-        )?;
-        check(
-            (50..=50_000).contains(&v.bitrate_kbps),
-            "video.bitrate_kbps",
-            format!("must be between 50 and 50000 (got {})", v.bitrate_kbps),
-        )?;
-        check(
-            (1..=600).contains(&v.keyframe_interval_s),
-            "video.keyframe_interval_s",
-            format!("must be between 1 and 600 (got {})", v.keyframe_interval_s),
-        )?;
+        in_range("video.fps", v.fps, 1..=120)?;
+        in_range("video.bitrate_kbps", v.bitrate_kbps, 50..=50_000)?;
+        in_range("video.keyframe_interval_s", v.keyframe_interval_s, 1..=600)?;
         let prefix = &self.mqtt.topic_prefix;
         check(
             !prefix.is_empty() && !prefix.contains(['+', '#']) && !prefix.starts_with('/') && !prefix.ends_with('/'),
@@ -407,16 +410,8 @@ impl Config {
             format!("must be at least 5 (got {})", self.mqtt.keepalive_s),
         )?;
         let w = &self.webrtc;
-        check(
-            (1..=64).contains(&w.max_viewers),
-            "webrtc.max_viewers",
-            format!("must be between 1 and 64 (got {})", w.max_viewers),
-        )?;
-        check(
-            (1..=300).contains(&w.connect_timeout_s),
-            "webrtc.connect_timeout_s",
-            format!("must be between 1 and 300 (got {})", w.connect_timeout_s),
-        )?;
+        in_range("webrtc.max_viewers", w.max_viewers, 1..=64)?;
+        in_range("webrtc.connect_timeout_s", w.connect_timeout_s, 1..=300)?;
         for (i, server) in w.ice_servers.iter().enumerate() {
             let key = format!("webrtc.ice_servers[{i}].urls");
             check(

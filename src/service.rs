@@ -132,7 +132,9 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
             notify::watchdog_ping();
         } else if !stalled {
             stalled = true;
-            tracing::error!("no frame through the pipeline for {age:?}; withholding watchdog pings");
+            tracing::error!(
+                "no frame through the pipeline for {age:?}; withholding watchdog pings"
+            );
         }
     }
 }

@@ -53,11 +53,7 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
 
     // A viewer streams throughout, to prove bad input never disturbs it.
     let bystander = TestViewer::start(agent.mqtt_port, &device).await;
-    bystander
-        .wait_until("bystander decodes", Duration::from_secs(15), |s| {
-            s.frames_decoded >= 10
-        })
-        .await;
+    bystander.wait_for_frames(10, Duration::from_secs(15)).await;
 
     let probe = Probe {
         observer: &observer,
@@ -172,11 +168,7 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
         })
         .await;
     let newcomer = TestViewer::start(agent.mqtt_port, &device).await;
-    newcomer
-        .wait_until("newcomer decodes", Duration::from_secs(15), |s| {
-            s.frames_decoded >= 30
-        })
-        .await;
+    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
     assert!(
         agent.log_lines().iter().all(|l| !l.contains("panicked")),
         "no panic in the agent log"

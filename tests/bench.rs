@@ -62,11 +62,7 @@ async fn agent_cpu_and_latency_at_720p30() {
             viewers.push(TestViewer::start(agent.mqtt_port, &agent.device).await);
         }
         for viewer in &viewers {
-            viewer
-                .wait_until("decoding", Duration::from_secs(30), |s| {
-                    s.frames_decoded >= 30
-                })
-                .await;
+            viewer.wait_for_frames(30, Duration::from_secs(30)).await;
         }
         measure(&format!("{count} viewer(s) at 1280x720@30"), agent.pid()).await;
         for (i, viewer) in viewers.iter().enumerate() {

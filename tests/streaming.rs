@@ -117,11 +117,7 @@ async fn five_viewers_share_one_encoder() {
         viewers.push(TestViewer::start(agent.mqtt_port, &agent.device).await);
     }
     for viewer in &viewers {
-        viewer
-            .wait_until("30 decoded frames", Duration::from_secs(30), |s| {
-                s.frames_decoded >= 30
-            })
-            .await;
+        viewer.wait_for_frames(30, Duration::from_secs(30)).await;
     }
     // frames_encoded must grow at the frame rate, not five times it.
     let first = viewers[0].stats().telemetry.last().cloned().unwrap();
@@ -151,19 +147,11 @@ async fn a_late_joiner_gets_a_keyframe_at_once() {
         ..Default::default()
     });
     let first = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    first
-        .wait_until("first viewer decodes", Duration::from_secs(15), |s| {
-            s.frames_decoded >= 30
-        })
-        .await;
+    first.wait_for_frames(30, Duration::from_secs(15)).await;
     // Join mid-GOP: the periodic IDR is up to 10 s away.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let late = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    let stats = late
-        .wait_until("late joiner decodes", Duration::from_secs(10), |s| {
-            s.frames_decoded >= 1
-        })
-        .await;
+    let stats = late.wait_for_frames(1, Duration::from_secs(10)).await;
     let wait = stats.first_frame_after_offer.unwrap();
     println!(
         "figures: late joiner first frame {} ms after its offer",
@@ -183,11 +171,7 @@ async fn max_viewers_answers_busy() {
         ..Default::default()
     });
     let first = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    first
-        .wait_until("first viewer decodes", Duration::from_secs(15), |s| {
-            s.frames_decoded >= 5
-        })
-        .await;
+    first.wait_for_frames(5, Duration::from_secs(15)).await;
     let second = TestViewer::start(agent.mqtt_port, &agent.device).await;
     let stats = second
         .wait_until("busy error", Duration::from_secs(5), |s| {
@@ -222,11 +206,7 @@ async fn sigterm_hangs_up_viewers_and_goes_offline() {
     let status = status_topic(&agent.device);
     let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
     let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    viewer
-        .wait_until("decodes", Duration::from_secs(15), |s| {
-            s.frames_decoded >= 10
-        })
-        .await;
+    viewer.wait_for_frames(10, Duration::from_secs(15)).await;
     let (exit, took) = agent.terminate();
     println!("figures: SIGTERM to exit {} ms", took.as_millis());
     assert!(exit.success(), "clean exit: {exit:?}");
@@ -260,11 +240,7 @@ async fn a_broker_restart_heals_and_viewers_keep_streaming() {
         ..Default::default()
     });
     let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    viewer
-        .wait_until("decodes", Duration::from_secs(15), |s| {
-            s.frames_decoded >= 10
-        })
-        .await;
+    viewer.wait_for_frames(10, Duration::from_secs(15)).await;
 
     drop(mosquitto);
     let port = agent.mqtt_port;
@@ -289,11 +265,5 @@ async fn a_broker_restart_heals_and_viewers_keep_streaming() {
         "the viewer that never left is still counted"
     );
     let newcomer = TestViewer::start(port, &agent.device).await;
-    newcomer
-        .wait_until(
-            "a new viewer after the restart decodes",
-            Duration::from_secs(15),
-            |s| s.frames_decoded >= 10,
-        )
-        .await;
+    newcomer.wait_for_frames(10, Duration::from_secs(15)).await;
 }

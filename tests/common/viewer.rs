@@ -75,35 +75,33 @@ struct Handler {
     to_camera: String,
 }
 
+impl Handler {
+    async fn send(&self, message: Value) {
+        let _ = self
+            .client
+            .publish(
+                &self.to_camera,
+                QoS::AtLeastOnce,
+                false,
+                message.to_string(),
+            )
+            .await;
+    }
+}
+
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
-            let message = json!({"type": "candidate", "candidate": {
-                "candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index}});
-            let _ = self
-                .client
-                .publish(
-                    &self.to_camera,
-                    QoS::AtLeastOnce,
-                    false,
-                    message.to_string(),
-                )
+            self.send(json!({"type": "candidate", "candidate": {
+                "candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index}}))
                 .await;
         }
     }
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let message = json!({"type": "candidate", "candidate": null});
-            let _ = self
-                .client
-                .publish(
-                    &self.to_camera,
-                    QoS::AtLeastOnce,
-                    false,
-                    message.to_string(),
-                )
+            self.send(json!({"type": "candidate", "candidate": null}))
                 .await;
         }
     }
@@ -377,6 +375,14 @@ impl TestViewer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until at least `count` frames have been decoded.
+    pub async fn wait_for_frames(&self, count: u64, timeout: Duration) -> ViewerStats {
+        self.wait_until(&format!("{count} decoded frames"), timeout, |s| {
+            s.frames_decoded >= count
+        })
+        .await
     }
 
     /// Publishes raw bytes on this session's to-camera topic (for bad-input tests).
