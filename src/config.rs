@@ -636,6 +636,8 @@ mod tests {
         assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
         let reference = Config::from_toml_str(include_str!("../config/peercam.toml")).unwrap();
         assert_eq!(reference, Config::default());
+        let dev = Config::from_toml_str(include_str!("../config/dev.toml")).unwrap();
+        assert_eq!(dev.http.web_root, std::path::Path::new("web/dist"));
     }
 
     #[test]

@@ -1,0 +1,212 @@
+// Browser end-to-end test: the real agent (testsrc, embedded broker, HTTP page server) and
+// headless Debian Chromium driven by playwright-core. Must run in a loopback-only network
+// namespace (scripts/in-loopback-netns); it refuses to run anywhere else.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const repo = resolve(import.meta.dirname, '..', '..');
+const targetDir = process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache', 'peercam-target');
+const agentBinary = process.env.PEERCAM_BIN || join(targetDir, 'debug', 'peercam');
+const artifacts = join(repo, 'tests', 'artifacts');
+
+function requireLoopbackOnly() {
+  const names = readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2)
+    .map((l) => l.split(':')[0].trim()).filter(Boolean);
+  const others = names.filter((n) => n !== 'lo');
+  assert.deepEqual(others, [], `run inside scripts/in-loopback-netns; found interfaces ${others}`);
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => { const { port } = server.address(); server.close(() => res(port)); });
+    server.on('error', rej);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The real peercam binary with a generated config; restartable on the same ports. */
+class Agent {
+  static async create({ maxViewers = 8 } = {}) {
+    const agent = new Agent();
+    agent.ports = { mqtt: await freePort(), ws: await freePort(), http: await freePort() };
+    agent.dir = mkdtempSync(join(tmpdir(), 'peercam-browser-'));
+    agent.config = join(agent.dir, 'peercam.toml');
+    writeFileSync(agent.config, `[device]
+id = "cam1"
+name = "Browser test camera"
+[video]
+width = 640
+height = 480
+fps = 30
+[broker]
+listen = "127.0.0.1:${agent.ports.mqtt}"
+ws_listen = "127.0.0.1:${agent.ports.ws}"
+[webrtc]
+max_viewers = ${maxViewers}
+udp_addrs = ["127.0.0.1:0"]
+[http]
+listen = "127.0.0.1:${agent.ports.http}"
+web_root = "${join(repo, 'web', 'dist')}"
+[telemetry]
+interval_ms = 500
+`);
+    await agent.start();
+    return agent;
+  }
+
+  get url() { return `http://127.0.0.1:${this.ports.http}/`; }
+
+  async start() {
+    this.log = '';
+    this.process = spawn(agentBinary, ['--config', this.config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const collect = (chunk) => { this.log += chunk; if (process.env.PEERCAM_TEST_ECHO) process.stderr.write(chunk); };
+    this.process.stdout.on('data', collect);
+    this.process.stderr.on('data', collect);
+    const deadline = Date.now() + 20000;
+    while (!this.log.includes('peercam ready')) {
+      if (Date.now() > deadline) throw new Error(`agent did not start:\n${this.log}`);
+      await sleep(50);
+    }
+  }
+
+  async stop() {
+    if (!this.process || this.process.exitCode !== null) return;
+    const exited = new Promise((r) => this.process.once('exit', r));
+    this.process.kill('SIGTERM');
+    await exited;
+  }
+}
+
+let browser;
+before(async () => {
+  requireLoopbackOnly();
+  mkdirSync(artifacts, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+      // mDNS cannot resolve in the loopback-only namespace: expose host candidates.
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+    ],
+  });
+});
+after(async () => { await browser?.close(); });
+
+async function openViewer(agent) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  const loadedAt = Date.now();
+  await page.goto(agent.url);
+  return { page, context, loadedAt };
+}
+
+/** Decoded frames as the video element reports them. */
+const decodedFrames = (page) => page.evaluate(() => {
+  const v = document.getElementById('video');
+  return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : (window.peercam?.framesDecoded ?? 0);
+});
+
+async function waitFor(what, timeoutMs, check) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+test('the page plays the camera with telemetry and latency', async () => {
+  const agent = await Agent.create();
+  try {
+    const { page, context, loadedAt } = await openViewer(agent);
+    let firstFrameMs = null;
+    await waitFor('90 decoded frames', 15000, async () => {
+      const frames = await decodedFrames(page);
+      if (frames > 0 && firstFrameMs == null) firstFrameMs = Date.now() - loadedAt;
+      return frames >= 90;
+    });
+    const facts = await page.evaluate(() => {
+      const v = document.getElementById('video');
+      return { width: v.videoWidth, height: v.videoHeight, state: document.getElementById('state').dataset.state,
+        telemetry: window.peercam.telemetry, latency: window.peercam.latencyMs,
+        latencyText: document.getElementById('latency').textContent, fpsText: document.getElementById('fps').textContent };
+    });
+    assert.equal(facts.width, 640);
+    assert.equal(facts.height, 480);
+    assert.equal(facts.state, 'live');
+    const telemetryBefore = facts.telemetry;
+    await waitFor('telemetry updates', 5000, async () => (await page.evaluate(() => window.peercam.telemetry)) > telemetryBefore + 2);
+    assert.match(await page.textContent('#fps'), /^\d+(\.\d+)?$/);
+    await waitFor('a latency reading', 5000, async () => /^-?\d+ ms$/.test(await page.textContent('#latency')));
+    const latency = await page.evaluate(() => window.peercam.latencyMs);
+    await waitFor('connection facts', 5000, async () => (await page.textContent('#path')) !== '–');
+    const shot = join(artifacts, 'viewer.png');
+    await page.screenshot({ path: shot });
+    const frames = await decodedFrames(page);
+    console.log(`figures: decoded ${frames} frames, first frame ${firstFrameMs} ms after page load, page latency ${latency} ms, path ${await page.textContent('#path')}, screenshot ${shot}`);
+    await context.close();
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('two pages play at once; with max_viewers = 1 the second is told the camera is busy', async () => {
+  const both = await Agent.create();
+  try {
+    const a = await openViewer(both);
+    const b = await openViewer(both);
+    await waitFor('both pages decode', 15000, async () => (await decodedFrames(a.page)) >= 30 && (await decodedFrames(b.page)) >= 30);
+    await a.context.close();
+    await b.context.close();
+  } finally {
+    await both.stop();
+  }
+  const single = await Agent.create({ maxViewers: 1 });
+  try {
+    const first = await openViewer(single);
+    await waitFor('first page decodes', 15000, async () => (await decodedFrames(first.page)) >= 30);
+    const second = await openViewer(single);
+    await waitFor('busy state', 10000, async () => (await second.page.getAttribute('#state', 'data-state')) === 'busy');
+    const sentence = await second.page.textContent('#state');
+    assert.match(sentence, /maximum number of viewers/);
+    await second.page.screenshot({ path: join(artifacts, 'busy.png') });
+    console.log(`figures: busy page says "${sentence}"`);
+    await first.context.close();
+    await second.context.close();
+  } finally {
+    await single.stop();
+  }
+});
+
+test('the page recovers by itself when the agent restarts', async () => {
+  const agent = await Agent.create();
+  try {
+    const { page, context } = await openViewer(agent);
+    await waitFor('playing', 15000, async () => (await decodedFrames(page)) >= 30);
+    await agent.stop();
+    await waitFor('the page notices', 10000, async () => (await page.getAttribute('#state', 'data-state')) !== 'live');
+    const restartedAt = Date.now();
+    await agent.start();
+    // Presented frames count across sessions (a new connection may reset the element's counters).
+    const presented = () => page.evaluate(() => window.peercam.presentedFrames);
+    const before = await presented();
+    await waitFor('playing again without reload', 15000, async () =>
+      (await page.getAttribute('#state', 'data-state')) === 'live' && (await presented()) > before + 30);
+    console.log(`figures: playing again ${Date.now() - restartedAt} ms after the agent restarted`);
+    await context.close();
+  } finally {
+    await agent.stop();
+  }
+});

@@ -1,0 +1,400 @@
+// peercam viewer page: lists cameras from their retained MQTT status, negotiates WebRTC
+// with the chosen one over MQTT (protocol v1, docs/signaling.md), plays the video and shows
+// live telemetry. Media goes camera → browser directly; MQTT carries only signaling.
+import mqtt from 'mqtt';
+import { Chart } from './chart.js';
+import { readStamp } from './stamp.js';
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+
+const SENTENCES = {
+  idle: 'Pick a camera to watch.',
+  connecting: 'Connecting to the camera…',
+  reconnecting: 'Connection lost; reconnecting…',
+  live: 'Live',
+  offline: 'The camera is offline. The video resumes by itself when it comes back.',
+  unavailable: 'The camera device is unavailable right now (unplugged or failing). Waiting for it…',
+  busy: 'The camera already has its maximum number of viewers. Try again later.',
+  unreachable: 'The broker cannot be reached. Retrying…',
+  failed: 'No network path to the camera (ICE failed). Retrying…',
+  error: 'The camera refused the connection.',
+};
+
+/** Where the broker and cameras are: query parameters, else what the agent serving us says. */
+async function discover() {
+  let served = {};
+  try {
+    const response = await fetch('peercam.json', { cache: 'no-store' });
+    if (response.ok) served = await response.json();
+  } catch { /* hosted elsewhere: query parameters only */ }
+  const host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const broker = params.get('broker') || (served.ws_port ? `${scheme}://${host || '127.0.0.1'}:${served.ws_port}` : null);
+  return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device: params.get('device') || null };
+}
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return 'web' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function setState(state, detail) {
+  const el = $('state');
+  el.dataset.state = state;
+  const sentence = SENTENCES[state] || state;
+  // The camera's own wording only adds to the generic refusal; the named states say it all.
+  el.textContent = detail && state === 'error' ? `${sentence} (${detail})` : sentence;
+  el.title = detail || '';
+  document.body.dataset.viewerState = state;
+}
+
+function setBrokerState(state, text) {
+  const el = $('broker-state');
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+/** One watch attempt: its own MQTT connection (so its last will hangs up exactly this
+ *  session), one RTCPeerConnection, one session id. Ends on hangup, error or failure. */
+class Session {
+  constructor({ broker, prefix, device, status, onEnd, ui }) {
+    this.sid = randomId();
+    this.device = device;
+    this.toCamera = `${prefix}/${device}/session/${this.sid}/to-camera`;
+    this.toViewer = `${prefix}/${device}/session/${this.sid}/to-viewer`;
+    this.broker = broker;
+    this.status = status;
+    this.onEnd = onEnd;
+    this.ui = ui;
+    this.ended = false;
+    this.remoteSet = false;
+    this.pendingCandidates = [];
+  }
+
+  start() {
+    const hangup = JSON.stringify({ type: 'hangup' });
+    this.client = mqtt.connect(this.broker, {
+      protocolVersion: 4, // the embedded broker's WebSocket listener speaks MQTT 3.1.1 only
+      clientId: `viewer-${this.sid}`,
+      clean: true,
+      reconnectPeriod: 0,
+      connectTimeout: 8000,
+      will: { topic: this.toCamera, payload: hangup, qos: 1, retain: false },
+    });
+    this.client.on('error', () => this.end('unreachable'));
+    this.client.on('close', () => { if (!this.ended) this.end('unreachable'); });
+    this.client.on('message', (_topic, payload) => this.onSignal(payload));
+    this.client.on('connect', () => {
+      this.client.subscribe(this.toViewer, { qos: 1 }, (err) => {
+        if (err) this.end('unreachable');
+        else this.offer().catch((e) => { console.error(e); this.end('error'); });
+      });
+    });
+  }
+
+  send(message) {
+    if (this.client?.connected) this.client.publish(this.toCamera, JSON.stringify(message), { qos: 1 });
+  }
+
+  async offer() {
+    const pc = new RTCPeerConnection({ iceServers: this.status.ice_servers || [] });
+    this.pc = pc;
+    const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+    const caps = window.RTCRtpReceiver?.getCapabilities?.('video');
+    if (caps && transceiver.setCodecPreferences) {
+      const h264 = caps.codecs.filter((c) => c.mimeType.toLowerCase() === 'video/h264');
+      if (h264.length) transceiver.setCodecPreferences(h264);
+    }
+    const channel = pc.createDataChannel('telemetry');
+    channel.onmessage = (event) => {
+      try { this.ui.telemetry(JSON.parse(event.data)); } catch { /* ignore a bad message */ }
+    };
+    pc.ontrack = (event) => this.ui.attach(event.streams[0] || new MediaStream([event.track]));
+    pc.onicecandidate = (event) => {
+      const c = event.candidate;
+      this.send({ type: 'candidate', candidate: c ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex } : null });
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'connected') setState('live');
+      if (pc.connectionState === 'failed') this.end('failed');
+    };
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    // The camera drops sessions that do not connect; do the same here.
+    this.connectTimer = setTimeout(() => { if (pc.connectionState !== 'connected') this.end('failed'); }, 20000);
+  }
+
+  async onSignal(payload) {
+    let message;
+    try { message = JSON.parse(new TextDecoder().decode(payload)); } catch { return; }
+    const pc = this.pc;
+    if (!pc || this.ended) return;
+    try {
+      if (message.type === 'answer') {
+        await pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
+        this.remoteSet = true;
+        for (const c of this.pendingCandidates.splice(0)) await pc.addIceCandidate(c);
+      } else if (message.type === 'candidate') {
+        const candidate = message.candidate ?? null;
+        if (!this.remoteSet) this.pendingCandidates.push(candidate);
+        else await pc.addIceCandidate(candidate);
+      } else if (message.type === 'error') {
+        const state = { busy: 'busy', unavailable: 'unavailable' }[message.code] || 'error';
+        this.end(state, message.message);
+      } else if (message.type === 'hangup') {
+        this.end('reconnecting', `(${message.reason || 'hangup'})`);
+      }
+    } catch (e) {
+      console.warn('signaling:', e);
+    }
+  }
+
+  /** Ends this session; `reason` is the state to show. Idempotent. */
+  end(reason, detail, { sendHangup = true } = {}) {
+    if (this.ended) return;
+    this.ended = true;
+    clearTimeout(this.connectTimer);
+    if (sendHangup) this.send({ type: 'hangup' });
+    try { this.pc?.close(); } catch { /* already closed */ }
+    const client = this.client;
+    if (client) setTimeout(() => client.end(true), 200); // let the hangup leave first
+    this.onEnd(reason, detail);
+  }
+}
+
+/** The page: camera list, the current watch and its reconnect policy, the panels. */
+class App {
+  constructor(config) {
+    this.config = config;
+    this.cameras = new Map();
+    this.session = null;
+    this.watching = null;
+    this.backoff = 1000;
+    this.retryTimer = null;
+    this.charts = {
+      latency: new Chart($('chart-latency'), '#5aa9ff'),
+      fps: new Chart($('chart-fps'), '#3ecf8e'),
+      bitrate: new Chart($('chart-bitrate'), '#c792ea'),
+      cpu: new Chart($('chart-cpu'), '#f5b942', 100),
+      temperature: new Chart($('chart-temperature'), '#ff6b6b'),
+    };
+    this.stats = { telemetry: 0, latencyMs: null, framesDecoded: 0, presentedFrames: 0 };
+    window.peercam = this.stats; // read by the browser test and handy in the console
+  }
+
+  start() {
+    const { broker, prefix } = this.config;
+    if (!broker) {
+      setBrokerState('unreachable', 'no broker: open this page with ?broker=ws://host:port');
+      return;
+    }
+    const client = mqtt.connect(broker, { protocolVersion: 4, clientId: `list-${randomId()}`, reconnectPeriod: 2000, connectTimeout: 8000 });
+    client.on('connect', () => {
+      setBrokerState('connected', `broker ${new URL(broker).host}`);
+      client.subscribe(`${prefix}/+/status`, { qos: 1 });
+    });
+    client.on('reconnect', () => setBrokerState('connecting', 'reconnecting to broker…'));
+    client.on('offline', () => {
+      setBrokerState('unreachable', 'broker unreachable');
+      if (this.watching && !this.session) setState('unreachable');
+    });
+    client.on('error', () => setBrokerState('unreachable', 'broker unreachable'));
+    client.on('message', (topic, payload) => this.onStatus(topic, payload));
+    $('stop').onclick = () => this.stop();
+    $('fullscreen').onclick = () => {
+      const video = $('video');
+      const stage = $('stage');
+      if (stage.requestFullscreen) stage.requestFullscreen();
+      else if (video.webkitEnterFullscreen) video.webkitEnterFullscreen(); // iOS Safari
+    };
+    addEventListener('pagehide', () => this.session?.end('idle'));
+    setInterval(() => this.pollStats(), 1000);
+    this.watchFrames();
+  }
+
+  onStatus(topic, payload) {
+    let status;
+    try { status = JSON.parse(new TextDecoder().decode(payload)); } catch { return; }
+    if (status?.type !== 'status' || typeof status.device !== 'string') return;
+    const previous = this.cameras.get(status.device);
+    this.cameras.set(status.device, status);
+    this.renderList();
+    if (!this.watching && (this.config.device ? status.device === this.config.device : status.state === 'online')) {
+      if (status.state === 'online' || this.config.device) this.watch(status.device);
+    }
+    if (this.watching === status.device) {
+      $('viewers').textContent = `${status.viewers ?? '–'} of ${status.max_viewers ?? '–'}`;
+      if (status.state !== 'online') {
+        this.session?.end(status.state === 'offline' ? 'offline' : 'unavailable', '', { sendHangup: false });
+      } else if (previous?.state !== 'online' || !this.session) {
+        this.scheduleRetry(0);
+      }
+    }
+  }
+
+  renderList() {
+    const list = $('camera-list');
+    list.replaceChildren();
+    if (!this.cameras.size) {
+      list.innerHTML = '<li class="empty">No camera has announced itself yet.</li>';
+      return;
+    }
+    for (const [id, status] of [...this.cameras].sort()) {
+      const li = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.dataset.device = id;
+      button.setAttribute('aria-current', String(this.watching === id));
+      const state = status.state || 'offline';
+      const meta = state === 'online' ? `${status.video?.width}×${status.video?.height} @ ${status.video?.fps} fps · ${status.viewers}/${status.max_viewers} viewers` : state;
+      button.innerHTML = '<span class="cam-name"></span><span class="cam-meta"></span>';
+      button.querySelector('.cam-name').innerHTML = `<span class="dot ${state}"></span>`;
+      button.querySelector('.cam-name').append(status.name || id);
+      button.querySelector('.cam-meta').textContent = `${id} · ${meta}`;
+      button.onclick = () => this.watch(id);
+      li.append(button);
+      list.append(li);
+    }
+  }
+
+  watch(device) {
+    if (this.watching === device && this.session) return;
+    this.stop();
+    this.watching = device;
+    this.backoff = 1000;
+    $('viewer').hidden = false;
+    $('camera-title').textContent = this.cameras.get(device)?.name || device;
+    this.renderList();
+    this.connect();
+  }
+
+  stop() {
+    clearTimeout(this.retryTimer);
+    this.session?.end('idle');
+    this.session = null;
+    this.watching = null;
+    $('viewer').hidden = true;
+    this.renderList();
+  }
+
+  connect() {
+    const device = this.watching;
+    const status = this.cameras.get(device);
+    if (!device) return;
+    if (!status || status.state === 'offline') return setState('offline');
+    if (status.state === 'unavailable') return setState('unavailable');
+    setState('connecting');
+    const session = new Session({
+      ...this.config,
+      device,
+      status,
+      ui: this,
+      onEnd: (reason, detail) => {
+        if (this.session !== session) return;
+        this.session = null;
+        if (reason === 'idle') return;
+        setState(reason, detail);
+        // Busy and refused sessions retry slowly; everything else with backoff.
+        this.scheduleRetry(reason === 'busy' ? 10000 : this.backoff);
+        this.backoff = Math.min(this.backoff * 2, 5000);
+      },
+    });
+    this.session = session;
+    session.start();
+  }
+
+  scheduleRetry(delay) {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => {
+      if (this.watching && !this.session && this.cameras.get(this.watching)?.state === 'online') this.connect();
+    }, delay);
+  }
+
+  attach(stream) {
+    const video = $('video');
+    if (video.srcObject !== stream) video.srcObject = stream;
+    video.play().catch(() => { /* autoplay of muted video is allowed; retry on next frame */ });
+    this.backoff = 1000;
+  }
+
+  telemetry(message) {
+    if (message.type !== 'telemetry') return;
+    this.stats.telemetry += 1;
+    const { system = {}, video = {} } = message;
+    $('cpu').textContent = `${system.cpu_percent?.toFixed(0) ?? '–'} %`;
+    $('temperature').textContent = system.temperature_c == null ? 'n/a' : `${system.temperature_c.toFixed(1)} °C`;
+    $('fps').textContent = `${video.fps?.toFixed(1) ?? '–'}`;
+    $('bitrate').textContent = `${video.bitrate_kbps != null ? (video.bitrate_kbps / 1000).toFixed(2) : '–'} Mbit/s`;
+    this.charts.cpu.push(system.cpu_percent);
+    if (system.temperature_c != null) this.charts.temperature.push(system.temperature_c);
+    this.charts.fps.push(video.fps);
+    this.charts.bitrate.push(video.bitrate_kbps);
+    $('viewers').textContent = `${message.viewers}`;
+  }
+
+  /** Reads the latency stamp from each presented frame (requestVideoFrameCallback where
+   *  the browser has it, else once per animation frame). */
+  watchFrames() {
+    const video = $('video');
+    const canvas = $('stamp');
+    const context = canvas.getContext('2d', { willReadFrequently: true });
+    let lastSample = 0;
+    const onFrame = () => {
+      const now = Date.now();
+      if (video.videoWidth && !video.paused) this.stats.presentedFrames += 1;
+      if (video.videoWidth && now - lastSample >= 100) {
+        lastSample = now;
+        const stamp = readStamp(video, canvas, context);
+        if (stamp != null) {
+          const latency = now - stamp;
+          if (latency > -1000 && latency < 60000) {
+            this.stats.latencyMs = latency;
+            $('latency').textContent = `${latency} ms`;
+            this.charts.latency.push(latency);
+          } else {
+            $('latency').textContent = 'clock offset?';
+          }
+        }
+      }
+      schedule();
+    };
+    const schedule = () => {
+      if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
+      else requestAnimationFrame(onFrame);
+    };
+    schedule();
+  }
+
+  async pollStats() {
+    const pc = this.session?.pc;
+    const video = $('video');
+    if (video.videoWidth) $('resolution').textContent = `${video.videoWidth}×${video.videoHeight}`;
+    if (!pc) return;
+    const report = await pc.getStats();
+    let pair; const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    report.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId);
+    });
+    if (!pair) report.forEach((s) => { if (s.type === 'candidate-pair' && (s.selected || s.nominated) && s.state === 'succeeded') pair = s; });
+    if (pair) {
+      const local = byId.get(pair.localCandidateId);
+      const remote = byId.get(pair.remoteCandidateId);
+      $('path').textContent = `${local?.candidateType ?? '?'} ↔ ${remote?.candidateType ?? '?'} (${local?.protocol ?? 'udp'})`;
+      if (pair.currentRoundTripTime != null) $('rtt').textContent = `${(pair.currentRoundTripTime * 1000).toFixed(0)} ms`;
+    }
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        this.stats.framesDecoded = s.framesDecoded ?? 0;
+        $('lost').textContent = `${s.packetsLost ?? 0}`;
+        $('frames').textContent = `${s.framesDecoded ?? 0} / ${s.framesDropped ?? 0}`;
+        const codec = byId.get(s.codecId);
+        if (codec) $('codec').textContent = `${codec.mimeType.replace('video/', '')} ${codec.sdpFmtpLine?.match(/profile-level-id=(\w+)/)?.[1] ?? ''}`.trim();
+      }
+    });
+  }
+}
+
+discover().then((config) => new App(config).start());
