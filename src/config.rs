@@ -39,6 +39,15 @@ pub struct VideoConfig {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub keyframe_interval_s: u32,
+    /// V4L2 pixel format: "auto" (H.264 when `passthrough`, else raw YUV, else MJPEG) or a
+    /// fourcc such as "YUYV", "NV12", "YU12", "MJPG", "H264".
+    pub format: String,
+    /// Send the camera's own H.264 without re-encoding when it offers H.264.
+    pub passthrough: bool,
+    /// Fail instead of using the nearest mode when the camera cannot do width/height/fps.
+    pub strict: bool,
+    /// V4L2 controls by name (as `peercam devices` lists them), e.g. `brightness = 128`.
+    pub controls: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -204,6 +213,10 @@ impl Default for VideoConfig {
             fps: 30,
             bitrate_kbps: 2000,
             keyframe_interval_s: 2,
+            format: "auto".into(),
+            passthrough: false,
+            strict: false,
+            controls: Default::default(),
         }
     }
 }
@@ -334,7 +347,7 @@ impl Config {
         Config::from_toml_str(&text).map_err(|e| e.in_file(&name))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         fn in_range<T: PartialOrd + fmt::Display + Copy>(
             key: &str,
             value: T,
@@ -391,6 +404,24 @@ impl Config {
         in_range("video.fps", v.fps, 1..=120)?;
         in_range("video.bitrate_kbps", v.bitrate_kbps, 50..=50_000)?;
         in_range("video.keyframe_interval_s", v.keyframe_interval_s, 1..=600)?;
+        check(
+            v.format == "auto" || (v.format.len() == 4 && v.format.chars().all(|c| c.is_ascii_graphic() || c == ' ')),
+            "video.format",
+            format!("must be \"auto\" or a four-character V4L2 fourcc such as \"YUYV\", \"NV12\", \"MJPG\" or \"H264\" (got {:?})", v.format),
+        )?;
+        check(
+            v.format != "H264" || v.passthrough,
+            "video.format",
+            "\"H264\" needs video.passthrough = true (peercam does not decode H.264 to re-encode it)".to_owned(),
+        )?;
+        if v.source == "testsrc" {
+            if let Some(name) = v.controls.keys().next() {
+                return Err(ConfigError::new(
+                    &format!("video.controls.{name}"),
+                    "controls apply to V4L2 cameras; video.source is \"testsrc\"",
+                ));
+            }
+        }
         let prefix = &self.mqtt.topic_prefix;
         check(
             !prefix.is_empty() && !prefix.contains(['+', '#']) && !prefix.starts_with('/') && !prefix.ends_with('/'),
@@ -644,7 +675,7 @@ mod tests {
     fn unknown_keys_name_the_dotted_key_and_the_valid_ones() {
         let e = error("[video]\nwidht = 640\n");
         assert_eq!(e.key(), Some("video.widht"));
-        assert_eq!(e.to_string(), "config:2:1: video.widht: unknown key (expected one of: source, width, height, fps, bitrate_kbps, keyframe_interval_s)");
+        assert_eq!(e.to_string(), "config:2:1: video.widht: unknown key (expected one of: source, width, height, fps, bitrate_kbps, keyframe_interval_s, format, passthrough, strict, controls)");
         assert_eq!(error("colour = 1\n").key(), Some("colour"));
         let e = error("[[webrtc.ice_servers]]\nurls = [\"stun:stun.example.lan\"]\n[[webrtc.ice_servers]]\nurl = \"turn:x\"\n");
         assert_eq!(e.key(), Some("webrtc.ice_servers[1].url"), "{e}");
