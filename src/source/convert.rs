@@ -1,0 +1,450 @@
+//! Camera pixel formats and their conversion to the encoder's I420.
+//! Conversions use the `yuv` (SIMD) and `zune-jpeg` crates; this module never touches a
+//! device and never panics on a short or corrupt buffer (it returns an error instead).
+
+use std::fmt;
+use yuv::{
+    BufferStoreMut, YuvConversionMode, YuvPackedImage, YuvPlanarImageMut, YuvRange,
+    YuvStandardMatrix,
+};
+use zune_jpeg::zune_core::bytestream::ZCursor;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
+
+/// The capture formats peercam understands, in `auto` preference order within each family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PixelFormat {
+    /// Compressed by the camera; passed through without re-encoding.
+    H264,
+    Yuyv,
+    Uyvy,
+    Nv12,
+    /// Planar I420: the encoder's own format.
+    Yu12,
+    /// Planar with V before U.
+    Yv12,
+    Mjpeg,
+}
+
+impl PixelFormat {
+    pub const ALL: [PixelFormat; 7] = [
+        PixelFormat::H264,
+        PixelFormat::Yuyv,
+        PixelFormat::Uyvy,
+        PixelFormat::Nv12,
+        PixelFormat::Yu12,
+        PixelFormat::Yv12,
+        PixelFormat::Mjpeg,
+    ];
+
+    pub fn fourcc(self) -> [u8; 4] {
+        match self {
+            PixelFormat::H264 => *b"H264",
+            PixelFormat::Yuyv => *b"YUYV",
+            PixelFormat::Uyvy => *b"UYVY",
+            PixelFormat::Nv12 => *b"NV12",
+            PixelFormat::Yu12 => *b"YU12",
+            PixelFormat::Yv12 => *b"YV12",
+            PixelFormat::Mjpeg => *b"MJPG",
+        }
+    }
+
+    pub fn from_fourcc(fourcc: [u8; 4]) -> Option<Self> {
+        if &fourcc == b"JPEG" {
+            return Some(PixelFormat::Mjpeg);
+        }
+        Self::ALL.into_iter().find(|f| f.fourcc() == fourcc)
+    }
+
+    /// `auto` preference: H.264 (only when passthrough is on), then raw YUV (no decoding
+    /// cost, best quality), then MJPEG (a JPEG decode per frame). Lower is better.
+    pub fn auto_rank(self, passthrough: bool) -> Option<u8> {
+        match self {
+            PixelFormat::H264 => passthrough.then_some(0),
+            PixelFormat::Yu12 => Some(1),
+            PixelFormat::Nv12 => Some(2),
+            PixelFormat::Yuyv => Some(3),
+            PixelFormat::Uyvy => Some(4),
+            PixelFormat::Yv12 => Some(5),
+            PixelFormat::Mjpeg => Some(6),
+        }
+    }
+}
+
+impl fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::str::from_utf8(&self.fourcc()).unwrap_or("????"))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConvertError {
+    #[error("{format} frame too short: {got} bytes, need {need} for {width}x{height}")]
+    Short {
+        format: PixelFormat,
+        got: usize,
+        need: usize,
+        width: u32,
+        height: u32,
+    },
+    #[error("corrupt JPEG: {0}")]
+    Jpeg(String),
+    #[error("JPEG is {got_width}x{got_height}, the negotiated mode is {width}x{height}")]
+    JpegSize {
+        got_width: u32,
+        got_height: u32,
+        width: u32,
+        height: u32,
+    },
+    #[error("{0} cannot be converted to I420")]
+    Unsupported(PixelFormat),
+    #[error("conversion failed: {0}")]
+    Library(String),
+}
+
+/// Where the planes of a raw frame are, as the driver reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub format: PixelFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row of the first plane (V4L2 `bytesperline`; 0 = tightly packed).
+    pub stride: u32,
+}
+
+impl Layout {
+    fn stride_or(&self, packed: u32) -> usize {
+        if self.stride == 0 {
+            packed as usize
+        } else {
+            self.stride as usize
+        }
+    }
+}
+
+/// Converts one captured frame into tightly packed I420, reusing `out`'s allocation.
+pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    let (w, h) = (layout.width as usize, layout.height as usize);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    out.clear();
+    out.resize(w * h + 2 * cw * ch, 0);
+    let short = |need: usize| ConvertError::Short {
+        format: layout.format,
+        got: data.len(),
+        need,
+        width: layout.width,
+        height: layout.height,
+    };
+    match layout.format {
+        PixelFormat::Yuyv | PixelFormat::Uyvy => {
+            let stride = layout.stride_or(layout.width * 2);
+            let need = stride * (h - 1) + w * 2;
+            if data.len() < need {
+                return Err(short(need));
+            }
+            let packed = YuvPackedImage {
+                yuy: &data[..need],
+                yuy_stride: stride as u32,
+                width: layout.width,
+                height: layout.height,
+            };
+            let mut planar = planar_out(out, layout.width, layout.height);
+            let result = if layout.format == PixelFormat::Yuyv {
+                yuv::yuyv422_to_yuv420(&mut planar, &packed)
+            } else {
+                yuv::uyvy422_to_yuv420(&mut planar, &packed)
+            };
+            result.map_err(|e| ConvertError::Library(e.to_string()))
+        }
+        PixelFormat::Yu12 | PixelFormat::Yv12 | PixelFormat::Nv12 => {
+            // Planar and semi-planar formats put the chroma rows after `height` luma rows
+            // of `stride` bytes, with half the stride per chroma row.
+            let stride = layout.stride_or(layout.width);
+            let luma = stride * h;
+            let chroma_stride = if layout.format == PixelFormat::Nv12 {
+                stride
+            } else {
+                stride / 2
+            };
+            let planes = if layout.format == PixelFormat::Nv12 {
+                1
+            } else {
+                2
+            };
+            let need = luma + planes * chroma_stride * ch;
+            if data.len() < need {
+                return Err(short(need));
+            }
+            let (y_out, chroma_out) = out.split_at_mut(w * h);
+            copy_rows(&data[..luma], stride, y_out, w);
+            let (u_out, v_out) = chroma_out.split_at_mut(cw * ch);
+            let chroma = &data[luma..need];
+            match layout.format {
+                PixelFormat::Nv12 => deinterleave_uv(chroma, chroma_stride, cw, u_out, v_out),
+                PixelFormat::Yu12 => {
+                    let (u, v) = chroma.split_at(chroma_stride * ch);
+                    copy_rows(u, chroma_stride, u_out, cw);
+                    copy_rows(v, chroma_stride, v_out, cw);
+                }
+                _ => {
+                    let (v, u) = chroma.split_at(chroma_stride * ch);
+                    copy_rows(u, chroma_stride, u_out, cw);
+                    copy_rows(v, chroma_stride, v_out, cw);
+                }
+            }
+            Ok(())
+        }
+        PixelFormat::Mjpeg => {
+            let rgb = decode_jpeg(data, layout.width, layout.height)?;
+            let mut planar = planar_out(out, layout.width, layout.height);
+            yuv::rgb_to_yuv420(
+                &mut planar,
+                &rgb,
+                layout.width * 3,
+                YuvRange::Limited,
+                YuvStandardMatrix::Bt601,
+                YuvConversionMode::Balanced,
+            )
+            .map_err(|e| ConvertError::Library(e.to_string()))
+        }
+        PixelFormat::H264 => Err(ConvertError::Unsupported(PixelFormat::H264)),
+    }
+}
+
+/// Decodes one MJPEG frame to packed RGB and checks it has the negotiated size.
+pub fn decode_jpeg(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, ConvertError> {
+    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
+    let rgb = decoder
+        .decode()
+        .map_err(|e| ConvertError::Jpeg(format!("{e:?}")))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| ConvertError::Jpeg("no image header".into()))?;
+    let (got_width, got_height) = (u32::from(info.width), u32::from(info.height));
+    if (got_width, got_height) != (width, height) {
+        return Err(ConvertError::JpegSize {
+            got_width,
+            got_height,
+            width,
+            height,
+        });
+    }
+    Ok(rgb)
+}
+
+fn planar_out(out: &mut [u8], width: u32, height: u32) -> YuvPlanarImageMut<'_, u8> {
+    let (w, h) = (width as usize, height as usize);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let (y, chroma) = out.split_at_mut(w * h);
+    let (u, v) = chroma.split_at_mut(cw * ch);
+    YuvPlanarImageMut {
+        y_plane: BufferStoreMut::Borrowed(y),
+        y_stride: width,
+        u_plane: BufferStoreMut::Borrowed(u),
+        u_stride: cw as u32,
+        v_plane: BufferStoreMut::Borrowed(v),
+        v_stride: cw as u32,
+        width,
+        height,
+    }
+}
+
+/// Copies `out.len() / width` rows of `width` bytes from rows `stride` bytes apart.
+fn copy_rows(src: &[u8], stride: usize, out: &mut [u8], width: usize) {
+    for (row_out, row_in) in out.chunks_exact_mut(width).zip(src.chunks(stride)) {
+        row_out.copy_from_slice(&row_in[..width]);
+    }
+}
+
+/// Splits NV12's interleaved UV rows into the U and V planes. The `yuv` crate has no
+/// NV12 → I420 path (only NV12 → RGB); this plain loop is auto-vectorized by the compiler.
+fn deinterleave_uv(src: &[u8], stride: usize, width: usize, u: &mut [u8], v: &mut [u8]) {
+    let rows = u.chunks_exact_mut(width).zip(v.chunks_exact_mut(width));
+    for ((u_row, v_row), uv_row) in rows.zip(src.chunks(stride)) {
+        for ((u, v), uv) in u_row
+            .iter_mut()
+            .zip(v_row.iter_mut())
+            .zip(uv_row.chunks_exact(2))
+        {
+            *u = uv[0];
+            *v = uv[1];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An I420 picture with distinct, position-dependent planes.
+    fn pattern(width: usize, height: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let y = (0..width * height).map(|i| (16 + i % 200) as u8).collect();
+        let chroma = width / 2 * height / 2;
+        let u = (0..chroma).map(|i| (40 + i % 150) as u8).collect();
+        let v = (0..chroma).map(|i| (200 - i % 150) as u8).collect();
+        (y, u, v)
+    }
+
+    fn layout(format: PixelFormat, width: u32, height: u32, stride: u32) -> Layout {
+        Layout {
+            format,
+            width,
+            height,
+            stride,
+        }
+    }
+
+    #[test]
+    fn fourccs_round_trip_and_jpeg_is_mjpeg() {
+        for format in PixelFormat::ALL {
+            assert_eq!(PixelFormat::from_fourcc(format.fourcc()), Some(format));
+        }
+        assert_eq!(PixelFormat::from_fourcc(*b"JPEG"), Some(PixelFormat::Mjpeg));
+        assert_eq!(PixelFormat::from_fourcc(*b"RGB3"), None);
+        assert_eq!(PixelFormat::Nv12.to_string(), "NV12");
+    }
+
+    #[test]
+    fn auto_prefers_h264_only_with_passthrough_then_raw_then_mjpeg() {
+        let best = |passthrough| {
+            PixelFormat::ALL
+                .into_iter()
+                .filter_map(|f| f.auto_rank(passthrough).map(|r| (r, f)))
+                .min()
+                .unwrap()
+                .1
+        };
+        assert_eq!(best(true), PixelFormat::H264);
+        assert_eq!(best(false), PixelFormat::Yu12);
+        assert!(PixelFormat::Mjpeg.auto_rank(false) > PixelFormat::Yuyv.auto_rank(false));
+    }
+
+    #[test]
+    fn nv12_with_padded_rows_becomes_the_same_i420() {
+        let (w, h, stride) = (8usize, 4usize, 12usize);
+        let (y, u, v) = pattern(w, h);
+        let mut nv12 = vec![0xEE; stride * h + stride * h / 2];
+        for row in 0..h {
+            nv12[row * stride..row * stride + w].copy_from_slice(&y[row * w..(row + 1) * w]);
+        }
+        for row in 0..h / 2 {
+            for col in 0..w / 2 {
+                nv12[stride * h + row * stride + 2 * col] = u[row * w / 2 + col];
+                nv12[stride * h + row * stride + 2 * col + 1] = v[row * w / 2 + col];
+            }
+        }
+        let mut out = Vec::new();
+        to_i420(layout(PixelFormat::Nv12, 8, 4, 12), &nv12, &mut out).unwrap();
+        assert_eq!(out, [y, u, v].concat());
+    }
+
+    #[test]
+    fn yu12_and_yv12_keep_their_planes_in_order() {
+        let (y, u, v) = pattern(8, 4);
+        let mut out = Vec::new();
+        let i420 = [y.clone(), u.clone(), v.clone()].concat();
+        to_i420(layout(PixelFormat::Yu12, 8, 4, 0), &i420, &mut out).unwrap();
+        assert_eq!(out, i420);
+        let yv12 = [y, v, u].concat();
+        to_i420(layout(PixelFormat::Yv12, 8, 4, 8), &yv12, &mut out).unwrap();
+        assert_eq!(out, i420);
+    }
+
+    #[test]
+    fn yuyv_luma_is_exact_and_chroma_averages_the_row_pair() {
+        let (w, h) = (4usize, 2usize);
+        // Row 0: U=100 V=150; row 1: U=110 V=160.
+        let mut yuyv = Vec::new();
+        for row in 0..h {
+            for pair in 0..w / 2 {
+                let y0 = (20 + row * 10 + pair * 2) as u8;
+                let (u, v) = (100 + row as u8 * 10, 150 + row as u8 * 10);
+                yuyv.extend_from_slice(&[y0, u, y0 + 1, v]);
+            }
+        }
+        let mut out = Vec::new();
+        to_i420(layout(PixelFormat::Yuyv, 4, 2, 0), &yuyv, &mut out).unwrap();
+        assert_eq!(&out[..8], &[20, 21, 22, 23, 30, 31, 32, 33]);
+        for (plane, expected) in [(&out[8..10], 105i32), (&out[10..12], 155)] {
+            for value in plane {
+                assert!((i32::from(*value) - expected).abs() <= 5, "{plane:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_buffers_are_errors_not_panics() {
+        let mut out = Vec::new();
+        for format in [
+            PixelFormat::Yuyv,
+            PixelFormat::Uyvy,
+            PixelFormat::Nv12,
+            PixelFormat::Yu12,
+        ] {
+            let err = to_i420(layout(format, 640, 480, 0), &[0; 1000], &mut out).unwrap_err();
+            assert!(
+                matches!(err, ConvertError::Short { got: 1000, .. }),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            to_i420(
+                layout(PixelFormat::Mjpeg, 64, 48, 0),
+                b"not a jpeg",
+                &mut out
+            ),
+            Err(ConvertError::Jpeg(_))
+        ));
+        assert_eq!(
+            to_i420(layout(PixelFormat::H264, 64, 48, 0), &[0; 10], &mut out),
+            Err(ConvertError::Unsupported(PixelFormat::H264))
+        );
+    }
+
+    /// Encodes an RGB picture as JPEG with an independent encoder (jpeg-encoder crate).
+    fn jpeg_fixture(width: u16, height: u16, rgb: &[u8]) -> Vec<u8> {
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 95)
+            .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        jpeg
+    }
+
+    #[test]
+    fn mjpeg_decodes_to_the_right_colours() {
+        // Left half white, right half black, 64x48: luma ~235 and ~16 in limited range.
+        let (w, h) = (64usize, 48usize);
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|i| if i % w < w / 2 { [255; 3] } else { [0; 3] })
+            .collect();
+        let jpeg = jpeg_fixture(w as u16, h as u16, &rgb);
+        let mut out = Vec::new();
+        to_i420(layout(PixelFormat::Mjpeg, 64, 48, 0), &jpeg, &mut out).unwrap();
+        assert_eq!(out.len(), w * h * 3 / 2);
+        let luma = |x: usize, y: usize| i32::from(out[y * w + x]);
+        assert!((luma(8, 20) - 235).abs() <= 4, "white is {}", luma(8, 20));
+        assert!((luma(56, 20) - 16).abs() <= 4, "black is {}", luma(56, 20));
+        for chroma in &out[w * h..] {
+            assert!(
+                (i32::from(*chroma) - 128).abs() <= 4,
+                "grey chroma {chroma}"
+            );
+        }
+    }
+
+    #[test]
+    fn mjpeg_of_another_size_is_rejected() {
+        let jpeg = jpeg_fixture(32, 16, &[128; 32 * 16 * 3]);
+        let mut out = Vec::new();
+        assert!(matches!(
+            to_i420(layout(PixelFormat::Mjpeg, 64, 48, 0), &jpeg, &mut out),
+            Err(ConvertError::JpegSize {
+                got_width: 32,
+                got_height: 16,
+                ..
+            })
+        ));
+    }
+}
