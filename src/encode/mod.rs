@@ -1,6 +1,8 @@
 //! Encoding: turns raw I420 frames into H.264 access units, once for all viewers.
 //! Runs on the pipeline's encoder thread; it must never touch the network or block on viewers.
 
+pub mod passthrough;
+
 use crate::h264;
 use crate::source::Frame;
 use bytes::Bytes;
