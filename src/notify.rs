@@ -42,11 +42,12 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
 }
 
-/// The pipeline counts as alive while its last encoded frame is younger than this many
-/// frame periods (and never less than two seconds, for very low frame rates).
+/// The pipeline counts as alive while its last sign of progress (a frame, or a retry of
+/// a failing camera) is younger than this: ten frame periods, but never under five
+/// seconds, since a camera may take seconds to deliver its first frame or to be reopened.
 pub fn stall_limit(fps: u32) -> Duration {
     let periods = Duration::from_secs(10) / fps.max(1);
-    periods.max(Duration::from_secs(2))
+    periods.max(Duration::from_secs(5))
 }
 
 #[cfg(test)]
@@ -55,7 +56,7 @@ mod tests {
 
     #[test]
     fn stall_limit_scales_with_frame_rate() {
-        assert_eq!(stall_limit(30), Duration::from_secs(2));
+        assert_eq!(stall_limit(30), Duration::from_secs(5));
         assert_eq!(stall_limit(1), Duration::from_secs(10));
         assert_eq!(stall_limit(0), Duration::from_secs(10));
     }

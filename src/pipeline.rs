@@ -1,33 +1,75 @@
 //! The media pipeline's threads: capture (source) → encode → fan-out. Capture and
 //! encoding each run on a dedicated OS thread joined by a two-frame queue.
 //! It must never block on viewers or the network: a slow encoder drops frames at capture.
+//! A failing camera is closed and retried with backoff here; the service never dies of it.
 
+use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
-use crate::source::{Frame, VideoSource};
+use crate::source::{Captured, SourceError, VideoSource};
 use crate::telemetry::PipelineCounters;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// Frames waiting between capture and encoder; more would only add latency.
 const ENCODE_QUEUE_FRAMES: usize = 2;
+/// Reopening a failed camera: first retry after this, doubling up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Health and control shared with the service.
 #[derive(Default)]
 pub struct PipelineHealth {
     stop: AtomicBool,
-    /// Unix ms of the last captured frame the encoder thread dealt with (0 = none yet).
-    last_frame_ms: AtomicU64,
+    /// Unix ms of the pipeline's last progress (0 = none yet): a frame through the encoder
+    /// thread, or a retry of a failing camera.
+    last_progress_ms: AtomicU64,
+    /// Size of the frames currently produced, packed as width << 32 | height (0 = none yet).
+    video_size: AtomicU64,
+    /// A keyframe is wanted from a source that encodes itself (H.264 passthrough).
+    source_keyframe: AtomicBool,
 }
 
 impl PipelineHealth {
-    /// Unix ms of the last captured frame the encoder thread dealt with, encoded or (with
-    /// no viewers) skipped: it stops moving when capture or encoding is stuck.
-    pub fn last_frame_ms(&self) -> u64 {
-        self.last_frame_ms.load(Ordering::Relaxed)
+    /// Unix ms of the last frame the encoder thread dealt with (encoded, passed through or,
+    /// with no viewers, skipped) or of the last camera retry: it stops moving only when
+    /// capture or encoding is stuck.
+    pub fn last_progress_ms(&self) -> u64 {
+        self.last_progress_ms.load(Ordering::Relaxed)
+    }
+
+    /// Width and height of the frames being streamed, once the first one came.
+    pub fn video_size(&self) -> Option<(u32, u32)> {
+        let packed = self.video_size.load(Ordering::Relaxed);
+        (packed != 0).then_some(((packed >> 32) as u32, packed as u32))
+    }
+
+    fn progress(&self) {
+        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    fn set_video_size(&self, width: u32, height: u32) {
+        self.video_size.store(
+            u64::from(width) << 32 | u64::from(height),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps up to `duration`, waking early on stop; counts as progress meanwhile.
+    fn wait(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        while !self.stopping() && Instant::now() < until {
+            self.progress();
+            std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+        }
     }
 }
 
@@ -44,13 +86,16 @@ fn unix_ms() -> u64 {
 }
 
 impl Pipeline {
+    /// Starts capture and encoding. `camera_available` follows the source: false while a
+    /// camera is gone or failing, true again once it delivers frames.
     pub fn start(
-        mut source: Box<dyn VideoSource>,
+        source: Box<dyn VideoSource>,
         encoder_settings: EncoderSettings,
         fanout: Arc<FanOut>,
         counters: Arc<PipelineCounters>,
+        camera_available: watch::Sender<bool>,
     ) -> anyhow::Result<Self> {
-        let mut encoder = H264Encoder::new(encoder_settings)?;
+        let encoder = H264Encoder::new(encoder_settings)?;
         tracing::info!(
             width = encoder_settings.width,
             height = encoder_settings.height,
@@ -60,79 +105,46 @@ impl Pipeline {
             "H.264 encoder ready (openh264, constrained baseline)"
         );
         let health = Arc::new(PipelineHealth::default());
-        let (frames_tx, frames_rx) = sync_channel::<Frame>(ENCODE_QUEUE_FRAMES);
+        let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
 
-        let capture_health = Arc::clone(&health);
-        let capture_counters = Arc::clone(&counters);
-        let capture = std::thread::Builder::new()
-            .name("capture".to_owned())
-            .spawn(move || {
-                tracing::info!(source = %source.describe(), "video source started");
-                while !capture_health.stop.load(Ordering::Relaxed) {
-                    let frame = match source.next_frame() {
-                        Ok(frame) => frame,
-                        Err(err) => {
-                            tracing::error!("video source failed: {err}");
-                            std::thread::sleep(Duration::from_millis(500));
-                            continue;
-                        }
+        let capture = {
+            let health = Arc::clone(&health);
+            let counters = Arc::clone(&counters);
+            let keyframes = Arc::clone(fanout.keyframes());
+            std::thread::Builder::new()
+                .name("capture".to_owned())
+                .spawn(move || {
+                    capture_loop(
+                        source,
+                        frames_tx,
+                        &health,
+                        &counters,
+                        &camera_available,
+                        || keyframes.request(),
+                    )
+                })?
+        };
+        let encode = {
+            let health = Arc::clone(&health);
+            std::thread::Builder::new()
+                .name("encode".to_owned())
+                .spawn(move || {
+                    let mut stage = EncodeStage {
+                        encoder,
+                        settings: encoder_settings,
+                        passthrough: Passthrough::default(),
+                        fanout,
+                        counters,
                     };
-                    capture_counters.record_captured();
-                    match frames_tx.try_send(frame) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => capture_counters.record_dropped(),
-                        Err(TrySendError::Disconnected(_)) => break,
-                    }
-                }
-            })?;
-
-        let encode_health = Arc::clone(&health);
-        let keyframes = Arc::clone(fanout.keyframes());
-        let encode = std::thread::Builder::new()
-            .name("encode".to_owned())
-            .spawn(move || {
-                while !encode_health.stop.load(Ordering::Relaxed) {
-                    let frame = match frames_rx.recv_timeout(Duration::from_millis(100)) {
-                        Ok(frame) => frame,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    };
-                    encode_health
-                        .last_frame_ms
-                        .store(unix_ms(), Ordering::Relaxed);
-                    if fanout.subscriber_count() == 0 {
-                        // Nobody watches: spare the board the encoder's CPU and heat. A
-                        // viewer's subscription requests an IDR, so it starts at once.
-                        continue;
-                    }
-                    let started = Instant::now();
-                    let force_keyframe = keyframes.take_due(started);
-                    match encoder.encode(&frame, force_keyframe) {
-                        Ok(Some(encoded)) => {
-                            if force_keyframe && !encoded.keyframe {
-                                keyframes.request();
-                            }
-                            counters.record_encoded(
-                                encoded.access_unit.len(),
-                                encoded.keyframe,
-                                started.elapsed().as_micros() as u64,
-                            );
-                            fanout.publish(encoded);
-                        }
-                        Ok(None) => {
-                            counters.record_dropped();
-                            if force_keyframe {
-                                // The rate controller skipped the forced IDR; ask again.
-                                keyframes.request();
-                            }
-                        }
-                        Err(err) => {
-                            counters.record_dropped();
-                            tracing::warn!("encoding failed: {err}");
+                    while !health.stopping() {
+                        match frames_rx.recv_timeout(Duration::from_millis(100)) {
+                            Ok(captured) => stage.handle(captured, &health),
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break,
                         }
                     }
-                }
-            })?;
+                })?
+        };
         Ok(Self {
             health,
             threads: vec![capture, encode],
@@ -148,6 +160,173 @@ impl Pipeline {
         self.health.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Pulls frames from the source until stopped. Source failures close the device (the
+/// source does that) and are retried with backoff; the first failure and the recovery are
+/// logged once each, and `camera_available` follows them.
+fn capture_loop(
+    mut source: Box<dyn VideoSource>,
+    frames: std::sync::mpsc::SyncSender<Captured>,
+    health: &PipelineHealth,
+    counters: &PipelineCounters,
+    camera_available: &watch::Sender<bool>,
+    request_keyframe: impl Fn(),
+) {
+    tracing::info!(source = %source.describe(), "video source started");
+    let mut failing_since: Option<Instant> = None;
+    let mut retry = RETRY_FIRST;
+    let mut bad_frames = 0u64;
+    while !health.stopping() {
+        if health.source_keyframe.swap(false, Ordering::Relaxed) {
+            source.request_keyframe();
+        }
+        let captured = match source.next_frame() {
+            Ok(captured) => captured,
+            Err(SourceError::Frame(reason)) => {
+                bad_frames += 1;
+                counters.record_dropped();
+                if bad_frames == 1 || bad_frames.is_power_of_two() {
+                    tracing::warn!(bad_frames, "dropping a bad frame: {reason}");
+                }
+                continue;
+            }
+            Err(err) => {
+                if failing_since.is_none() {
+                    tracing::warn!("camera unavailable: {err}; retrying in the background");
+                    failing_since = Some(Instant::now());
+                    camera_available.send_replace(false);
+                } else {
+                    tracing::debug!("camera still unavailable: {err}");
+                }
+                health.wait(retry);
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        if let Some(since) = failing_since.take() {
+            tracing::info!(
+                source = %source.describe(),
+                after_ms = since.elapsed().as_millis() as u64,
+                "camera is back; streaming resumes"
+            );
+            camera_available.send_replace(true);
+            // Viewers still connected resume from a fresh keyframe.
+            request_keyframe();
+        }
+        retry = RETRY_FIRST;
+        counters.record_captured();
+        match frames.try_send(captured) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => counters.record_dropped(),
+            Err(TrySendError::Disconnected(_)) => break,
+        }
+    }
+}
+
+/// The encode thread's state: raw frames go through openh264, a camera's own H.264
+/// through `Passthrough`; both end in the fan-out.
+struct EncodeStage {
+    encoder: H264Encoder,
+    settings: EncoderSettings,
+    passthrough: Passthrough,
+    fanout: Arc<FanOut>,
+    counters: Arc<PipelineCounters>,
+}
+
+impl EncodeStage {
+    fn handle(&mut self, captured: Captured, health: &PipelineHealth) {
+        health.progress();
+        let started = Instant::now();
+        let keyframes = Arc::clone(self.fanout.keyframes());
+        match captured {
+            Captured::H264 {
+                access_unit,
+                width,
+                height,
+                capture_us,
+                sequence,
+            } => {
+                health.set_video_size(width, height);
+                if keyframes.take_due(started) {
+                    health.source_keyframe.store(true, Ordering::Relaxed);
+                }
+                match self
+                    .passthrough
+                    .access_unit(&access_unit, capture_us, sequence)
+                {
+                    Some(frame) => {
+                        self.counters.record_encoded(
+                            frame.access_unit.len(),
+                            frame.keyframe,
+                            started.elapsed().as_micros() as u64,
+                        );
+                        self.fanout.publish(frame);
+                    }
+                    None => self.counters.record_dropped(),
+                }
+            }
+            Captured::Raw(frame) => {
+                health.set_video_size(frame.width, frame.height);
+                if (frame.width, frame.height) != (self.settings.width, self.settings.height) {
+                    // The camera runs another size than configured (nearest mode, or a
+                    // different camera after a replug): follow it.
+                    let settings = EncoderSettings {
+                        width: frame.width,
+                        height: frame.height,
+                        ..self.settings
+                    };
+                    match H264Encoder::new(settings) {
+                        Ok(encoder) => {
+                            tracing::info!(
+                                width = frame.width,
+                                height = frame.height,
+                                "encoder follows the camera's frame size"
+                            );
+                            self.encoder = encoder;
+                            self.settings = settings;
+                            keyframes.request();
+                        }
+                        Err(err) => {
+                            self.counters.record_dropped();
+                            tracing::warn!("cannot encode {}x{}: {err}", frame.width, frame.height);
+                            return;
+                        }
+                    }
+                }
+                if self.fanout.subscriber_count() == 0 {
+                    // Nobody watches: spare the board the encoder's CPU and heat. A
+                    // viewer's subscription requests an IDR, so it starts at once.
+                    return;
+                }
+                let force_keyframe = keyframes.take_due(started);
+                match self.encoder.encode(&frame, force_keyframe) {
+                    Ok(Some(encoded)) => {
+                        if force_keyframe && !encoded.keyframe {
+                            keyframes.request();
+                        }
+                        self.counters.record_encoded(
+                            encoded.access_unit.len(),
+                            encoded.keyframe,
+                            started.elapsed().as_micros() as u64,
+                        );
+                        self.fanout.publish(encoded);
+                    }
+                    Ok(None) => {
+                        self.counters.record_dropped();
+                        if force_keyframe {
+                            // The rate controller skipped the forced IDR; ask again.
+                            keyframes.request();
+                        }
+                    }
+                    Err(err) => {
+                        self.counters.record_dropped();
+                        tracing::warn!("encoding failed: {err}");
+                    }
+                }
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ use crate::session::{SessionContext, SessionManager};
 use crate::signaling::broker;
 use crate::signaling::mqtt::{self, MqttSettings};
 use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
+use crate::source::convert::PixelFormat;
 use crate::source::testsrc::TestSource;
+use crate::source::v4l2::{V4l2Options, V4l2Source};
 use crate::source::VideoSource;
 use crate::telemetry::{PipelineCounters, TelemetrySampler};
 use anyhow::Context;
@@ -35,8 +37,45 @@ fn open_source(config: &Config) -> anyhow::Result<Box<dyn VideoSource>> {
         "testsrc" => Ok(Box::new(
             TestSource::new(video.width, video.height, video.fps).map_err(anyhow::Error::msg)?,
         )),
-        other => anyhow::bail!("video.source: {other:?} is not supported yet (only \"testsrc\")"),
+        path => Ok(Box::new(V4l2Source::new(v4l2_options(config, path)?))),
     }
+}
+
+/// The encoder settings a configuration asks for.
+pub fn encoder_settings(config: &Config) -> EncoderSettings {
+    EncoderSettings {
+        width: config.video.width,
+        height: config.video.height,
+        fps: config.video.fps,
+        bitrate_kbps: config.video.bitrate_kbps,
+        keyframe_interval_s: config.video.keyframe_interval_s,
+    }
+}
+
+/// The V4L2 capture options a configuration asks for (`path` overrides `video.source`).
+pub fn v4l2_options(config: &Config, path: &str) -> anyhow::Result<V4l2Options> {
+    let video = &config.video;
+    let format = match video.format.as_str() {
+        "auto" => None,
+        fourcc => {
+            let bytes: [u8; 4] = fourcc.as_bytes().try_into().map_err(|_| {
+                anyhow::anyhow!("video.format: {fourcc:?} is not a four-character code")
+            })?;
+            Some(PixelFormat::from_fourcc(bytes).ok_or_else(|| {
+                anyhow::anyhow!("video.format: peercam cannot use {fourcc:?} (it can use H264, YUYV, UYVY, NV12, YU12, YV12, MJPG)")
+            })?)
+        }
+    };
+    Ok(V4l2Options {
+        path: path.into(),
+        width: video.width,
+        height: video.height,
+        fps: video.fps,
+        format,
+        passthrough: video.passthrough,
+        strict: video.strict,
+        controls: video.controls.clone(),
+    })
 }
 
 fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
@@ -126,8 +165,8 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let age = Duration::from_millis(now_ms.saturating_sub(health.last_frame_ms()));
-        if health.last_frame_ms() == 0 || age <= stall_limit {
+        let age = Duration::from_millis(now_ms.saturating_sub(health.last_progress_ms()));
+        if health.last_progress_ms() == 0 || age <= stall_limit {
             stalled = false;
             notify::watchdog_ping();
         } else if !stalled {
@@ -188,17 +227,13 @@ pub async fn run(
     let counters = Arc::new(PipelineCounters::default());
     let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
     let source = open_source(&config)?;
+    let (camera_tx, camera_available) = watch::channel(true);
     let pipeline = Pipeline::start(
         source,
-        EncoderSettings {
-            width: config.video.width,
-            height: config.video.height,
-            fps: config.video.fps,
-            bitrate_kbps: config.video.bitrate_kbps,
-            keyframe_interval_s: config.video.keyframe_interval_s,
-        },
+        encoder_settings(&config),
         Arc::clone(&fanout),
         Arc::clone(&counters),
+        camera_tx,
     )
     .context("starting the video pipeline")?;
 
@@ -211,7 +246,6 @@ pub async fn run(
     let (viewers_tx, mut viewers) = watch::channel(0usize);
     let live_viewers = viewers.clone();
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
-    let (_camera_tx, camera_available) = watch::channel(true);
     let (status_tx, status) = watch::channel(status_json(&config, 0, true));
 
     let ctx = Arc::new(SessionContext {
@@ -242,23 +276,28 @@ pub async fn run(
     let (live_tx, live) = watch::channel(config.clone());
     let mut status_live = live.clone();
     let mut status_shutdown = shutdown.clone();
+    let mut status_camera = camera_available.clone();
     let status_task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 changed = viewers.changed() => if changed.is_err() { break },
                 changed = status_live.changed() => if changed.is_err() { break },
+                changed = status_camera.changed() => if changed.is_err() { break },
                 _ = status_shutdown.changed() => break,
             }
             let count = *viewers.borrow_and_update();
+            let camera = *status_camera.borrow_and_update();
             let current = status_live.borrow_and_update().clone();
-            status_tx.send_replace(status_json(&current, count, true));
-            notify::status(&service_status(count, true));
+            status_tx.send_replace(status_json(&current, count, camera));
+            notify::status(&service_status(count, camera));
         }
     });
     let telemetry_viewers = fanout.clone();
     let (width, height) = (config.video.width, config.video.height);
     let telemetry_counters = Arc::clone(&counters);
     let mut telemetry_live = live.clone();
+    let telemetry_health = Arc::clone(pipeline.health());
+    let telemetry_camera = camera_available.clone();
     let telemetry_task = tokio::spawn(async move {
         let mut sampler = TelemetrySampler::new(width, height);
         loop {
@@ -272,7 +311,11 @@ pub async fn run(
                 }
             }
             let viewers = telemetry_viewers.subscriber_count();
-            let message = sampler.sample(&telemetry_counters, viewers, true);
+            if let Some((width, height)) = telemetry_health.video_size() {
+                sampler.set_video_size(width, height);
+            }
+            let camera = *telemetry_camera.borrow();
+            let message = sampler.sample(&telemetry_counters, viewers, camera);
             telemetry_tx.send_replace(Some(Arc::from(message.to_json())));
         }
     });
@@ -331,7 +374,10 @@ pub async fn run(
                 }
             }
         }
-        notify::ready(&service_status(*live_viewers.borrow(), true));
+        notify::ready(&service_status(
+            *live_viewers.borrow(),
+            *camera_available.borrow(),
+        ));
     }
     notify::stopping();
     shutdown_tx.send_replace(true);
