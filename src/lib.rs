@@ -11,6 +11,7 @@ pub mod h264;
 pub mod http;
 pub mod notify;
 pub mod pipeline;
+pub mod probe;
 pub mod service;
 pub mod session;
 pub mod signaling;

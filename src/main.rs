@@ -1,8 +1,9 @@
-//! The `peercam` command line: run the agent, or check a configuration file.
-//! It must never start the agent on a configuration that failed validation.
+//! The `peercam` command line: run the agent, check a configuration file, list cameras,
+//! probe one. It must never start the agent on a configuration that failed validation.
 
 use clap::{Parser, Subcommand};
 use peercam::config::Config;
+use peercam::probe::ProbeSource;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +27,27 @@ enum Command {
     Run,
     /// Validate the configuration file and exit: 0 when valid.
     CheckConfig,
+    /// List every V4L2 capture device: card, driver, bus, formats, sizes, rates, controls.
+    Devices,
+    /// Capture and encode N frames; print the mode, achieved fps and per-frame costs.
+    /// Unset options come from the configuration.
+    Probe {
+        /// A V4L2 device such as /dev/video0, or "testsrc". Default: video.source.
+        #[arg(long)]
+        device: Option<String>,
+        /// Pixel format fourcc (YUYV, NV12, YU12, MJPG, H264) or "auto". Default: video.format.
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        width: Option<u32>,
+        #[arg(long)]
+        height: Option<u32>,
+        #[arg(long)]
+        fps: Option<u32>,
+        /// Frames to capture and encode.
+        #[arg(long, default_value_t = 100)]
+        frames: u64,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -93,6 +115,29 @@ fn main() -> ExitCode {
             println!("{what}: configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Devices => devices(),
+        Command::Probe {
+            device,
+            format,
+            width,
+            height,
+            fps,
+            frames,
+        } => {
+            let mut config = config;
+            let video = &mut config.video;
+            video.source = device.unwrap_or(video.source.clone());
+            video.format = format.unwrap_or(video.format.clone());
+            video.width = width.unwrap_or(video.width);
+            video.height = height.unwrap_or(video.height);
+            video.fps = fps.unwrap_or(video.fps);
+            if let Err(err) = config.validate() {
+                eprintln!("peercam probe: {err}");
+                return ExitCode::from(2);
+            }
+            let _log_level = init_logging(&config.log.level);
+            probe(&config, frames)
+        }
         Command::Run => {
             let set_log_level = init_logging(&config.log.level);
             tracing::info!(version = peercam::service::VERSION, device = %config.device.id, "peercam starting");
@@ -117,6 +162,58 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn devices() -> ExitCode {
+    let paths = peercam::source::v4l2::capture_devices();
+    let mut found = 0;
+    for path in &paths {
+        match peercam::source::v4l2::describe_device(path) {
+            Ok(Some(report)) => {
+                found += 1;
+                println!("{report}");
+            }
+            Ok(None) => {}
+            Err(err) => eprintln!("peercam devices: {err}"),
+        }
+    }
+    if found == 0 {
+        println!(
+            "no V4L2 capture devices found (looked at {} /dev/video* nodes)",
+            paths.len()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn probe(config: &Config, frames: u64) -> ExitCode {
+    let video = &config.video;
+    let source = if video.source == "testsrc" {
+        ProbeSource::TestSrc {
+            width: video.width,
+            height: video.height,
+            fps: video.fps,
+        }
+    } else {
+        match peercam::service::v4l2_options(config, &video.source) {
+            Ok(options) => ProbeSource::V4l2(options),
+            Err(err) => {
+                eprintln!("peercam probe: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let settings = peercam::service::encoder_settings(config);
+    match peercam::probe::probe(source, frames.max(1), settings) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("peercam probe: {err}");
+            ExitCode::FAILURE
         }
     }
 }
