@@ -72,6 +72,10 @@ pub enum BrokerMode {
 /// Knobs the tests turn; everything else keeps the product defaults.
 pub struct AgentOptions {
     pub device: String,
+    /// `video.source`: "testsrc" or a V4L2 device path.
+    pub source: String,
+    /// Extra lines for the `[video]` section (e.g. `format = "NV12"`).
+    pub video_extra: String,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
@@ -88,6 +92,8 @@ impl Default for AgentOptions {
     fn default() -> Self {
         Self {
             device: "cam1".into(),
+            source: "testsrc".into(),
+            video_extra: String::new(),
             width: 640,
             height: 480,
             fps: 30,
@@ -128,7 +134,8 @@ impl Agent {
 id = "{device}"
 name = "Test camera"
 [video]
-source = "testsrc"
+source = "{source}"
+{video_extra}
 width = {width}
 height = {height}
 fps = {fps}
@@ -151,6 +158,8 @@ interval_ms = {ti}
 level = "info"
 "#,
             device = options.device,
+            source = options.source,
+            video_extra = options.video_extra,
             width = options.width,
             height = options.height,
             fps = options.fps,
