@@ -173,16 +173,7 @@ async fn max_viewers_answers_busy() {
     let first = TestViewer::start(agent.mqtt_port, &agent.device).await;
     first.wait_for_frames(5, Duration::from_secs(15)).await;
     let second = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    let stats = second
-        .wait_until("busy error", Duration::from_secs(5), |s| {
-            s.camera_messages.iter().any(|m| m["type"] == "error")
-        })
-        .await;
-    let error = stats
-        .camera_messages
-        .iter()
-        .find(|m| m["type"] == "error")
-        .unwrap();
+    let error = second.wait_for_error(Duration::from_secs(5)).await;
     assert_eq!(error["code"], "busy");
     assert!(error["message"].as_str().unwrap().contains("maximum of 1"));
     // The first viewer keeps streaming.

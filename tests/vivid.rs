@@ -75,9 +75,9 @@ fn probe_value(report: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {key} in {report}"))
 }
 
-/// Presses one of vivid's button controls ("disconnect", "inject_fatal_streaming_error")
-/// through a short-lived file descriptor of our own.
-fn press_vivid_button(key: &str) {
+/// Sets one of vivid's controls through a short-lived file descriptor of our own: a
+/// button ("disconnect", "inject_fatal_streaming_error") takes `Value::None`.
+fn set_vivid_control(key: &str, value: Value) {
     let device = v4l::Device::with_path("/dev/video0").expect("open vivid");
     let control = device
         .query_controls()
@@ -88,9 +88,9 @@ fn press_vivid_button(key: &str) {
     device
         .set_control(Control {
             id: control.id,
-            value: Value::None,
+            value,
         })
-        .expect("press the button");
+        .unwrap_or_else(|e| panic!("set vivid's {key}: {e}"));
 }
 
 #[test]
@@ -179,23 +179,6 @@ async fn streams_vivid_to_a_decoding_viewer() {
     viewer.hangup().await;
 }
 
-/// Sets one of vivid's integer controls through a short-lived file descriptor.
-fn set_vivid_control(key: &str, value: i64) {
-    let device = v4l::Device::with_path("/dev/video0").expect("open vivid");
-    let control = device
-        .query_controls()
-        .expect("vivid controls")
-        .into_iter()
-        .find(|c| control_key(&c.name) == key)
-        .unwrap_or_else(|| panic!("vivid has no {key} control"));
-    device
-        .set_control(Control {
-            id: control.id,
-            value: Value::Integer(value),
-        })
-        .expect("set the control");
-}
-
 /// Injects `fault` while a viewer watches; the camera must go `unavailable` in the
 /// retained status (logged once), `heal` lets it recover, and the same viewer must decode
 /// frames again. Prints the time from the fault to the first frame after recovery.
@@ -257,7 +240,12 @@ async fn a_disconnected_camera_comes_back_to_the_same_viewer() {
     if !inside_vivid_vm("a_disconnected_camera_comes_back_to_the_same_viewer") {
         return;
     }
-    recovers_from("disconnect", || press_vivid_button("disconnect"), || {}).await;
+    recovers_from(
+        "disconnect",
+        || set_vivid_control("disconnect", Value::None),
+        || {},
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +255,7 @@ async fn a_fatal_streaming_error_is_survived() {
     }
     recovers_from(
         "fatal streaming error",
-        || press_vivid_button("inject_fatal_streaming_error"),
+        || set_vivid_control("inject_fatal_streaming_error", Value::None),
         || {},
     )
     .await;
@@ -281,8 +269,8 @@ async fn a_stalled_stream_is_reopened() {
     // vivid drops every buffer: the stream stalls without any error from the driver.
     recovers_from(
         "stalled stream",
-        || set_vivid_control("percentage_of_dropped_buffers", 100),
-        || set_vivid_control("percentage_of_dropped_buffers", 0),
+        || set_vivid_control("percentage_of_dropped_buffers", Value::Integer(100)),
+        || set_vivid_control("percentage_of_dropped_buffers", Value::Integer(0)),
     )
     .await;
 }
@@ -303,15 +291,6 @@ async fn starting_without_a_camera_is_not_fatal_and_offers_get_unavailable() {
         })
         .await;
     let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
-    let stats = viewer
-        .wait_until("an error reply", Duration::from_secs(10), |s| {
-            s.camera_messages.iter().any(|m| m["type"] == "error")
-        })
-        .await;
-    let error = stats
-        .camera_messages
-        .iter()
-        .find(|m| m["type"] == "error")
-        .unwrap();
+    let error = viewer.wait_for_error(Duration::from_secs(10)).await;
     assert_eq!(error["code"], "unavailable", "{error}");
 }

@@ -39,19 +39,17 @@ pub struct V4l2Options {
     pub controls: BTreeMap<String, i64>,
 }
 
-/// The mode the camera actually runs in.
+/// One (format, size, rate) a camera offers.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Mode {
+pub struct Offer {
     pub format: PixelFormat,
     pub width: u32,
     pub height: u32,
     /// Frame rate as the driver reports it (may be fractional, e.g. 12.5).
     pub fps: f64,
-    /// Bytes per row of the first plane.
-    pub stride: u32,
 }
 
-impl std::fmt::Display for Mode {
+impl std::fmt::Display for Offer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -61,22 +59,17 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// One (format, size, rate) a camera offers.
+/// The mode the camera actually runs in: what the driver settled on, and its row stride.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Offer {
-    pub format: PixelFormat,
-    pub width: u32,
-    pub height: u32,
-    pub fps: f64,
+pub struct Mode {
+    pub offer: Offer,
+    /// Bytes per row of the first plane.
+    pub stride: u32,
 }
 
-impl std::fmt::Display for Offer {
+impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}x{}@{}",
-            self.format, self.width, self.height, self.fps
-        )
+        self.offer.fmt(f)
     }
 }
 
@@ -144,7 +137,7 @@ impl V4l2Source {
         if !wanted.exact {
             tracing::warn!(
                 device = %path,
-                requested = %format!("{}x{}@{}", options.width, options.height, options.fps),
+                requested = %format!("{}x{} @ {} fps", options.width, options.height, options.fps),
                 using = %wanted.offer,
                 offered = %offers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                 "the camera cannot do the configured mode; using the nearest it offers"
@@ -168,19 +161,23 @@ impl V4l2Source {
             .map_err(|e| device_error(&options.path, "setting the frame rate", e))?;
         let fps = fraction_fps(params.interval).unwrap_or(wanted.offer.fps);
         let mode = Mode {
-            format: format_kind,
-            width: format.width,
-            height: format.height,
-            fps,
+            offer: Offer {
+                format: format_kind,
+                width: format.width,
+                height: format.height,
+                fps,
+            },
             stride: format.stride,
         };
-        if mode.format != PixelFormat::H264 && (mode.width % 2 != 0 || mode.height % 2 != 0) {
+        if mode.offer.format != PixelFormat::H264
+            && (mode.offer.width % 2 != 0 || mode.offer.height % 2 != 0)
+        {
             return Err(SourceError::Config(format!(
                 "{path}: odd frame size {}x{} cannot be encoded",
-                mode.width, mode.height
+                mode.offer.width, mode.offer.height
             )));
         }
-        let force_key_frame = mode.format == PixelFormat::H264
+        let force_key_frame = mode.offer.format == PixelFormat::H264
             && {
                 let has = device.control(CID_FORCE_KEY_FRAME).is_ok();
                 if !has {
@@ -190,7 +187,7 @@ impl V4l2Source {
             };
         let mut stream = Stream::with_buffers(&device, BufferType::VideoCapture, BUFFERS)
             .map_err(|e| device_error(&options.path, "allocating capture buffers", e))?;
-        let period = Duration::from_secs_f64(1.0 / mode.fps.max(0.1));
+        let period = Duration::from_secs_f64(1.0 / mode.offer.fps.max(0.1));
         let stall = (period * 10).max(Duration::from_secs(1));
         // Cameras take a while to deliver their first frame (exposure, USB bandwidth).
         stream.set_timeout(stall.max(Duration::from_secs(3)));
@@ -267,28 +264,28 @@ impl V4l2Source {
         }
         let capture_us = unix_us_of_monotonic(meta.timestamp);
         self.sequence += 1;
-        if mode.format == PixelFormat::H264 {
+        if mode.offer.format == PixelFormat::H264 {
             return Ok(Captured::H264 {
                 access_unit: data.to_vec(),
-                width: mode.width,
-                height: mode.height,
+                width: mode.offer.width,
+                height: mode.offer.height,
                 capture_us,
                 sequence: self.sequence,
             });
         }
         let mut i420 = Vec::new();
         let layout = Layout {
-            format: mode.format,
-            width: mode.width,
-            height: mode.height,
+            format: mode.offer.format,
+            width: mode.offer.width,
+            height: mode.offer.height,
             stride: mode.stride,
         };
         let converting = std::time::Instant::now();
         convert::to_i420(layout, data, &mut i420).map_err(|e| SourceError::Frame(e.to_string()))?;
         self.last_convert = converting.elapsed();
         Ok(Captured::Raw(Frame {
-            width: mode.width,
-            height: mode.height,
+            width: mode.offer.width,
+            height: mode.offer.height,
             i420,
             capture_us,
             sequence: self.sequence,
@@ -743,7 +740,7 @@ mod tests {
         o.format = Some(PixelFormat::Yu12);
         let err = choose_mode(&webcam(), &o).err().unwrap();
         assert!(
-            err.starts_with("the camera does not offer YU12; it offers: MJPG 1280x720@30"),
+            err.starts_with("the camera does not offer YU12; it offers: MJPG 1280x720 @ 30 fps"),
             "{err}"
         );
     }
@@ -764,7 +761,7 @@ mod tests {
         let err = choose_mode(&vivid, &strict).err().unwrap();
         assert_eq!(
             err,
-            "the camera cannot do 640x480 at 30 fps (video.strict = true); it offers: YUYV 640x480@25, YUYV 1280x720@12.5"
+            "the camera cannot do 640x480 at 30 fps (video.strict = true); it offers: YUYV 640x480 @ 25 fps, YUYV 1280x720 @ 12.5 fps"
         );
     }
 

@@ -385,6 +385,17 @@ impl TestViewer {
         .await
     }
 
+    /// Waits for the camera's first `error` reply on this session and returns it.
+    pub async fn wait_for_error(&self, timeout: Duration) -> serde_json::Value {
+        let is_error = |m: &&serde_json::Value| m["type"] == "error";
+        let stats = self
+            .wait_until("an error reply", timeout, |s| {
+                s.camera_messages.iter().any(|m| is_error(&m))
+            })
+            .await;
+        stats.camera_messages.iter().find(is_error).unwrap().clone()
+    }
+
     /// Publishes raw bytes on this session's to-camera topic (for bad-input tests).
     pub async fn publish_raw(&self, payload: Vec<u8>) {
         self.client
