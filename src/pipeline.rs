@@ -32,6 +32,9 @@ pub struct PipelineHealth {
     video_size: AtomicU64,
     /// A keyframe is wanted from a source that encodes itself (H.264 passthrough).
     source_keyframe: AtomicBool,
+    /// The camera was reopened: a passed-through stream starts afresh (new SPS/PPS, and
+    /// no picture may go out before its first IDR).
+    stream_restarted: AtomicBool,
 }
 
 impl PipelineHealth {
@@ -213,6 +216,7 @@ fn capture_loop(
                 "camera is back; streaming resumes"
             );
             camera_available.send_replace(true);
+            health.stream_restarted.store(true, Ordering::Relaxed);
             // Viewers still connected resume from a fresh keyframe.
             request_keyframe();
         }
@@ -250,6 +254,9 @@ impl EncodeStage {
                 sequence,
             } => {
                 health.set_video_size(width, height);
+                if health.stream_restarted.swap(false, Ordering::Relaxed) {
+                    self.passthrough.reset();
+                }
                 if keyframes.take_due(started) {
                     health.source_keyframe.store(true, Ordering::Relaxed);
                 }
