@@ -28,8 +28,6 @@ pub struct PipelineHealth {
     /// Unix ms of the pipeline's last progress (0 = none yet): a frame through the encoder
     /// thread, or a retry of a failing camera.
     last_progress_ms: AtomicU64,
-    /// Size of the frames currently produced, packed as width << 32 | height (0 = none yet).
-    video_size: AtomicU64,
     /// A keyframe is wanted from a source that encodes itself (H.264 passthrough).
     source_keyframe: AtomicBool,
     /// The camera was reopened: a passed-through stream starts afresh (new SPS/PPS, and
@@ -45,21 +43,8 @@ impl PipelineHealth {
         self.last_progress_ms.load(Ordering::Relaxed)
     }
 
-    /// Width and height of the frames being streamed, once the first one came.
-    pub fn video_size(&self) -> Option<(u32, u32)> {
-        let packed = self.video_size.load(Ordering::Relaxed);
-        (packed != 0).then_some(((packed >> 32) as u32, packed as u32))
-    }
-
     fn progress(&self) {
         self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
-    }
-
-    fn set_video_size(&self, width: u32, height: u32) {
-        self.video_size.store(
-            u64::from(width) << 32 | u64::from(height),
-            Ordering::Relaxed,
-        );
     }
 
     fn stopping(&self) -> bool {
@@ -78,6 +63,7 @@ impl PipelineHealth {
 
 pub struct Pipeline {
     health: Arc<PipelineHealth>,
+    video_size: watch::Receiver<Option<(u32, u32)>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -108,6 +94,7 @@ impl Pipeline {
             "H.264 encoder ready (openh264, constrained baseline)"
         );
         let health = Arc::new(PipelineHealth::default());
+        let (video_size_tx, video_size) = watch::channel(None);
         let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
 
         let capture = {
@@ -136,6 +123,7 @@ impl Pipeline {
                         encoder,
                         settings: encoder_settings,
                         passthrough: Passthrough::default(),
+                        video_size: video_size_tx,
                         fanout,
                         counters,
                     };
@@ -150,12 +138,19 @@ impl Pipeline {
         };
         Ok(Self {
             health,
+            video_size,
             threads: vec![capture, encode],
         })
     }
 
     pub fn health(&self) -> &Arc<PipelineHealth> {
         &self.health
+    }
+
+    /// Width and height of the frames being streamed (the camera's negotiated mode, which
+    /// may differ from the configured one), once the first frame came; changes notify.
+    pub fn video_size(&self) -> watch::Receiver<Option<(u32, u32)>> {
+        self.video_size.clone()
     }
 
     /// Stops both threads and waits for them.
@@ -236,11 +231,20 @@ struct EncodeStage {
     encoder: H264Encoder,
     settings: EncoderSettings,
     passthrough: Passthrough,
+    video_size: watch::Sender<Option<(u32, u32)>>,
     fanout: Arc<FanOut>,
     counters: Arc<PipelineCounters>,
 }
 
 impl EncodeStage {
+    fn set_video_size(&self, width: u32, height: u32) {
+        self.video_size.send_if_modified(|size| {
+            let changed = *size != Some((width, height));
+            *size = Some((width, height));
+            changed
+        });
+    }
+
     fn handle(&mut self, captured: Captured, health: &PipelineHealth) {
         health.progress();
         let started = Instant::now();
@@ -253,7 +257,7 @@ impl EncodeStage {
                 capture_us,
                 sequence,
             } => {
-                health.set_video_size(width, height);
+                self.set_video_size(width, height);
                 if health.stream_restarted.swap(false, Ordering::Relaxed) {
                     self.passthrough.reset();
                 }
@@ -276,7 +280,7 @@ impl EncodeStage {
                 }
             }
             Captured::Raw(frame) => {
-                health.set_video_size(frame.width, frame.height);
+                self.set_video_size(frame.width, frame.height);
                 if (frame.width, frame.height) != (self.settings.width, self.settings.height) {
                     // The camera runs another size than configured (nearest mode, or a
                     // different camera after a replug): follow it.

@@ -117,8 +117,15 @@ fn ice_servers(config: &Config) -> Vec<RTCIceServer> {
         .collect()
 }
 
-/// The retained status document for the current viewer count and camera state.
-pub fn status_json(config: &Config, viewers: usize, camera_available: bool) -> String {
+/// The retained status document for the current viewer count and camera state;
+/// `video_size` is the size being streamed, once known (else the configured one).
+pub fn status_json(
+    config: &Config,
+    viewers: usize,
+    camera_available: bool,
+    video_size: Option<(u32, u32)>,
+) -> String {
+    let (width, height) = video_size.unwrap_or((config.video.width, config.video.height));
     let ice_servers = config
         .webrtc
         .ice_servers
@@ -131,8 +138,8 @@ pub fn status_json(config: &Config, viewers: usize, camera_available: bool) -> S
         VERSION,
         VideoInfo {
             codec: "H264".to_owned(),
-            width: config.video.width,
-            height: config.video.height,
+            width,
+            height,
             fps: config.video.fps,
         },
         viewers as u32,
@@ -246,7 +253,7 @@ pub async fn run(
     let (viewers_tx, mut viewers) = watch::channel(0usize);
     let live_viewers = viewers.clone();
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
-    let (status_tx, status) = watch::channel(status_json(&config, 0, true));
+    let (status_tx, status) = watch::channel(status_json(&config, 0, true, None));
 
     let ctx = Arc::new(SessionContext {
         peer_settings: PeerSettings {
@@ -277,18 +284,27 @@ pub async fn run(
     let mut status_live = live.clone();
     let mut status_shutdown = shutdown.clone();
     let mut status_camera = camera_available.clone();
+    let mut status_video_size = pipeline.video_size();
     let status_task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 changed = viewers.changed() => if changed.is_err() { break },
                 changed = status_live.changed() => if changed.is_err() { break },
                 changed = status_camera.changed() => if changed.is_err() { break },
+                changed = status_video_size.changed() => if changed.is_err() { break },
                 _ = status_shutdown.changed() => break,
             }
             let count = *viewers.borrow_and_update();
             let camera = *status_camera.borrow_and_update();
+            let video_size = *status_video_size.borrow_and_update();
             let current = status_live.borrow_and_update().clone();
-            status_tx.send_replace(status_json(&current, count, camera));
+            let json = status_json(&current, count, camera, video_size);
+            // Republish (retained, to every subscriber) only what really changed.
+            status_tx.send_if_modified(|published| {
+                let changed = *published != json;
+                *published = json;
+                changed
+            });
             notify::status(&service_status(count, camera));
         }
     });
@@ -296,7 +312,7 @@ pub async fn run(
     let (width, height) = (config.video.width, config.video.height);
     let telemetry_counters = Arc::clone(&counters);
     let mut telemetry_live = live.clone();
-    let telemetry_health = Arc::clone(pipeline.health());
+    let telemetry_video_size = pipeline.video_size();
     let telemetry_camera = camera_available.clone();
     let telemetry_task = tokio::spawn(async move {
         let mut sampler = TelemetrySampler::new(width, height);
@@ -311,7 +327,7 @@ pub async fn run(
                 }
             }
             let viewers = telemetry_viewers.subscriber_count();
-            if let Some((width, height)) = telemetry_health.video_size() {
+            if let Some((width, height)) = *telemetry_video_size.borrow() {
                 sampler.set_video_size(width, height);
             }
             let camera = *telemetry_camera.borrow();
@@ -405,4 +421,26 @@ pub async fn run(
         .ok();
     tracing::info!("peercam stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reports_the_streamed_size_once_known() {
+        let config = Config::default();
+        let configured: serde_json::Value =
+            serde_json::from_str(&status_json(&config, 2, true, None)).unwrap();
+        assert_eq!(configured["video"]["width"], config.video.width);
+        assert_eq!(configured["video"]["height"], config.video.height);
+        assert_eq!(configured["viewers"], 2);
+        assert_eq!(configured["state"], "online");
+        // The camera settled on its nearest mode: viewers are told the truth.
+        let negotiated: serde_json::Value =
+            serde_json::from_str(&status_json(&config, 0, false, Some((640, 480)))).unwrap();
+        assert_eq!(negotiated["video"]["width"], 640);
+        assert_eq!(negotiated["video"]["height"], 480);
+        assert_eq!(negotiated["state"], "unavailable");
+    }
 }
