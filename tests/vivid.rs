@@ -142,17 +142,22 @@ fn devices_lists_vivid_and_probe_captures_yuyv_and_nv12_at_25_fps() {
     }
 }
 
-fn vivid_agent() -> Agent {
+/// The agent on vivid in NV12 at `width`x`height`@25.
+fn vivid_agent_at(width: u32, height: u32) -> Agent {
     require_loopback_only_network();
     Agent::start(AgentOptions {
         source: "/dev/video0".into(),
         video_extra: "format = \"NV12\"".into(),
-        width: 640,
-        height: 480,
+        width,
+        height,
         fps: 25,
         keyframe_interval_s: 10,
         ..AgentOptions::default()
     })
+}
+
+fn vivid_agent() -> Agent {
+    vivid_agent_at(640, 480)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +184,43 @@ async fn streams_vivid_to_a_decoding_viewer() {
     viewer.hangup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_the_camera_lacks_streams_its_nearest_and_status_tells_it() {
+    if !inside_vivid_vm("a_size_the_camera_lacks_streams_its_nearest_and_status_tells_it") {
+        return;
+    }
+    let agent = vivid_agent_at(1000, 700);
+    agent.wait_for_log("using the nearest it offers", Duration::from_secs(10));
+    let status = format!("peercam/{}/status", agent.device);
+    let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
+    let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    let stats = viewer.wait_for_frames(20, Duration::from_secs(60)).await;
+    assert_eq!(stats.decode_errors, 0);
+    assert_ne!(
+        (stats.width, stats.height),
+        (1000, 700),
+        "vivid has no 1000x700"
+    );
+    let published = observer
+        .wait_for(&status, Duration::from_secs(10), |v| {
+            v["video"]["width"] == stats.width && v["video"]["height"] == stats.height
+        })
+        .await;
+    println!(
+        "figures: 1000x700 requested, vivid streams {}x{}; status: {}",
+        stats.width, stats.height, published["video"]
+    );
+    viewer.hangup().await;
+}
+
 /// Injects `fault` while a viewer watches; the camera must go `unavailable` in the
 /// retained status (logged once), `heal` lets it recover, and the same viewer must decode
 /// frames again. Prints the time from the fault to the first frame after recovery.
-async fn recovers_from(what: &str, fault: impl FnOnce(), heal: impl FnOnce()) {
+/// `test` is the calling test's name: it runs itself again inside the VM.
+async fn recovers_from(test: &str, what: &str, fault: impl FnOnce(), heal: impl FnOnce()) {
+    if !inside_vivid_vm(test) {
+        return;
+    }
     let agent = vivid_agent();
     let status = format!("peercam/{}/status", agent.device);
     let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
@@ -237,10 +275,8 @@ async fn recovers_from(what: &str, fault: impl FnOnce(), heal: impl FnOnce()) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_camera_comes_back_to_the_same_viewer() {
-    if !inside_vivid_vm("a_disconnected_camera_comes_back_to_the_same_viewer") {
-        return;
-    }
     recovers_from(
+        "a_disconnected_camera_comes_back_to_the_same_viewer",
         "disconnect",
         || set_vivid_control("disconnect", Value::None),
         || {},
@@ -250,10 +286,8 @@ async fn a_disconnected_camera_comes_back_to_the_same_viewer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_streaming_error_is_survived() {
-    if !inside_vivid_vm("a_fatal_streaming_error_is_survived") {
-        return;
-    }
     recovers_from(
+        "a_fatal_streaming_error_is_survived",
         "fatal streaming error",
         || set_vivid_control("inject_fatal_streaming_error", Value::None),
         || {},
@@ -263,11 +297,9 @@ async fn a_fatal_streaming_error_is_survived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_is_reopened() {
-    if !inside_vivid_vm("a_stalled_stream_is_reopened") {
-        return;
-    }
     // vivid drops every buffer: the stream stalls without any error from the driver.
     recovers_from(
+        "a_stalled_stream_is_reopened",
         "stalled stream",
         || set_vivid_control("percentage_of_dropped_buffers", Value::Integer(100)),
         || set_vivid_control("percentage_of_dropped_buffers", Value::Integer(0)),
