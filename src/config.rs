@@ -16,6 +16,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub webrtc: WebrtcConfig,
     pub http: HttpConfig,
+    pub whep: WhepConfig,
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
 }
@@ -161,6 +162,32 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     /// Directory holding the built viewer page (index.html and its assets).
     pub web_root: PathBuf,
+}
+
+/// The WHEP endpoint (`POST /whep`) on the HTTP server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WhepConfig {
+    /// Unset: on whenever `http.listen` is.
+    pub enabled: Option<bool>,
+    /// `Access-Control-Allow-Origin` for browser players on other origins: `*` or one origin.
+    pub allow_origin: String,
+}
+
+impl WhepConfig {
+    /// Whether `/whep` is served, given the HTTP server's state.
+    pub fn is_served(&self, http: &HttpConfig) -> bool {
+        http.listen.is_some() && self.enabled.unwrap_or(true)
+    }
+}
+
+impl Default for WhepConfig {
+    fn default() -> Self {
+        WhepConfig {
+            enabled: None,
+            allow_origin: "*".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -479,6 +506,20 @@ impl Config {
                 format!("{text:?} is not an address like \"0.0.0.0:0\" or \"192.168.1.10:50000\""),
             )?;
         }
+        let origin = &self.whep.allow_origin;
+        check(
+            origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin.bytes().all(|b| b.is_ascii_graphic())),
+            "whep.allow_origin",
+            format!("must be \"*\" or one origin such as \"https://ha.example.net\" (scheme://host[:port], no path), got {origin:?}"),
+        )?;
+        check(
+            self.whep.enabled != Some(true) || self.http.listen.is_some(),
+            "whep.enabled",
+            "WHEP is served by the HTTP server; set http.listen to turn it on".into(),
+        )?;
         check(
             (100..=60_000).contains(&self.telemetry.interval_ms),
             "telemetry.interval_ms",
@@ -541,6 +582,7 @@ impl Config {
         webrtc.max_viewers = new.webrtc.max_viewers;
         restart(webrtc != new.webrtc, "webrtc");
         restart(self.http != new.http, "http");
+        restart(self.whep != new.whep, "whep");
         plan
     }
 }
@@ -770,6 +812,26 @@ mod tests {
             error("[http]\nlisten = \"everywhere\"").key(),
             Some("http.listen")
         );
+    }
+
+    #[test]
+    fn whep_follows_the_http_server_unless_told_otherwise() {
+        let config = Config::default();
+        assert!(config.whep.is_served(&config.http));
+        let no_http = Config::from_toml_str("[http]\nlisten = \"off\"").unwrap();
+        assert!(!no_http.whep.is_served(&no_http.http));
+        let off = Config::from_toml_str("[whep]\nenabled = false").unwrap();
+        assert!(!off.whep.is_served(&off.http));
+        assert_eq!(
+            error("[http]\nlisten = \"off\"\n[whep]\nenabled = true").key(),
+            Some("whep.enabled")
+        );
+        for bad in ["https://ha.example.net/", "ha.example.net", ""] {
+            let text = format!("[whep]\nallow_origin = {bad:?}");
+            assert_eq!(error(&text).key(), Some("whep.allow_origin"), "{bad}");
+        }
+        let one = Config::from_toml_str("[whep]\nallow_origin = \"http://10.0.0.5:8123\"").unwrap();
+        assert_eq!(one.whep.allow_origin, "http://10.0.0.5:8123");
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! The HTTP server for viewers: serves the built web page (static files) and
-//! `/peercam.json`, which tells the page which WebSocket port the embedded broker uses.
-//! It must never carry signaling or media; browsers talk MQTT and WebRTC directly.
+//! The HTTP server: serves the built web page (static files), `/peercam.json` (which
+//! tells the page which WebSocket port the embedded broker uses) and, when given, the WHEP
+//! transport's routes. It must never carry media, nor hold session logic of its own.
 
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
 
 /// What the page needs to find the broker and the camera when served by the agent.
@@ -20,22 +20,26 @@ pub struct PageConfig {
     pub topic_prefix: String,
 }
 
-pub fn router(web_root: PathBuf, page: PageConfig) -> Router {
+/// The page, its `/peercam.json`, and `extra` routes (WHEP) beside them.
+pub fn router(web_root: PathBuf, page: PageConfig, extra: Option<Router>) -> Router {
     let index = web_root.join("index.html");
-    Router::new()
-        .route(
-            "/peercam.json",
-            get(move || async move { Json(page.clone()) }),
-        )
-        .fallback_service(ServeDir::new(web_root).fallback(ServeFile::new(index)))
+    let router = Router::new().route(
+        "/peercam.json",
+        get(move || async move { Json(page.clone()) }),
+    );
+    let router = match extra {
+        Some(extra) => router.merge(extra),
+        None => router,
+    };
+    router.fallback_service(ServeDir::new(web_root).fallback(ServeFile::new(index)))
 }
 
-/// Binds `listen` (a clear error if it cannot) and serves until `shutdown` turns true.
+/// Binds `listen` (a clear error if it cannot) and serves `app` until `stop` is cancelled.
 pub async fn serve(
     listen: SocketAddr,
-    web_root: PathBuf,
-    page: PageConfig,
-    mut shutdown: watch::Receiver<bool>,
+    web_root: &std::path::Path,
+    app: Router,
+    stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -44,17 +48,9 @@ pub async fn serve(
         tracing::warn!(web_root = %web_root.display(), "no index.html in http.web_root; build the page (web/) or fix the path");
     }
     tracing::info!(%listen, web_root = %web_root.display(), "viewer page at http://{listen}/");
-    let app = router(web_root, page);
     Ok(tokio::spawn(async move {
-        let stop = async move {
-            while shutdown.changed().await.is_ok() {
-                if *shutdown.borrow() {
-                    break;
-                }
-            }
-        };
         if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
         {
             tracing::error!("http server stopped: {err}");

@@ -151,11 +151,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(peercam::service::run(
-                config,
-                cli.config.clone(),
-                set_log_level,
-            )) {
+            let agent = async {
+                let control = peercam::service::os_signals()?;
+                peercam::service::run(config, cli.config.clone(), set_log_level, control).await
+            };
+            match runtime.block_on(agent) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");

@@ -1,6 +1,7 @@
-//! The service: wires broker, pipeline, signaling, sessions and telemetry from one
-//! configuration, and owns their shutdown. It must never hold media or protocol logic
-//! itself; it only connects the parts and stops them in order.
+//! The service: wires broker, pipeline, session manager, signaling transports (MQTT,
+//! WHEP), status and telemetry from one configuration, and owns their shutdown through one
+//! cancellation tree. It must never hold media or session logic itself; it only connects
+//! the parts and stops them in order.
 
 use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
@@ -8,11 +9,13 @@ use crate::fanout::{FanOut, KeyframeRequests};
 use crate::http::{self, PageConfig};
 use crate::notify;
 use crate::pipeline::{Pipeline, PipelineHealth};
+use crate::session::core::Limits;
 use crate::session::peer::PeerSettings;
-use crate::session::{SessionContext, SessionManager};
+use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
 use crate::signaling::mqtt::{self, MqttSettings};
 use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
+use crate::signaling::whep::{self, WhepSettings};
 use crate::source::convert::PixelFormat;
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
@@ -20,14 +23,16 @@ use crate::source::VideoSource;
 use crate::telemetry::{PipelineCounters, TelemetrySampler};
 use anyhow::Context;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use webrtc::peer_connection::RTCIceServer;
 
 /// Signaling messages waiting for the session manager before new ones are dropped.
-const INCOMING_QUEUE: usize = 1024;
+const SIGNAL_QUEUE: usize = 1024;
+/// How long sessions and signaling get to say goodbye at shutdown.
+const SHUTDOWN_LIMIT: Duration = Duration::from_millis(2500);
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -163,11 +168,19 @@ fn service_status(viewers: usize, camera_available: bool) -> String {
 
 /// Pings systemd's watchdog only while the encoder keeps finishing frames, so a stuck
 /// capture or encoder gets the service restarted.
-async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_limit: Duration) {
+async fn watchdog_loop(
+    interval: Duration,
+    health: Arc<PipelineHealth>,
+    stall_limit: Duration,
+    stop: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     let mut stalled = false;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => break,
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -185,51 +198,203 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
     }
 }
 
-enum Signal {
-    Stop,
-    Reload,
+/// What stops and reloads a running service: OS signals for the binary, the caller in
+/// tests that drive the whole service in-process.
+pub struct Control {
+    /// Cancelled to stop; every part of the service stops with it.
+    pub stop: CancellationToken,
+    /// One message per reload request (SIGHUP).
+    pub reloads: mpsc::Receiver<()>,
 }
 
-async fn wait_for_signal() -> Signal {
+/// Turns SIGTERM and SIGINT into a stop, and SIGHUP into a reload request.
+pub fn os_signals() -> anyhow::Result<Control> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut hangup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; only Ctrl-C stops the agent");
-        let _ = tokio::signal::ctrl_c().await;
-        return Signal::Stop;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; shutting down");
-            Signal::Stop
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    let stop = CancellationToken::new();
+    let (reload_tx, reloads) = mpsc::channel(4);
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {
+                    tracing::info!("interrupted; shutting down");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM; shutting down");
+                    break;
+                }
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP; re-reading the configuration");
+                    // A reload already queued covers this one too.
+                    let _ = reload_tx.try_send(());
+                }
+            }
         }
-        _ = terminate.recv() => {
-            tracing::info!("SIGTERM; shutting down");
-            Signal::Stop
-        }
-        _ = hangup.recv() => {
-            tracing::info!("SIGHUP; re-reading the configuration");
-            Signal::Reload
-        }
-    }
+        stopper.cancel();
+    });
+    Ok(Control { stop, reloads })
 }
 
 /// Applies a new log filter at runtime; returns an error text when it is invalid.
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// Runs the agent until SIGTERM/SIGINT. SIGHUP re-reads `config_path` (when given) and
-/// applies what can change live.
-pub async fn run(
-    config: Config,
-    config_path: Option<PathBuf>,
+/// Keeps the retained status (and systemd's STATUS line) true to the viewer count, the
+/// camera, the streamed size and the live configuration, until `stop`.
+async fn publish_status(
+    mut live: watch::Receiver<Config>,
+    mut viewers: watch::Receiver<usize>,
+    mut camera: watch::Receiver<bool>,
+    mut video_size: watch::Receiver<Option<(u32, u32)>>,
+    status: watch::Sender<String>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = viewers.changed() => if changed.is_err() { break },
+            changed = live.changed() => if changed.is_err() { break },
+            changed = camera.changed() => if changed.is_err() { break },
+            changed = video_size.changed() => if changed.is_err() { break },
+            _ = stop.cancelled() => break,
+        }
+        let count = *viewers.borrow_and_update();
+        let available = *camera.borrow_and_update();
+        let size = *video_size.borrow_and_update();
+        let json = status_json(&live.borrow_and_update(), count, available, size);
+        // Republish (retained, to every subscriber) only what really changed.
+        status.send_if_modified(|published| {
+            let changed = *published != json;
+            *published = json;
+            changed
+        });
+        notify::status(&service_status(count, available));
+    }
+}
+
+/// Samples telemetry once per interval for all viewers, until `stop`.
+async fn sample_telemetry(
+    mut live: watch::Receiver<Config>,
+    fanout: Arc<FanOut>,
+    counters: Arc<PipelineCounters>,
+    video_size: watch::Receiver<Option<(u32, u32)>>,
+    camera: watch::Receiver<bool>,
+    telemetry: watch::Sender<Option<Arc<str>>>,
+    stop: CancellationToken,
+) {
+    let (width, height) = {
+        let config = live.borrow();
+        (config.video.width, config.video.height)
+    };
+    let mut sampler = TelemetrySampler::new(width, height);
+    loop {
+        let interval = Duration::from_millis(live.borrow_and_update().telemetry.interval_ms);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            changed = live.changed() => {
+                if changed.is_err() { break; }
+                continue;
+            }
+            _ = stop.cancelled() => break,
+        }
+        if let Some((width, height)) = *video_size.borrow() {
+            sampler.set_video_size(width, height);
+        }
+        let message = sampler.sample(&counters, fanout.subscriber_count(), *camera.borrow());
+        telemetry.send_replace(Some(Arc::from(message.to_json())));
+    }
+}
+
+/// What a reload changes at once; everything else waits for a restart.
+struct LiveSettings {
+    config: watch::Sender<Config>,
+    max_viewers: watch::Sender<usize>,
     set_log_level: LogLevelSetter,
-) -> anyhow::Result<()> {
+}
+
+impl LiveSettings {
+    /// Re-reads `path` and applies its live keys; a bad file keeps the running config.
+    fn reload(&self, path: &std::path::Path) {
+        let new = match Config::load(path) {
+            Ok(new) => new,
+            Err(err) => {
+                tracing::error!("SIGHUP: keeping the running configuration: {err}");
+                return;
+            }
+        };
+        let current = self.config.borrow().clone();
+        let plan = current.reload_plan(&new);
+        if current.log.level != new.log.level {
+            if let Err(err) = (self.set_log_level)(&new.log.level) {
+                tracing::warn!("log.level not changed: {err}");
+            }
+        }
+        let mut applied = current;
+        applied.log.level = new.log.level.clone();
+        applied.telemetry = new.telemetry.clone();
+        applied.webrtc.max_viewers = new.webrtc.max_viewers;
+        applied.device.name = new.device.name.clone();
+        self.max_viewers.send_replace(applied.webrtc.max_viewers);
+        self.config.send_replace(applied);
+        tracing::info!(applied = ?plan.applied, needs_restart = ?plan.needs_restart, "configuration reloaded");
+        for section in &plan.needs_restart {
+            tracing::warn!("{section} changed; restart peercam to apply it");
+        }
+    }
+}
+
+/// Starts the embedded broker when the configuration uses it.
+async fn start_broker(config: &Config) -> anyhow::Result<()> {
     if config.mqtt.broker == BrokerTarget::Embedded {
         let (listen, ws) = (config.broker.listen, config.broker.ws_listen);
         tokio::task::spawn_blocking(move || broker::start(listen, ws)).await??;
     }
+    Ok(())
+}
+
+/// The HTTP server: the viewer page, and WHEP when it is served.
+async fn start_http(
+    config: &Config,
+    signals: mpsc::Sender<Signal>,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listen) = config.http.listen else {
+        return Ok(None);
+    };
+    let page = PageConfig {
+        ws_port: match config.mqtt.broker {
+            BrokerTarget::Embedded => config.broker.ws_listen.map(|a| a.port()),
+            BrokerTarget::External { .. } => None,
+        },
+        device: config.device.id.clone(),
+        topic_prefix: config.mqtt.topic_prefix.clone(),
+    };
+    let whep_routes = config.whep.is_served(&config.http).then(|| {
+        let settings = WhepSettings {
+            allow_origin: config.whep.allow_origin.clone(),
+            ice_servers: config.webrtc.ice_servers.clone(),
+        };
+        tracing::info!("WHEP endpoint at http://{listen}{}", whep::WHEP_PATH);
+        whep::router(signals, &settings)
+    });
+    let app = http::router(config.http.web_root.clone(), page, whep_routes);
+    Ok(Some(
+        http::serve(listen, &config.http.web_root, app, stop).await?,
+    ))
+}
+
+/// Runs the agent until `control.stop` is cancelled. Each reload request re-reads
+/// `config_path` (when given) and applies what can change live.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    set_log_level: LogLevelSetter,
+    control: Control,
+) -> anyhow::Result<()> {
+    let Control { stop, mut reloads } = control;
+    start_broker(&config).await?;
 
     let counters = Arc::new(PipelineCounters::default());
     let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
@@ -244,16 +409,13 @@ pub async fn run(
     )
     .context("starting the video pipeline")?;
 
-    let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    // Signaling stops after the sessions, so their hangups still reach the viewers.
-    let (signaling_shutdown_tx, signaling_shutdown) = watch::channel(false);
-    let (outbox_tx, outbox) = mpsc::unbounded_channel();
-    let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
-    let (viewers_tx, mut viewers) = watch::channel(0usize);
-    let live_viewers = viewers.clone();
+    let (signals_tx, signals) = mpsc::channel(SIGNAL_QUEUE);
+    let (to_viewers_tx, to_viewers) = mpsc::unbounded_channel();
+    let (viewers_tx, viewers) = watch::channel(0usize);
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
     let (status_tx, status) = watch::channel(status_json(&config, 0, true, None));
+    let (live_tx, live) = watch::channel(config.clone());
+    let (max_viewers_tx, max_viewers) = watch::channel(config.webrtc.max_viewers);
 
     let ctx = Arc::new(SessionContext {
         peer_settings: PeerSettings {
@@ -261,161 +423,99 @@ pub async fn run(
             udp_addrs: config.webrtc.udp_addrs.clone(),
         },
         fanout: Arc::clone(&fanout),
-        topics: topics.clone(),
-        outbox: outbox_tx,
         telemetry,
-        camera_available: camera_available.clone(),
-        connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
-        max_viewers: AtomicUsize::new(config.webrtc.max_viewers),
     });
+    let limits = Limits {
+        max_viewers: config.webrtc.max_viewers,
+        connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
+    };
     let manager = tokio::spawn(
-        SessionManager::new(Arc::clone(&ctx), viewers_tx).run(incoming, shutdown.clone()),
+        SessionManager::new(ctx, limits, to_viewers_tx, viewers_tx).run(ManagerInputs {
+            signals,
+            max_viewers,
+            camera_available: camera_available.clone(),
+            stop: stop.child_token(),
+        }),
     );
+    // MQTT ends after the manager, once its last hangup is out (its inbox closes).
+    let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
     let signaling = tokio::spawn(mqtt::run(
         mqtt_settings(&config, topics),
         status,
-        incoming_tx,
-        outbox,
-        signaling_shutdown,
+        signals_tx.clone(),
+        to_viewers,
     ));
-
-    // Status follows the viewer count and live config; telemetry is sampled once for all viewers.
-    let (live_tx, live) = watch::channel(config.clone());
-    let mut status_live = live.clone();
-    let mut status_shutdown = shutdown.clone();
-    let mut status_camera = camera_available.clone();
-    let mut status_video_size = pipeline.video_size();
-    let status_task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = viewers.changed() => if changed.is_err() { break },
-                changed = status_live.changed() => if changed.is_err() { break },
-                changed = status_camera.changed() => if changed.is_err() { break },
-                changed = status_video_size.changed() => if changed.is_err() { break },
-                _ = status_shutdown.changed() => break,
-            }
-            let count = *viewers.borrow_and_update();
-            let camera = *status_camera.borrow_and_update();
-            let video_size = *status_video_size.borrow_and_update();
-            let current = status_live.borrow_and_update().clone();
-            let json = status_json(&current, count, camera, video_size);
-            // Republish (retained, to every subscriber) only what really changed.
-            status_tx.send_if_modified(|published| {
-                let changed = *published != json;
-                *published = json;
-                changed
-            });
-            notify::status(&service_status(count, camera));
-        }
-    });
-    let telemetry_viewers = fanout.clone();
-    let (width, height) = (config.video.width, config.video.height);
-    let telemetry_counters = Arc::clone(&counters);
-    let mut telemetry_live = live.clone();
-    let telemetry_video_size = pipeline.video_size();
-    let telemetry_camera = camera_available.clone();
-    let telemetry_task = tokio::spawn(async move {
-        let mut sampler = TelemetrySampler::new(width, height);
-        loop {
-            let interval =
-                Duration::from_millis(telemetry_live.borrow_and_update().telemetry.interval_ms);
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                changed = telemetry_live.changed() => {
-                    if changed.is_err() { break; }
-                    continue;
-                }
-            }
-            let viewers = telemetry_viewers.subscriber_count();
-            if let Some((width, height)) = *telemetry_video_size.borrow() {
-                sampler.set_video_size(width, height);
-            }
-            let camera = *telemetry_camera.borrow();
-            let message = sampler.sample(&telemetry_counters, viewers, camera);
-            telemetry_tx.send_replace(Some(Arc::from(message.to_json())));
-        }
-    });
-
-    let http = match config.http.listen {
-        Some(listen) => {
-            let page = PageConfig {
-                ws_port: match config.mqtt.broker {
-                    BrokerTarget::Embedded => config.broker.ws_listen.map(|a| a.port()),
-                    BrokerTarget::External { .. } => None,
-                },
-                device: config.device.id.clone(),
-                topic_prefix: config.mqtt.topic_prefix.clone(),
-            };
-            Some(http::serve(listen, config.http.web_root.clone(), page, shutdown.clone()).await?)
-        }
-        None => None,
-    };
-    let watchdog = notify::watchdog_interval().map(|interval| {
-        tokio::spawn(watchdog_loop(
+    let mut helpers = tokio::task::JoinSet::new();
+    helpers.spawn(publish_status(
+        live.clone(),
+        viewers.clone(),
+        camera_available.clone(),
+        pipeline.video_size(),
+        status_tx,
+        stop.child_token(),
+    ));
+    helpers.spawn(sample_telemetry(
+        live.clone(),
+        Arc::clone(&fanout),
+        Arc::clone(&counters),
+        pipeline.video_size(),
+        camera_available.clone(),
+        telemetry_tx,
+        stop.child_token(),
+    ));
+    if let Some(interval) = notify::watchdog_interval() {
+        helpers.spawn(watchdog_loop(
             interval,
             Arc::clone(pipeline.health()),
             notify::stall_limit(config.video.fps),
-        ))
-    });
+            stop.child_token(),
+        ));
+    }
+    let http = start_http(&config, signals_tx, stop.child_token()).await;
+    let http = match http {
+        Ok(http) => http,
+        Err(err) => {
+            stop.cancel();
+            tokio::task::spawn_blocking(move || pipeline.stop())
+                .await
+                .ok();
+            return Err(err);
+        }
+    };
     notify::ready(&service_status(0, true));
     tracing::info!("peercam ready");
 
-    while let Signal::Reload = wait_for_signal().await {
-        let Some(path) = &config_path else {
-            tracing::info!("SIGHUP: no --config file to re-read");
-            continue;
-        };
-        notify::reloading();
-        match Config::load(path) {
-            Err(err) => tracing::error!("SIGHUP: keeping the running configuration: {err}"),
-            Ok(new) => {
-                let current = live.borrow().clone();
-                let plan = current.reload_plan(&new);
-                if current.log.level != new.log.level {
-                    if let Err(err) = set_log_level(&new.log.level) {
-                        tracing::warn!("log.level not changed: {err}");
-                    }
-                }
-                ctx.max_viewers
-                    .store(new.webrtc.max_viewers, Ordering::Relaxed);
-                let mut applied = current;
-                applied.log.level = new.log.level.clone();
-                applied.telemetry = new.telemetry.clone();
-                applied.webrtc.max_viewers = new.webrtc.max_viewers;
-                applied.device.name = new.device.name.clone();
-                live_tx.send_replace(applied);
-                tracing::info!(applied = ?plan.applied, needs_restart = ?plan.needs_restart, "configuration reloaded");
-                for section in &plan.needs_restart {
-                    tracing::warn!("{section} changed; restart peercam to apply it");
-                }
+    let live_settings = LiveSettings {
+        config: live_tx,
+        max_viewers: max_viewers_tx,
+        set_log_level,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(()) = reloads.recv() => {
+                let Some(path) = &config_path else {
+                    tracing::info!("reload: no --config file to re-read");
+                    continue;
+                };
+                notify::reloading();
+                live_settings.reload(path);
+                notify::ready(&service_status(*viewers.borrow(), *camera_available.borrow()));
             }
         }
-        notify::ready(&service_status(
-            *live_viewers.borrow(),
-            *camera_available.borrow(),
-        ));
     }
     notify::stopping();
-    shutdown_tx.send_replace(true);
     let stopped = async {
         let _ = manager.await;
-        signaling_shutdown_tx.send_replace(true);
         let _ = signaling.await;
     };
-    if tokio::time::timeout(Duration::from_millis(2500), stopped)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_LIMIT, stopped).await.is_err() {
         tracing::warn!("signaling did not stop in time");
     }
-    status_task.abort();
     if let Some(http) = http {
-        http.abort();
+        let _ = tokio::time::timeout(Duration::from_millis(500), http).await;
     }
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
-    }
-    telemetry_task.abort();
+    helpers.abort_all();
     tokio::task::spawn_blocking(move || pipeline.stop())
         .await
         .ok();

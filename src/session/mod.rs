@@ -1,361 +1,421 @@
-//! Peer sessions: one task per viewer, from offer to hangup, and the manager that routes
-//! signaling messages to them, enforces `max_viewers` and counts viewers.
+//! Viewer sessions: the session core (every rule, no I/O), the peer task of each viewer,
+//! and the manager that connects them to the signaling transports. The manager carries out
+//! what the core decides — spawning and closing peers, routing replies to the transport a
+//! viewer came through — and decides nothing itself.
 //! A session must never outlive its viewer or disturb another session.
 
+pub mod core;
 pub mod keyframe_requests;
 pub mod peer;
 mod viewer;
 
+use self::core::{Action, EndReason, Input, Limits, PeerReport, Refusal, SessionCore, ViewerInput};
 use crate::fanout::FanOut;
-use crate::signaling::protocol::{
-    parse_viewer_message, CameraMessage, ErrorCode, IceCandidate, SessionId, TopicError, Topics,
-    ViewerMessage,
-};
-use bytes::Bytes;
+use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, SessionId};
 use peer::PeerSettings;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 pub use viewer::TELEMETRY_LABEL;
+use viewer::{PeerOutput, PeerTask};
 
-/// Candidates kept for a session whose offer has not arrived yet.
-const MAX_EARLY_CANDIDATES: usize = 64;
-/// How long an ended session id is remembered, so late duplicates are ignored.
-const ENDED_SESSION_MEMORY: Duration = Duration::from_secs(120);
-/// Messages a session may have waiting before further ones are dropped.
+/// Candidates a live session may have waiting before further ones are dropped.
 const SESSION_INBOX: usize = 64;
+/// How often the core is told that time has passed (connect timeouts, expiries).
+const TICK: Duration = Duration::from_millis(250);
+/// How long shutdown waits for peers to hang up and free their resources.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// An MQTT message for the signaling transport to publish (QoS 1, not retained).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub payload: String,
-}
-
-/// An MQTT message received on one of our session topics.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub topic: String,
-    pub payload: Bytes,
-}
-
-/// Why a session ended (sent to the viewer as the hangup reason where it applies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    ViewerHangup,
-    ConnectTimeout,
-    IceFailed,
-    Closed,
-    BadOffer,
-    Failed,
-    Shutdown,
-}
-
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::ViewerHangup => "viewer-hangup",
-            EndReason::ConnectTimeout => "connect-timeout",
-            EndReason::IceFailed => "ice-failed",
-            EndReason::Closed => "closed",
-            EndReason::BadOffer => "bad-offer",
-            EndReason::Failed => "internal-error",
-            EndReason::Shutdown => "shutdown",
-        }
-    }
-
-    /// The viewer already knows when it hung up itself or its offer was refused.
-    fn tell_viewer(self) -> bool {
-        !matches!(self, EndReason::ViewerHangup | EndReason::BadOffer)
-    }
-}
-
-/// Inputs the manager forwards to a live session.
+/// What a signaling transport hands the session manager.
 #[derive(Debug)]
-enum SessionInput {
-    Candidate(Option<IceCandidate>),
-    Hangup,
-    Shutdown,
+pub enum Signal {
+    /// A message from a viewer that trickles over a message transport (MQTT), parsed.
+    Viewer {
+        sid: SessionId,
+        message: ViewerInput,
+    },
+    /// A request from the WHEP HTTP endpoint.
+    Whep(WhepRequest),
 }
 
-/// Everything a session needs that is shared by all sessions.
+/// A WHEP request; the manager replies on its channel.
+#[derive(Debug)]
+pub enum WhepRequest {
+    /// A new session from an SDP offer: answered with all the camera's candidates.
+    Offer {
+        sdp: String,
+        reply: oneshot::Sender<Result<WhepAnswer, Refusal>>,
+    },
+    /// Late candidates of the player (a trickle-ice-sdpfrag); false for an unknown session.
+    Candidates {
+        sid: SessionId,
+        candidates: Vec<Option<IceCandidate>>,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The player ends its session; false for an unknown session.
+    End {
+        sid: SessionId,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A WHEP session's id and the camera's SDP answer.
+#[derive(Debug, Clone)]
+pub struct WhepAnswer {
+    pub sid: SessionId,
+    pub sdp: String,
+}
+
+/// A message for a viewer on a message transport (MQTT).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToViewer {
+    pub sid: SessionId,
+    pub message: CameraMessage,
+}
+
+/// Everything a peer task needs that is shared by all sessions.
 pub struct SessionContext {
     pub peer_settings: PeerSettings,
     pub fanout: Arc<FanOut>,
-    pub topics: Topics,
-    pub outbox: mpsc::UnboundedSender<Outgoing>,
     /// The latest telemetry message as JSON text, shared by all viewers.
     pub telemetry: watch::Receiver<Option<Arc<str>>>,
+}
+
+/// What the manager follows while it runs.
+pub struct ManagerInputs {
+    pub signals: mpsc::Receiver<Signal>,
+    /// `webrtc.max_viewers`; changes apply at once (configuration reload).
+    pub max_viewers: watch::Receiver<usize>,
     /// False while the camera device is gone.
     pub camera_available: watch::Receiver<bool>,
-    pub connect_timeout: Duration,
-    /// Changeable at runtime (SIGHUP reload).
-    pub max_viewers: AtomicUsize,
+    /// Hangs up everyone and ends the manager.
+    pub stop: CancellationToken,
 }
 
-impl SessionContext {
-    fn send_to_viewer(&self, sid: &SessionId, message: &CameraMessage) {
-        let outgoing = Outgoing {
-            topic: self.topics.to_viewer(sid.as_ref()),
-            payload: message.to_json(),
-        };
-        // The transport outlives every session; a send error only means we are shutting down.
-        let _ = self.outbox.send(outgoing);
-    }
+/// A running peer task, as the manager holds it.
+struct PeerHandle {
+    candidates: mpsc::Sender<Option<IceCandidate>>,
+    close: CancellationToken,
+    /// Why the core closed it, for the log.
+    close_reason: Option<EndReason>,
 }
 
-struct LiveSession {
-    inbox: mpsc::Sender<SessionInput>,
-    offer_sdp: String,
-}
+/// A WHEP session's pending HTTP response: it takes the answer (or refusal) once.
+type WhepReply = Option<oneshot::Sender<Result<WhepAnswer, Refusal>>>;
 
-struct EarlyCandidates {
-    candidates: Vec<Option<IceCandidate>>,
-    since: Instant,
-}
-
-/// Routes signaling to sessions and owns their lifecycles.
+/// Connects the session core to the transports and the peer tasks.
 pub struct SessionManager {
+    core: SessionCore,
     ctx: Arc<SessionContext>,
-    live: HashMap<SessionId, LiveSession>,
-    early: HashMap<SessionId, EarlyCandidates>,
-    ended: HashMap<SessionId, Instant>,
-    tasks: JoinSet<(SessionId, EndReason)>,
+    peers: HashMap<SessionId, PeerHandle>,
+    /// WHEP sessions; every other session id belongs to the message transport.
+    whep: HashMap<SessionId, WhepReply>,
+    tasks: JoinSet<viewer::PeerEnd>,
+    task_sessions: HashMap<tokio::task::Id, SessionId>,
+    peer_output_tx: mpsc::UnboundedSender<(SessionId, PeerOutput)>,
+    peer_output: mpsc::UnboundedReceiver<(SessionId, PeerOutput)>,
+    to_viewers: mpsc::UnboundedSender<ToViewer>,
     viewers: watch::Sender<usize>,
 }
 
 impl SessionManager {
-    pub fn new(ctx: Arc<SessionContext>, viewers: watch::Sender<usize>) -> Self {
+    /// `to_viewers` carries replies to the message transport; `viewers` the viewer count.
+    pub fn new(
+        ctx: Arc<SessionContext>,
+        limits: Limits,
+        to_viewers: mpsc::UnboundedSender<ToViewer>,
+        viewers: watch::Sender<usize>,
+    ) -> Self {
+        let (peer_output_tx, peer_output) = mpsc::unbounded_channel();
         Self {
+            core: SessionCore::new(limits),
             ctx,
-            live: HashMap::new(),
-            early: HashMap::new(),
-            ended: HashMap::new(),
+            peers: HashMap::new(),
+            whep: HashMap::new(),
             tasks: JoinSet::new(),
+            task_sessions: HashMap::new(),
+            peer_output_tx,
+            peer_output,
+            to_viewers,
             viewers,
         }
     }
 
-    /// Runs until `shutdown` turns true, then hangs up every viewer and waits (bounded)
-    /// for their sessions to release their resources.
-    pub async fn run(
-        mut self,
-        mut incoming: mpsc::Receiver<Incoming>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    /// Runs until `stop` is cancelled or every transport is gone, then hangs up every
+    /// viewer and waits (bounded) for their peers to free their resources.
+    pub async fn run(mut self, inputs: ManagerInputs) {
+        let ManagerInputs {
+            mut signals,
+            mut max_viewers,
+            mut camera_available,
+            stop,
+        } = inputs;
+        self.core.set_max_viewers(*max_viewers.borrow_and_update());
+        self.apply(Input::Camera {
+            available: *camera_available.borrow_and_update(),
+        });
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = incoming.recv() => match message {
-                    Some(message) => self.handle(message),
+                // Peer output first: an answer must reach its route before its task's end.
+                biased;
+                Some((sid, output)) = self.peer_output.recv() => self.peer_output(sid, output),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.task_done(done),
+                signal = signals.recv() => match signal {
+                    Some(signal) => self.signal(signal),
                     None => break,
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    match done {
-                        Ok((sid, reason)) => self.session_ended(sid, reason),
-                        Err(err) => tracing::error!("a session task failed: {err}"),
+                _ = ticks.tick() => self.apply(Input::Tick),
+                Ok(()) = camera_available.changed() => {
+                    let available = *camera_available.borrow_and_update();
+                    if !available {
+                        tracing::info!("camera unavailable; connected viewers wait for it");
                     }
+                    self.apply(Input::Camera { available });
                 },
-                _ = housekeeping.tick() => self.expire(),
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        break;
-                    }
-                }
+                Ok(()) = max_viewers.changed() => {
+                    self.core.set_max_viewers(*max_viewers.borrow_and_update());
+                },
+                _ = stop.cancelled() => break,
             }
         }
         self.shutdown().await;
     }
 
     async fn shutdown(&mut self) {
-        for session in self.live.values() {
-            let _ = session.inbox.try_send(SessionInput::Shutdown);
-        }
+        self.apply(Input::Shutdown);
         let drain = async {
-            while let Some(done) = self.tasks.join_next().await {
-                if let Ok((sid, reason)) = done {
-                    tracing::info!(sid = %sid, reason = reason.as_str(), "session ended");
+            while !self.tasks.is_empty() {
+                tokio::select! {
+                    biased;
+                    Some((sid, output)) = self.peer_output.recv() => self.peer_output(sid, output),
+                    Some(done) = self.tasks.join_next_with_id() => self.task_done(done),
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(2), drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!("sessions did not end within 2 s; aborting them");
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("sessions did not end within {SHUTDOWN_GRACE:?}; aborting them");
             self.tasks.abort_all();
         }
-        self.live.clear();
         self.viewers.send_replace(0);
     }
 
-    fn reply_error(&self, sid: &SessionId, code: ErrorCode, message: impl Into<String>) {
-        self.ctx.send_to_viewer(
-            sid,
-            &CameraMessage::Error {
-                code,
-                message: message.into(),
-            },
-        );
+    /// Feeds the core and carries out what it decides.
+    fn apply(&mut self, input: Input) {
+        let actions = self.core.handle(std::time::Instant::now(), input);
+        for action in actions {
+            self.carry_out(action);
+        }
     }
 
-    fn handle(&mut self, message: Incoming) {
-        let sid = match self.ctx.topics.parse_to_camera(&message.topic) {
-            Ok(sid) => sid,
-            Err(TopicError::NotASessionTopic { .. }) => return,
-            Err(err) => {
-                tracing::warn!(topic = %message.topic, "ignoring message: {err}");
-                return;
-            }
-        };
-        let parsed = match parse_viewer_message(&message.payload) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                tracing::warn!(sid = %sid, "bad message from viewer: {err}");
-                self.reply_error(&sid, err.code(), err.to_string());
-                return;
-            }
-        };
-        match parsed {
-            ViewerMessage::Offer { sdp } => self.offer(sid, sdp),
-            ViewerMessage::Candidate(candidate) => self.candidate(sid, candidate),
-            ViewerMessage::Hangup => {
-                if let Some(session) = self.live.get(&sid) {
-                    let _ = session.inbox.try_send(SessionInput::Hangup);
+    fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Send { sid, message } => self.send(sid, message),
+            Action::StartPeer {
+                sid,
+                offer_sdp,
+                candidates,
+            } => self.start_peer(sid, offer_sdp, candidates),
+            Action::AddCandidate { sid, candidate } => {
+                if let Some(peer) = self.peers.get(&sid) {
+                    if peer.candidates.try_send(candidate).is_err() {
+                        tracing::warn!(%sid, "session inbox full; dropping candidate");
+                    }
                 }
-                // Hangups for unknown or ended sessions are normal (QoS 1 duplicates, last wills).
-                self.early.remove(&sid);
+            }
+            Action::ClosePeer { sid, reason } => {
+                if let Some(peer) = self.peers.get_mut(&sid) {
+                    peer.close_reason = Some(reason);
+                    peer.close.cancel();
+                }
+            }
+            Action::ViewerCount(count) => {
+                self.viewers.send_replace(count);
             }
         }
     }
 
-    fn offer(&mut self, sid: SessionId, sdp: String) {
-        if let Some(session) = self.live.get(&sid) {
-            if session.offer_sdp != sdp {
-                self.reply_error(
-                    &sid,
-                    ErrorCode::BadRequest,
-                    "session already has an offer; use a new session id",
-                );
+    /// Routes a message to the transport its viewer came through.
+    fn send(&mut self, sid: SessionId, message: CameraMessage) {
+        match self.whep.get_mut(&sid) {
+            None => {
+                // The transport outlives every session; a send error only means shutdown.
+                let _ = self.to_viewers.send(ToViewer { sid, message });
             }
-            // An identical offer is a QoS 1 duplicate: already being answered.
-            return;
+            Some(reply) => {
+                let result = match message {
+                    CameraMessage::Answer { sdp } => Ok(WhepAnswer {
+                        sid: sid.clone(),
+                        sdp,
+                    }),
+                    CameraMessage::Error { code, message } => Err(Refusal { code, message }),
+                    // A WHEP player learns of the end from ICE; candidates are in the answer.
+                    _ => return,
+                };
+                if let Some(reply) = reply.take() {
+                    let _ = reply.send(result);
+                }
+                if !self.core.has_session(&sid) {
+                    self.whep.remove(&sid);
+                }
+            }
         }
-        if self.ended.contains_key(&sid) {
-            self.reply_error(
-                &sid,
-                ErrorCode::BadRequest,
-                "this session has ended; use a new session id",
-            );
-            return;
-        }
-        if !*self.ctx.camera_available.borrow() {
-            self.reply_error(
-                &sid,
-                ErrorCode::Unavailable,
-                "the camera is unavailable right now; try again later",
-            );
-            return;
-        }
-        let max_viewers = self.ctx.max_viewers.load(Ordering::Relaxed);
-        if self.live.len() >= max_viewers {
-            tracing::info!(sid = %sid, max = max_viewers, "refusing viewer: busy");
-            self.reply_error(
-                &sid,
-                ErrorCode::Busy,
-                format!("the camera already has its maximum of {max_viewers} viewers"),
-            );
-            return;
-        }
-        let early_candidates = self
-            .early
-            .remove(&sid)
-            .map(|e| e.candidates)
-            .unwrap_or_default();
-        let (inbox_tx, inbox) = mpsc::channel(SESSION_INBOX);
-        self.live.insert(
-            sid.clone(),
-            LiveSession {
-                inbox: inbox_tx,
-                offer_sdp: sdp.clone(),
-            },
-        );
-        let session = viewer::ViewerSession {
+    }
+
+    fn start_peer(
+        &mut self,
+        sid: SessionId,
+        offer_sdp: String,
+        early_candidates: Vec<Option<IceCandidate>>,
+    ) {
+        let (candidates_tx, candidates) = mpsc::channel(SESSION_INBOX);
+        let close = CancellationToken::new();
+        let gather_first = self.whep.contains_key(&sid);
+        let task = PeerTask {
             ctx: Arc::clone(&self.ctx),
             sid: sid.clone(),
-            offer_sdp: sdp,
+            offer_sdp,
             early_candidates,
-            inbox,
+            gather_first,
+            candidates,
+            close: close.clone(),
+            output: self.peer_output_tx.clone(),
         };
-        tracing::info!(sid = %sid, viewers = self.live.len(), "new viewer session");
-        self.tasks.spawn(async move { (sid, session.run().await) });
-        self.viewers.send_replace(self.live.len());
+        let transport = if gather_first { "whep" } else { "mqtt" };
+        let span = tracing::info_span!("session", %sid);
+        let handle = self.tasks.spawn(task.run().instrument(span));
+        let task = handle.id();
+        tracing::info!(%sid, transport, viewers = self.core.viewer_count(), "new viewer session");
+        self.task_sessions.insert(task, sid.clone());
+        self.peers.insert(
+            sid,
+            PeerHandle {
+                candidates: candidates_tx,
+                close,
+                close_reason: None,
+            },
+        );
     }
 
-    fn candidate(&mut self, sid: SessionId, candidate: Option<IceCandidate>) {
-        if let Some(session) = self.live.get(&sid) {
-            if session
-                .inbox
-                .try_send(SessionInput::Candidate(candidate))
-                .is_err()
-            {
-                tracing::warn!(sid = %sid, "session inbox full; dropping candidate");
+    fn peer_output(&mut self, sid: SessionId, output: PeerOutput) {
+        match output {
+            PeerOutput::Answer(sdp) => self.send(sid, CameraMessage::Answer { sdp }),
+            PeerOutput::LocalCandidate(candidate) => {
+                self.send(sid, CameraMessage::Candidate(candidate));
             }
-            return;
+            PeerOutput::Report(report) => self.apply(Input::Peer { sid, report }),
         }
-        if self.ended.contains_key(&sid) {
-            return;
-        }
-        // Candidates may overtake their offer: keep them until it arrives.
-        let early = self
-            .early
-            .entry(sid.clone())
-            .or_insert_with(|| EarlyCandidates {
-                candidates: Vec::new(),
-                since: Instant::now(),
-            });
-        if early.candidates.len() >= MAX_EARLY_CANDIDATES {
-            self.early.remove(&sid);
-            self.reply_error(
-                &sid,
-                ErrorCode::BadRequest,
-                "too many candidates before the offer",
-            );
-            return;
-        }
-        early.candidates.push(candidate);
     }
 
-    fn session_ended(&mut self, sid: SessionId, reason: EndReason) {
-        self.live.remove(&sid);
-        self.ended.insert(sid.clone(), Instant::now());
-        tracing::info!(sid = %sid, reason = reason.as_str(), viewers = self.live.len(), "session ended");
-        self.viewers.send_replace(self.live.len());
+    /// A peer task finished (or panicked): its slot is freed either way.
+    fn task_done(
+        &mut self,
+        done: Result<(tokio::task::Id, viewer::PeerEnd), tokio::task::JoinError>,
+    ) {
+        let (task, (reason, refusal)) = match done {
+            Ok(finished) => finished,
+            Err(err) => {
+                tracing::error!("a session task failed: {err}");
+                let refusal = Refusal::new(ErrorCode::Internal, "the camera's session failed");
+                (err.id(), (EndReason::Failed, Some(refusal)))
+            }
+        };
+        let Some(sid) = self.task_sessions.remove(&task) else {
+            return;
+        };
+        let handle = self.peers.remove(&sid);
+        let logged = handle.and_then(|h| h.close_reason).unwrap_or(reason);
+        self.apply(Input::Peer {
+            sid: sid.clone(),
+            report: PeerReport::Ended { reason, refusal },
+        });
+        if !self.core.has_session(&sid) {
+            self.whep.remove(&sid);
+        }
+        tracing::info!(%sid, reason = logged.as_str(), viewers = self.core.viewer_count(), "session ended");
+        debug_assert!(!self.peers.contains_key(&sid));
     }
 
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let timeout = self.ctx.connect_timeout;
-        let expired: Vec<SessionId> = self
-            .early
-            .iter()
-            .filter(|(_, e)| now.duration_since(e.since) > timeout)
-            .map(|(sid, _)| sid.clone())
-            .collect();
-        for sid in expired {
-            self.early.remove(&sid);
-            tracing::warn!(sid = %sid, "candidates without an offer expired");
-            self.reply_error(
-                &sid,
-                ErrorCode::BadRequest,
-                "no offer received for this session",
-            );
+    fn signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::Viewer { sid, message } => {
+                if self.whep.contains_key(&sid) {
+                    return; // a WHEP session's id, guessed on another transport
+                }
+                if let ViewerInput::Invalid(refusal) = &message {
+                    tracing::warn!(%sid, "bad message from viewer: {}", refusal.message);
+                }
+                self.apply(Input::Viewer { sid, message });
+            }
+            Signal::Whep(request) => self.whep_request(request),
         }
-        self.ended
-            .retain(|_, at| now.duration_since(*at) < ENDED_SESSION_MEMORY);
+    }
+
+    fn whep_request(&mut self, request: WhepRequest) {
+        match request {
+            WhepRequest::Offer { sdp, reply } => {
+                let sid = new_whep_session_id();
+                self.whep.insert(sid.clone(), Some(reply));
+                self.apply(Input::Viewer {
+                    sid: sid.clone(),
+                    message: ViewerInput::Offer { sdp },
+                });
+                if !self.core.has_session(&sid) {
+                    self.whep.remove(&sid);
+                }
+            }
+            WhepRequest::Candidates {
+                sid,
+                candidates,
+                reply,
+            } => {
+                let known = self.whep.contains_key(&sid) && self.core.has_session(&sid);
+                if known {
+                    for candidate in candidates {
+                        self.apply(Input::Viewer {
+                            sid: sid.clone(),
+                            message: ViewerInput::Candidate(candidate),
+                        });
+                    }
+                }
+                let _ = reply.send(known);
+            }
+            WhepRequest::End { sid, reply } => {
+                let known = self.whep.contains_key(&sid) && self.core.has_session(&sid);
+                if known {
+                    self.apply(Input::Viewer {
+                        sid,
+                        message: ViewerInput::Hangup,
+                    });
+                }
+                let _ = reply.send(known);
+            }
+        }
+    }
+}
+
+/// An unguessable session id for a WHEP resource URL: 128 random bits, base64url-like.
+fn new_whep_session_id() -> SessionId {
+    use rand::distr::{Alphanumeric, SampleString};
+    // 24 alphanumeric characters carry about 143 bits.
+    let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
+    SessionId::parse(&id).expect("alphanumeric ids of 24 characters are valid session ids")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whep_session_ids_are_valid_and_distinct() {
+        let a = new_whep_session_id();
+        let b = new_whep_session_id();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 24);
     }
 }

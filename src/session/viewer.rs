@@ -1,14 +1,17 @@
-//! One viewer's session task: negotiate the offer, trickle candidates, stream the shared
-//! frames and telemetry, and free everything when it ends. It owns its peer connection;
-//! it must never block the manager or other sessions, whatever its viewer does.
+//! One viewer's peer task: answer the offer, trickle candidates, stream the shared frames
+//! and telemetry, and free everything when it ends. It owns its peer connection and
+//! carries out what the session core decided; it decides nothing about other sessions,
+//! and must never block the manager or other sessions, whatever its viewer does.
 
+use super::core::{EndReason, PeerReport, Refusal};
 use super::peer::{build_peer, negotiated_payload_type, PeerEvent, RtpWriter};
-use super::{EndReason, SessionContext, SessionInput};
-use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, SessionId};
+use super::SessionContext;
+use crate::signaling::protocol::{ErrorCode, IceCandidate, SessionId};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -18,13 +21,32 @@ use webrtc::peer_connection::{
 
 /// The label of the data channel the viewer opens for telemetry.
 pub const TELEMETRY_LABEL: &str = "telemetry";
+/// A transport that cannot trickle waits this long at most for the camera's candidates.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) struct ViewerSession {
+/// What a peer task tells the manager, in the order it happened.
+#[derive(Debug)]
+pub(super) enum PeerOutput {
+    /// The SDP answer, for the viewer.
+    Answer(String),
+    /// A local candidate to trickle; `None` once gathering is complete.
+    LocalCandidate(Option<IceCandidate>),
+    /// A state change for the session core.
+    Report(PeerReport),
+}
+
+/// One peer task's inputs and outputs.
+pub(super) struct PeerTask {
     pub ctx: Arc<SessionContext>,
     pub sid: SessionId,
     pub offer_sdp: String,
     pub early_candidates: Vec<Option<IceCandidate>>,
-    pub inbox: mpsc::Receiver<SessionInput>,
+    /// The transport cannot trickle (WHEP): gather every candidate into the answer.
+    pub gather_first: bool,
+    pub candidates: mpsc::Receiver<Option<IceCandidate>>,
+    /// Cancelled when the core closes this session.
+    pub close: CancellationToken,
+    pub output: mpsc::UnboundedSender<(SessionId, PeerOutput)>,
 }
 
 fn candidate_init(candidate: &IceCandidate) -> RTCIceCandidateInit {
@@ -46,46 +68,121 @@ fn protocol_candidate(init: RTCIceCandidateInit) -> IceCandidate {
     }
 }
 
-impl ViewerSession {
-    fn send(&self, message: CameraMessage) {
-        self.ctx.send_to_viewer(&self.sid, &message);
+/// How a peer task ended: the reason, and a refusal when the offer could not be answered.
+pub(super) type PeerEnd = (EndReason, Option<Refusal>);
+
+fn refused(reason: EndReason, code: ErrorCode, message: impl Into<String>) -> PeerEnd {
+    (reason, Some(Refusal::new(code, message)))
+}
+
+impl PeerTask {
+    fn emit(&self, output: PeerOutput) {
+        // The manager outlives every peer task; a send error only means it is gone.
+        let _ = self.output.send((self.sid.clone(), output));
     }
 
-    fn send_error(&self, code: ErrorCode, message: impl Into<String>) {
-        self.send(CameraMessage::Error {
-            code,
-            message: message.into(),
-        });
-    }
-
-    /// Runs the session to its end and returns why it ended. Resources are released
+    /// Runs the session's peer to its end and says why it ended. Resources are released
     /// before this returns.
-    pub async fn run(mut self) -> EndReason {
+    pub async fn run(mut self) -> PeerEnd {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let peer = match build_peer(&self.ctx.peer_settings, events_tx).await {
             Ok(peer) => peer,
             Err(err) => {
-                tracing::error!(sid = %self.sid, "cannot create peer connection: {err}");
-                self.send_error(
+                tracing::error!("cannot create peer connection: {err}");
+                return refused(
+                    EndReason::Failed,
                     ErrorCode::Internal,
                     "camera could not create a peer connection",
                 );
-                return EndReason::Failed;
             }
         };
         let connection = Arc::clone(&peer.connection);
-        let reason = self
+        let end = self
             .negotiate_and_stream(&connection, &peer.track, peer.ssrc, &mut events)
             .await;
         if let Err(err) = connection.close().await {
-            tracing::debug!(sid = %self.sid, "closing peer connection: {err}");
+            tracing::debug!("closing peer connection: {err}");
         }
-        if reason.tell_viewer() {
-            self.send(CameraMessage::Hangup {
-                reason: reason.as_str().to_owned(),
-            });
+        end
+    }
+
+    /// Answers the offer; returns the negotiated payload type, or how the session ends.
+    async fn answer(
+        &mut self,
+        connection: &Arc<dyn PeerConnection>,
+        events: &mut mpsc::UnboundedReceiver<PeerEvent>,
+    ) -> Result<u8, PeerEnd> {
+        let offer = RTCSessionDescription::offer(self.offer_sdp.clone()).map_err(|err| {
+            refused(
+                EndReason::BadOffer,
+                ErrorCode::BadRequest,
+                format!("invalid offer: {err}"),
+            )
+        })?;
+        if let Err(err) = connection.set_remote_description(offer).await {
+            tracing::warn!("rejecting offer: {err}");
+            return Err(refused(
+                EndReason::BadOffer,
+                ErrorCode::BadRequest,
+                format!("offer rejected: {err}"),
+            ));
         }
-        reason
+        let answer = connection.create_answer(None).await.map_err(|err| {
+            tracing::warn!("cannot answer offer: {err}");
+            refused(
+                EndReason::BadOffer,
+                ErrorCode::BadRequest,
+                format!("cannot answer this offer: {err}"),
+            )
+        })?;
+        let mut answer_sdp = answer.sdp.clone();
+        if let Err(err) = connection.set_local_description(answer).await {
+            tracing::error!("set_local_description: {err}");
+            return Err(refused(
+                EndReason::Failed,
+                ErrorCode::Internal,
+                "camera could not apply its answer",
+            ));
+        }
+        let Some(payload_type) = negotiated_payload_type(connection).await else {
+            return Err(refused(
+                EndReason::BadOffer,
+                ErrorCode::BadRequest,
+                "offer has no H.264 video the camera can send (needs profile 42e01f, packetization-mode=1)",
+            ));
+        };
+        if self.gather_first {
+            self.wait_for_gathering(events).await;
+            if let Some(description) = connection.local_description().await {
+                answer_sdp = description.sdp;
+            }
+        }
+        // The answer goes out before any local candidate, so the viewer can apply them.
+        self.emit(PeerOutput::Answer(answer_sdp));
+        for candidate in std::mem::take(&mut self.early_candidates) {
+            add_remote_candidate(connection, candidate).await;
+        }
+        tracing::info!(payload_type, "answered offer");
+        Ok(payload_type)
+    }
+
+    /// Waits (bounded) until every local candidate is known; they end up in the answer.
+    async fn wait_for_gathering(&self, events: &mut mpsc::UnboundedReceiver<PeerEvent>) {
+        let gathered = async {
+            while let Some(event) = events.recv().await {
+                if let PeerEvent::LocalCandidate(None) = event {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(GATHER_TIMEOUT, gathered)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "candidate gathering took over {GATHER_TIMEOUT:?}; answering with what was found"
+            );
+        }
     }
 
     async fn negotiate_and_stream(
@@ -94,80 +191,45 @@ impl ViewerSession {
         track: &Arc<TrackLocalStaticRTP>,
         ssrc: u32,
         events: &mut mpsc::UnboundedReceiver<PeerEvent>,
-    ) -> EndReason {
-        let offer = match RTCSessionDescription::offer(self.offer_sdp.clone()) {
-            Ok(offer) => offer,
-            Err(err) => {
-                self.send_error(ErrorCode::BadRequest, format!("invalid offer: {err}"));
-                return EndReason::BadOffer;
-            }
+    ) -> PeerEnd {
+        let payload_type = match self.answer(connection, events).await {
+            Ok(payload_type) => payload_type,
+            Err(end) => return end,
         };
-        if let Err(err) = connection.set_remote_description(offer).await {
-            tracing::warn!(sid = %self.sid, "rejecting offer: {err}");
-            self.send_error(ErrorCode::BadRequest, format!("offer rejected: {err}"));
-            return EndReason::BadOffer;
-        }
-        let answer = match connection.create_answer(None).await {
-            Ok(answer) => answer,
-            Err(err) => {
-                tracing::warn!(sid = %self.sid, "cannot answer offer: {err}");
-                self.send_error(
-                    ErrorCode::BadRequest,
-                    format!("cannot answer this offer: {err}"),
-                );
-                return EndReason::BadOffer;
-            }
-        };
-        let answer_sdp = answer.sdp.clone();
-        if let Err(err) = connection.set_local_description(answer).await {
-            tracing::error!(sid = %self.sid, "set_local_description: {err}");
-            self.send_error(ErrorCode::Internal, "camera could not apply its answer");
-            return EndReason::Failed;
-        }
-        let Some(payload_type) = negotiated_payload_type(connection).await else {
-            self.send_error(
-                ErrorCode::BadRequest,
-                "offer has no H.264 video the camera can send (needs profile 42e01f, packetization-mode=1)",
-            );
-            return EndReason::BadOffer;
-        };
-        // The answer goes out before any local candidate, so the viewer can apply them.
-        self.send(CameraMessage::Answer { sdp: answer_sdp });
-        for candidate in std::mem::take(&mut self.early_candidates) {
-            self.add_remote_candidate(connection, candidate).await;
-        }
-        tracing::info!(sid = %self.sid, payload_type, "answered offer");
-
-        let deadline = Instant::now() + self.ctx.connect_timeout;
         let mut connected = false;
         let mut media: Option<JoinHandle<()>> = None;
         let mut telemetry_channel: Option<Arc<dyn DataChannel>> = None;
         let mut telemetry = self.ctx.telemetry.clone();
-        let mut camera = self.ctx.camera_available.clone();
-        let reason = loop {
+        let close = self.close.clone();
+        let end = loop {
             tokio::select! {
-                input = self.inbox.recv() => match input {
-                    Some(SessionInput::Candidate(candidate)) => {
-                        self.add_remote_candidate(connection, candidate).await;
-                    }
-                    Some(SessionInput::Hangup) => break EndReason::ViewerHangup,
-                    Some(SessionInput::Shutdown) => break EndReason::Shutdown,
-                    None => break EndReason::Shutdown,
+                _ = close.cancelled() => break (EndReason::Closed, None),
+                candidate = self.candidates.recv() => match candidate {
+                    Some(candidate) => add_remote_candidate(connection, candidate).await,
+                    None => break (EndReason::Shutdown, None),
                 },
                 event = events.recv() => match event {
                     Some(PeerEvent::LocalCandidate(candidate)) => {
-                        self.send(CameraMessage::Candidate(candidate.map(protocol_candidate)));
+                        // A non-trickling transport already has them all in the answer.
+                        if !self.gather_first {
+                            self.emit(PeerOutput::LocalCandidate(candidate.map(protocol_candidate)));
+                        }
                     }
                     Some(PeerEvent::State(state)) => {
-                        tracing::debug!(sid = %self.sid, "connection state {state}");
+                        tracing::debug!("connection state {state}");
                         match state {
                             RTCPeerConnectionState::Connected if !connected => {
                                 connected = true;
-                                tracing::info!(sid = %self.sid, "viewer connected");
+                                tracing::info!("viewer connected");
+                                self.emit(PeerOutput::Report(PeerReport::Connected));
                                 media = Some(self.start_media(track, ssrc, payload_type));
                             }
-                            RTCPeerConnectionState::Failed => break EndReason::IceFailed,
-                            RTCPeerConnectionState::Closed => break EndReason::Closed,
+                            RTCPeerConnectionState::Failed => {
+                                self.emit(PeerOutput::Report(PeerReport::IceFailed));
+                            }
+                            RTCPeerConnectionState::Closed => {
+                                self.emit(PeerOutput::Report(PeerReport::Closed));
+                            }
                             _ => {}
                         }
                     }
@@ -176,7 +238,7 @@ impl ViewerSession {
                             telemetry_channel = Some(channel);
                         }
                     }
-                    None => break EndReason::Closed,
+                    None => break (EndReason::Closed, None),
                 },
                 changed = telemetry.changed() => {
                     if changed.is_err() {
@@ -186,41 +248,20 @@ impl ViewerSession {
                     if let (Some(channel), Some(text)) = (&telemetry_channel, message) {
                         // try_send: a viewer that stopped reading loses telemetry, never stalls us.
                         if let Err(err) = channel.try_send_text(&text).await {
-                            tracing::trace!(sid = %self.sid, "telemetry not sent: {err}");
+                            tracing::trace!("telemetry not sent: {err}");
                         }
                     }
                 },
-                changed = camera.changed() => {
-                    if changed.is_ok() && !*camera.borrow_and_update() {
-                        tracing::debug!(sid = %self.sid, "camera unavailable; session waits for it");
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline), if !connected => break EndReason::ConnectTimeout,
                 _ = async { media.as_mut().expect("guarded").await }, if media.is_some() => {
                     media = None;
-                    break EndReason::Failed;
+                    break (EndReason::Failed, None);
                 }
             }
         };
         if let Some(task) = media {
             task.abort();
         }
-        reason
-    }
-
-    async fn add_remote_candidate(
-        &self,
-        connection: &Arc<dyn PeerConnection>,
-        candidate: Option<IceCandidate>,
-    ) {
-        // End-of-candidates needs no action: ICE keeps checking what it has.
-        let Some(candidate) = candidate else { return };
-        if let Err(err) = connection
-            .add_ice_candidate(candidate_init(&candidate))
-            .await
-        {
-            tracing::debug!(sid = %self.sid, "ignoring remote candidate {:?}: {err}", candidate.candidate);
-        }
+        end
     }
 
     /// Feeds the viewer's track from the fan-out and turns its PLI/FIR into keyframe
@@ -234,33 +275,51 @@ impl ViewerSession {
         let mut subscription = self.ctx.fanout.subscribe();
         let keyframes = Arc::clone(self.ctx.fanout.keyframes());
         let track = Arc::clone(track);
-        let sid = self.sid.clone();
-        tokio::spawn(async move {
-            let feedback_track = Arc::clone(&track);
-            let feedback = tokio::spawn(async move {
-                while let Some(event) = feedback_track.poll().await {
-                    let TrackLocalEvent::OnRtcpPacket(_) = event else {
-                        continue;
-                    };
-                    // The interceptor forwards only PLI and FIR.
-                    keyframes.request();
-                }
-            });
-            let mut writer = RtpWriter::new(ssrc, payload_type);
-            let mut failures = 0u32;
-            while let Some(frame) = subscription.frames.recv().await {
-                for packet in writer.packets(&frame) {
-                    if let Err(err) = track.write_rtp(packet).await {
-                        failures += 1;
-                        tracing::debug!(%sid, "write_rtp: {err}");
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let feedback_track = Arc::clone(&track);
+                let feedback = tokio::spawn(async move {
+                    while let Some(event) = feedback_track.poll().await {
+                        let TrackLocalEvent::OnRtcpPacket(_) = event else {
+                            continue;
+                        };
+                        // The interceptor forwards only PLI and FIR.
+                        keyframes.request();
+                    }
+                });
+                let mut writer = RtpWriter::new(ssrc, payload_type);
+                let mut failures = 0u32;
+                while let Some(frame) = subscription.frames.recv().await {
+                    for packet in writer.packets(&frame) {
+                        if let Err(err) = track.write_rtp(packet).await {
+                            failures += 1;
+                            tracing::debug!("write_rtp: {err}");
+                        }
+                    }
+                    if failures > 1000 {
+                        tracing::warn!("video track keeps failing; ending session");
+                        break;
                     }
                 }
-                if failures > 1000 {
-                    tracing::warn!(%sid, "video track keeps failing; ending session");
-                    break;
-                }
-            }
-            feedback.abort();
-        })
+                feedback.abort();
+            },
+            span,
+        ))
+    }
+}
+
+/// Gives the peer one of the viewer's candidates.
+async fn add_remote_candidate(
+    connection: &Arc<dyn PeerConnection>,
+    candidate: Option<IceCandidate>,
+) {
+    // End-of-candidates needs no action: ICE keeps checking what it has.
+    let Some(candidate) = candidate else { return };
+    if let Err(err) = connection
+        .add_ice_candidate(candidate_init(&candidate))
+        .await
+    {
+        tracing::debug!("ignoring remote candidate {:?}: {err}", candidate.candidate);
     }
 }

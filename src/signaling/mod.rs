@@ -1,6 +1,9 @@
-//! Signaling: the v1 protocol (pure), its MQTT transport, and the embedded broker.
-//! Signaling carries offers, answers and candidates only; it must never carry media.
+//! Signaling: the v1 protocol (pure), its transports — MQTT (trickle, through any broker)
+//! and WHEP (HTTP, answer with every candidate) — and the embedded broker. Transports
+//! translate their wire formats for the session core; they must never carry media or
+//! decide anything about a session.
 
 pub mod broker;
 pub mod mqtt;
 pub mod protocol;
+pub mod whep;

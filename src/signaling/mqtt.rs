@@ -1,10 +1,12 @@
 //! The MQTT transport for signaling (rumqttc): keeps the broker connection alive with
 //! backoff, (re)subscribes, publishes the retained status with an offline last will, and
-//! moves session messages between the broker and the session manager.
-//! It must never carry media, and never stall sessions while the broker is away.
+//! translates session messages between the wire (topics, JSON) and the session manager.
+//! It must never carry media, decide anything about a session, or stall sessions while
+//! the broker is away.
 
-use crate::session::{Incoming, Outgoing};
-use crate::signaling::protocol::{Status, Topics};
+use crate::session::core::{Refusal, ViewerInput};
+use crate::session::{Signal, ToViewer};
+use crate::signaling::protocol::{parse_viewer_message, Status, TopicError, Topics, ViewerMessage};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -47,14 +49,34 @@ fn options(settings: &MqttSettings) -> MqttOptions {
     options
 }
 
-/// Runs the signaling connection until `shutdown` turns true; then publishes the offline
-/// status and disconnects cleanly. `status` holds the current retained status JSON.
+/// Turns a message on a session topic into what the session manager takes; `None` for
+/// topics that are not this camera's sessions (or carry an invalid id: no reply possible).
+pub fn signal_from_wire(topics: &Topics, topic: &str, payload: &[u8]) -> Option<Signal> {
+    let sid = match topics.parse_to_camera(topic) {
+        Ok(sid) => sid,
+        Err(TopicError::NotASessionTopic { .. }) => return None,
+        Err(err) => {
+            tracing::warn!(topic, "ignoring message: {err}");
+            return None;
+        }
+    };
+    let message = match parse_viewer_message(payload) {
+        Ok(ViewerMessage::Offer { sdp }) => ViewerInput::Offer { sdp },
+        Ok(ViewerMessage::Candidate(candidate)) => ViewerInput::Candidate(candidate),
+        Ok(ViewerMessage::Hangup) => ViewerInput::Hangup,
+        Err(err) => ViewerInput::Invalid(Refusal::new(err.code(), err.to_string())),
+    };
+    Some(Signal::Viewer { sid, message })
+}
+
+/// Runs the signaling connection until the session manager closes `to_viewers` (after
+/// its last hangup); then publishes the offline status and disconnects cleanly. `status`
+/// holds the retained status JSON.
 pub async fn run(
     settings: MqttSettings,
     mut status: watch::Receiver<String>,
-    incoming: mpsc::Sender<Incoming>,
-    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
-    mut shutdown: watch::Receiver<bool>,
+    signals: mpsc::Sender<Signal>,
+    mut to_viewers: mpsc::UnboundedReceiver<ToViewer>,
 ) {
     let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
     let status_topic = settings.topics.status();
@@ -62,9 +84,14 @@ pub async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut connected = false;
     let mut failures_logged = false;
+    // While waiting to reconnect, the event loop is not polled (polling reconnects).
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            event = eventloop.poll() => match event {
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+            }
+            event = eventloop.poll(), if retry_at.is_none() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port),
                         client_id = %settings.client_id, "MQTT connected");
@@ -79,8 +106,10 @@ pub async fn run(
                     publish(&client, &status_topic, current, true);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let message = Incoming { topic: publish.topic.clone(), payload: publish.payload.clone() };
-                    if incoming.try_send(message).is_err() {
+                    let Some(signal) = signal_from_wire(&settings.topics, &publish.topic, &publish.payload) else {
+                        continue;
+                    };
+                    if signals.try_send(signal).is_err() {
                         tracing::warn!(topic = %publish.topic, "signaling backlog full; dropping message");
                     }
                 }
@@ -93,34 +122,23 @@ pub async fn run(
                         tracing::debug!("MQTT reconnect failed: {err}");
                     }
                     connected = false;
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
-                    }
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    if *shutdown.borrow() {
-                        return;
-                    }
                 }
             },
-            Some(message) = outbox.recv() => publish(&client, &message.topic, message.payload, false),
+            message = to_viewers.recv() => match message {
+                Some(ToViewer { sid, message }) => publish(&client, &settings.topics.to_viewer(sid.as_str()), message.to_json(), false),
+                None => break,
+            },
             changed = status.changed() => {
                 if changed.is_ok() && connected {
                     let current = status.borrow_and_update().clone();
                     publish(&client, &status_topic, current, true);
                 }
             }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    break;
-                }
-            }
         }
     }
-    // Deliver what sessions said last (hangups), then the offline status, then leave.
-    while let Ok(message) = outbox.try_recv() {
-        publish(&client, &message.topic, message.payload, false);
-    }
+    // What sessions said last (hangups) is already queued; then the offline status.
     if connected {
         publish(
             &client,

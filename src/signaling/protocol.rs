@@ -310,6 +310,16 @@ pub enum ProtocolErrorKind {
 /// Shorthand for the error type of every parse function.
 type Parsed<T> = Result<T, ProtocolError>;
 
+/// Checks an offer's SDP, whichever transport brought it: well-formed, within the size
+/// limit, and with a video section.
+pub fn check_offer_sdp(sdp: &str) -> Parsed<()> {
+    validate_sdp("offer", sdp)?;
+    if !sdp_has_video(sdp) {
+        return Err(ProtocolErrorKind::OfferHasNoVideo.into());
+    }
+    Ok(())
+}
+
 /// Parses and validates a payload from a viewer's to-camera topic.
 pub fn parse_viewer_message(payload: &[u8]) -> Parsed<ViewerMessage> {
     let (kind, object) = parse_envelope(payload)?;
@@ -317,10 +327,7 @@ pub fn parse_viewer_message(payload: &[u8]) -> Parsed<ViewerMessage> {
         "offer" => {
             let fields = Fields::new("offer", &object);
             let sdp = fields.required_str("sdp")?;
-            validate_sdp("offer", sdp)?;
-            if !sdp_has_video(sdp) {
-                return Err(ProtocolErrorKind::OfferHasNoVideo.into());
-            }
+            check_offer_sdp(sdp)?;
             Ok(ViewerMessage::Offer {
                 sdp: sdp.to_owned(),
             })

@@ -1,0 +1,937 @@
+//! The session core: every rule about viewer sessions, decided without I/O. Signaling
+//! transports (MQTT, WHEP) turn their wire formats into [`Input`]s; the session manager
+//! carries out the [`Action`]s (peer connections, replies, the viewer count).
+//! It must never see a topic, JSON, HTTP, a socket, a task or the real clock: the time
+//! comes with every call, so tests drive every rule faster than real time.
+
+use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, SessionId};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+/// Candidates kept for one session whose offer has not arrived yet.
+pub const MAX_EARLY_CANDIDATES: usize = 64;
+/// Session ids holding early candidates at once; more are refused.
+pub const MAX_EARLY_SESSIONS: usize = 64;
+/// How long an ended session id is remembered, so late duplicates are ignored.
+pub const ENDED_SESSION_MEMORY: Duration = Duration::from_secs(120);
+
+/// Why a session ended; sent to the viewer as the hangup `reason` where it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    ViewerHangup,
+    ConnectTimeout,
+    IceFailed,
+    Closed,
+    BadOffer,
+    Failed,
+    Shutdown,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 7] = [
+        EndReason::ViewerHangup,
+        EndReason::ConnectTimeout,
+        EndReason::IceFailed,
+        EndReason::Closed,
+        EndReason::BadOffer,
+        EndReason::Failed,
+        EndReason::Shutdown,
+    ];
+
+    /// The wire token, e.g. `"ice-failed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ViewerHangup => "viewer-hangup",
+            EndReason::ConnectTimeout => "connect-timeout",
+            EndReason::IceFailed => "ice-failed",
+            EndReason::Closed => "closed",
+            EndReason::BadOffer => "bad-offer",
+            EndReason::Failed => "internal-error",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The viewer already knows when it hung up itself or its offer was refused.
+    pub fn tell_viewer(self) -> bool {
+        !matches!(self, EndReason::ViewerHangup | EndReason::BadOffer)
+    }
+}
+
+/// A refusal sent to the viewer as an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A message from a viewer, already parsed by its transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewerInput {
+    Offer {
+        sdp: String,
+    },
+    /// `None`: the viewer has gathered all its candidates.
+    Candidate(Option<IceCandidate>),
+    Hangup,
+    /// The transport could not parse what the viewer sent for this session.
+    Invalid(Refusal),
+}
+
+/// What a session's peer connection reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerReport {
+    Connected,
+    IceFailed,
+    /// The connection was closed from the other side.
+    Closed,
+    /// The peer is gone and everything it held is freed. `refusal` is set when the
+    /// offer itself could not be answered (told to the viewer as an `error`).
+    Ended {
+        reason: EndReason,
+        refusal: Option<Refusal>,
+    },
+}
+
+/// Everything the core reacts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Viewer {
+        sid: SessionId,
+        message: ViewerInput,
+    },
+    Peer {
+        sid: SessionId,
+        report: PeerReport,
+    },
+    /// The camera device went away (false) or came back (true).
+    Camera {
+        available: bool,
+    },
+    /// Time passes: timeouts and expiries are decided here.
+    Tick,
+    /// Hang up every viewer and accept no one new.
+    Shutdown,
+}
+
+/// What the core wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `message` to the viewer of `sid` through its transport.
+    Send {
+        sid: SessionId,
+        message: CameraMessage,
+    },
+    /// Build a peer connection for `sid`, answer `offer_sdp`, then apply `candidates`.
+    StartPeer {
+        sid: SessionId,
+        offer_sdp: String,
+        candidates: Vec<Option<IceCandidate>>,
+    },
+    /// Hand a trickled candidate to the peer of `sid`.
+    AddCandidate {
+        sid: SessionId,
+        candidate: Option<IceCandidate>,
+    },
+    /// Close the peer of `sid`; it answers with [`PeerReport::Ended`] once freed.
+    ClosePeer { sid: SessionId, reason: EndReason },
+    /// The number of viewers changed (the status and its subscribers follow it).
+    ViewerCount(usize),
+}
+
+/// Limits the core enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_viewers: usize,
+    /// From offer to connected; also how long candidates may wait for their offer.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting {
+        since: Instant,
+    },
+    Connected,
+    /// Told to close; holds its slot until its peer reports `Ended`.
+    Closing,
+}
+
+struct Session {
+    phase: Phase,
+    offer_sdp: String,
+}
+
+struct EarlyCandidates {
+    candidates: Vec<Option<IceCandidate>>,
+    since: Instant,
+}
+
+struct Ended {
+    at: Instant,
+    offer_hash: Option<u64>,
+}
+
+fn sdp_hash(sdp: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    sdp.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The rules of every viewer session, from offer to end.
+pub struct SessionCore {
+    limits: Limits,
+    camera_available: bool,
+    shutting_down: bool,
+    sessions: HashMap<SessionId, Session>,
+    early: HashMap<SessionId, EarlyCandidates>,
+    ended: HashMap<SessionId, Ended>,
+    viewers_reported: usize,
+}
+
+impl SessionCore {
+    pub fn new(limits: Limits) -> SessionCore {
+        SessionCore {
+            limits,
+            camera_available: true,
+            shutting_down: false,
+            sessions: HashMap::new(),
+            early: HashMap::new(),
+            ended: HashMap::new(),
+            viewers_reported: 0,
+        }
+    }
+
+    /// Changes `max_viewers` (configuration reload); sessions above it keep playing.
+    pub fn set_max_viewers(&mut self, max_viewers: usize) {
+        self.limits.max_viewers = max_viewers;
+    }
+
+    /// Sessions holding a viewer slot: connecting, connected, or closing.
+    pub fn viewer_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True while `sid` holds a slot.
+    pub fn has_session(&self, sid: &SessionId) -> bool {
+        self.sessions.contains_key(sid)
+    }
+
+    /// Decides what `input`, arriving at `now`, makes happen.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match input {
+            Input::Viewer { sid, message } => self.viewer(now, sid, message, &mut actions),
+            Input::Peer { sid, report } => self.peer(now, sid, report, &mut actions),
+            Input::Camera { available } => self.camera_available = available,
+            Input::Tick => self.tick(now, &mut actions),
+            Input::Shutdown => {
+                self.shutting_down = true;
+                self.early.clear();
+                let sids: Vec<SessionId> = self.sessions.keys().cloned().collect();
+                for sid in sids {
+                    self.close(&sid, EndReason::Shutdown, &mut actions);
+                }
+            }
+        }
+        if self.sessions.len() != self.viewers_reported {
+            self.viewers_reported = self.sessions.len();
+            actions.push(Action::ViewerCount(self.viewers_reported));
+        }
+        actions
+    }
+
+    fn viewer(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        message: ViewerInput,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(ended) = self.ended.get(&sid) {
+            // Late duplicates, last wills and stray candidates of a finished session.
+            let reused = matches!(&message, ViewerInput::Offer { sdp } if ended.offer_hash != Some(sdp_hash(sdp)));
+            if reused {
+                refuse(
+                    &sid,
+                    Refusal::new(
+                        ErrorCode::BadRequest,
+                        "this session has ended; use a new session id",
+                    ),
+                    out,
+                );
+            }
+            return;
+        }
+        match message {
+            ViewerInput::Offer { sdp } => self.offer(now, sid, sdp, out),
+            ViewerInput::Candidate(candidate) => self.candidate(now, sid, candidate, out),
+            ViewerInput::Hangup => {
+                // Hangups for unknown sessions are normal (QoS 1 duplicates, last wills).
+                self.early.remove(&sid);
+                self.close(&sid, EndReason::ViewerHangup, out);
+            }
+            ViewerInput::Invalid(refusal) => refuse(&sid, refusal, out),
+        }
+    }
+
+    fn offer(&mut self, now: Instant, sid: SessionId, sdp: String, out: &mut Vec<Action>) {
+        if let Some(session) = self.sessions.get(&sid) {
+            // An identical offer is a QoS 1 duplicate: already being answered.
+            if session.offer_sdp != sdp {
+                refuse(
+                    &sid,
+                    Refusal::new(
+                        ErrorCode::BadRequest,
+                        "session already has an offer; use a new session id",
+                    ),
+                    out,
+                );
+            }
+            return;
+        }
+        let refusal = if self.shutting_down {
+            Some(Refusal::new(
+                ErrorCode::Unavailable,
+                "the camera is shutting down; try again later",
+            ))
+        } else if !self.camera_available {
+            Some(Refusal::new(
+                ErrorCode::Unavailable,
+                "the camera is unavailable right now; try again later",
+            ))
+        } else if self.sessions.len() >= self.limits.max_viewers {
+            let max = self.limits.max_viewers;
+            Some(Refusal::new(
+                ErrorCode::Busy,
+                format!("the camera already has its maximum of {max} viewers"),
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.early.remove(&sid);
+            refuse(&sid, refusal, out);
+            return;
+        }
+        let candidates = self
+            .early
+            .remove(&sid)
+            .map(|early| early.candidates)
+            .unwrap_or_default();
+        self.sessions.insert(
+            sid.clone(),
+            Session {
+                phase: Phase::Connecting { since: now },
+                offer_sdp: sdp.clone(),
+            },
+        );
+        out.push(Action::StartPeer {
+            sid,
+            offer_sdp: sdp,
+            candidates,
+        });
+    }
+
+    fn candidate(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        candidate: Option<IceCandidate>,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(session) = self.sessions.get(&sid) {
+            if session.phase != Phase::Closing {
+                out.push(Action::AddCandidate { sid, candidate });
+            }
+            return;
+        }
+        if self.shutting_down {
+            return;
+        }
+        // Candidates may overtake their offer: keep them, bounded, until it arrives.
+        if !self.early.contains_key(&sid) && self.early.len() >= MAX_EARLY_SESSIONS {
+            refuse(
+                &sid,
+                Refusal::new(
+                    ErrorCode::Busy,
+                    "too many sessions are waiting for their offer; try again later",
+                ),
+                out,
+            );
+            return;
+        }
+        let early = self.early.entry(sid.clone()).or_insert(EarlyCandidates {
+            candidates: Vec::new(),
+            since: now,
+        });
+        if early.candidates.len() >= MAX_EARLY_CANDIDATES {
+            self.early.remove(&sid);
+            refuse(
+                &sid,
+                Refusal::new(
+                    ErrorCode::BadRequest,
+                    "too many candidates before the offer",
+                ),
+                out,
+            );
+            return;
+        }
+        early.candidates.push(candidate);
+    }
+
+    fn peer(&mut self, now: Instant, sid: SessionId, report: PeerReport, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        match report {
+            PeerReport::Connected => {
+                if matches!(session.phase, Phase::Connecting { .. }) {
+                    session.phase = Phase::Connected;
+                }
+            }
+            PeerReport::IceFailed => self.close(&sid, EndReason::IceFailed, out),
+            PeerReport::Closed => self.close(&sid, EndReason::Closed, out),
+            PeerReport::Ended { reason, refusal } => {
+                let told = session.phase == Phase::Closing;
+                let offer_hash = Some(sdp_hash(&session.offer_sdp));
+                self.sessions.remove(&sid);
+                if !told {
+                    // The peer ended on its own: say why, once.
+                    if let Some(refusal) = refusal {
+                        refuse(&sid, refusal, out);
+                    } else if reason.tell_viewer() {
+                        out.push(hangup(&sid, reason));
+                    }
+                }
+                self.ended.insert(
+                    sid,
+                    Ended {
+                        at: now,
+                        offer_hash,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends a live session: tells the viewer why (where it does not know) and closes its
+    /// peer. The slot stays taken until the peer reports `Ended`.
+    fn close(&mut self, sid: &SessionId, reason: EndReason, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        if session.phase == Phase::Closing {
+            return;
+        }
+        session.phase = Phase::Closing;
+        if reason.tell_viewer() {
+            out.push(hangup(sid, reason));
+        }
+        out.push(Action::ClosePeer {
+            sid: sid.clone(),
+            reason,
+        });
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let timeout = self.limits.connect_timeout;
+        let timed_out: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Connecting { since } if now.duration_since(since) >= timeout))
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in timed_out {
+            self.close(&sid, EndReason::ConnectTimeout, out);
+        }
+        let orphaned: Vec<SessionId> = self
+            .early
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.since) >= timeout)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in orphaned {
+            self.early.remove(&sid);
+            refuse(
+                &sid,
+                Refusal::new(ErrorCode::BadRequest, "no offer received for this session"),
+                out,
+            );
+        }
+        self.ended
+            .retain(|_, ended| now.duration_since(ended.at) < ENDED_SESSION_MEMORY);
+    }
+}
+
+fn refuse(sid: &SessionId, refusal: Refusal, out: &mut Vec<Action>) {
+    out.push(Action::Send {
+        sid: sid.clone(),
+        message: CameraMessage::Error {
+            code: refusal.code,
+            message: refusal.message,
+        },
+    });
+}
+
+fn hangup(sid: &SessionId, reason: EndReason) -> Action {
+    Action::Send {
+        sid: sid.clone(),
+        message: CameraMessage::Hangup {
+            reason: reason.as_str().to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// The core with a fake clock that only moves when the test says so.
+    struct Harness {
+        core: SessionCore,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(max_viewers: usize) -> Harness {
+            Harness {
+                core: SessionCore::new(Limits {
+                    max_viewers,
+                    connect_timeout: TIMEOUT,
+                }),
+                now: Instant::now(),
+            }
+        }
+
+        fn input(&mut self, input: Input) -> Vec<Action> {
+            self.core.handle(self.now, input)
+        }
+
+        fn viewer(&mut self, sid: &SessionId, message: ViewerInput) -> Vec<Action> {
+            self.input(Input::Viewer {
+                sid: sid.clone(),
+                message,
+            })
+        }
+
+        fn offer(&mut self, sid: &SessionId) -> Vec<Action> {
+            self.offer_sdp(sid, &format!("v=0 offer of {sid}"))
+        }
+
+        fn offer_sdp(&mut self, sid: &SessionId, sdp: &str) -> Vec<Action> {
+            self.viewer(sid, ViewerInput::Offer { sdp: sdp.into() })
+        }
+
+        fn peer(&mut self, sid: &SessionId, report: PeerReport) -> Vec<Action> {
+            self.input(Input::Peer {
+                sid: sid.clone(),
+                report,
+            })
+        }
+
+        fn ended(&mut self, sid: &SessionId, reason: EndReason) -> Vec<Action> {
+            self.peer(
+                sid,
+                PeerReport::Ended {
+                    reason,
+                    refusal: None,
+                },
+            )
+        }
+
+        fn advance(&mut self, by: Duration) -> Vec<Action> {
+            self.now += by;
+            self.input(Input::Tick)
+        }
+    }
+
+    fn sid(n: u32) -> SessionId {
+        SessionId::parse(&format!("session-{n:04}")).unwrap()
+    }
+
+    fn candidate(n: u32) -> Option<IceCandidate> {
+        Some(IceCandidate {
+            candidate: format!(
+                "candidate:{n} 1 udp 2130706431 127.0.0.1 {} typ host",
+                50000 + n
+            ),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+        })
+    }
+
+    fn error_code(actions: &[Action], of: &SessionId) -> Option<ErrorCode> {
+        actions.iter().find_map(|action| match action {
+            Action::Send {
+                sid,
+                message: CameraMessage::Error { code, .. },
+            } if sid == of => Some(*code),
+            _ => None,
+        })
+    }
+
+    fn hangup_reason(actions: &[Action], of: &SessionId) -> Option<String> {
+        actions.iter().find_map(|action| match action {
+            Action::Send {
+                sid,
+                message: CameraMessage::Hangup { reason },
+            } if sid == of => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    fn started(actions: &[Action], of: &SessionId) -> Option<Vec<Option<IceCandidate>>> {
+        actions.iter().find_map(|action| match action {
+            Action::StartPeer {
+                sid, candidates, ..
+            } if sid == of => Some(candidates.clone()),
+            _ => None,
+        })
+    }
+
+    fn closes(actions: &[Action], of: &SessionId) -> bool {
+        actions
+            .iter()
+            .any(|action| matches!(action, Action::ClosePeer { sid, .. } if sid == of))
+    }
+
+    fn count(actions: &[Action]) -> Option<usize> {
+        actions.iter().rev().find_map(|action| match action {
+            Action::ViewerCount(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn an_offer_starts_a_peer_and_counts_a_viewer() {
+        let mut h = Harness::new(8);
+        let actions = h.offer(&sid(1));
+        assert_eq!(started(&actions, &sid(1)), Some(vec![]));
+        assert_eq!(count(&actions), Some(1));
+        assert_eq!(h.core.viewer_count(), 1);
+    }
+
+    #[test]
+    fn busy_at_max_viewers_and_a_freed_slot_is_usable_again() {
+        let mut h = Harness::new(2);
+        h.offer(&sid(1));
+        h.offer(&sid(2));
+        let refused = h.offer(&sid(3));
+        assert_eq!(error_code(&refused, &sid(3)), Some(ErrorCode::Busy));
+        assert_eq!(started(&refused, &sid(3)), None);
+        assert_eq!(count(&refused), None, "the count did not change");
+        h.viewer(&sid(1), ViewerInput::Hangup);
+        // The slot is held until the peer has freed everything.
+        assert_eq!(
+            error_code(&h.offer(&sid(4)), &sid(4)),
+            Some(ErrorCode::Busy)
+        );
+        let freed = h.ended(&sid(1), EndReason::ViewerHangup);
+        assert_eq!(count(&freed), Some(1));
+        assert!(started(&h.offer(&sid(5)), &sid(5)).is_some());
+    }
+
+    #[test]
+    fn max_viewers_changes_live() {
+        let mut h = Harness::new(1);
+        h.offer(&sid(1));
+        h.core.set_max_viewers(2);
+        assert!(started(&h.offer(&sid(2)), &sid(2)).is_some());
+        h.core.set_max_viewers(1);
+        assert_eq!(
+            error_code(&h.offer(&sid(3)), &sid(3)),
+            Some(ErrorCode::Busy)
+        );
+        assert_eq!(
+            h.core.viewer_count(),
+            2,
+            "lowering the limit hangs up no one"
+        );
+    }
+
+    #[test]
+    fn the_same_offer_twice_is_ignored_and_a_different_one_is_a_bad_request() {
+        let mut h = Harness::new(8);
+        h.offer_sdp(&sid(1), "v=0 first");
+        assert_eq!(h.offer_sdp(&sid(1), "v=0 first"), vec![]);
+        let different = h.offer_sdp(&sid(1), "v=0 second");
+        assert_eq!(error_code(&different, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(started(&different, &sid(1)), None);
+        assert_eq!(h.core.viewer_count(), 1);
+    }
+
+    #[test]
+    fn early_candidates_are_kept_and_applied_with_the_offer() {
+        let mut h = Harness::new(8);
+        assert_eq!(
+            h.viewer(&sid(1), ViewerInput::Candidate(candidate(1))),
+            vec![]
+        );
+        assert_eq!(h.viewer(&sid(1), ViewerInput::Candidate(None)), vec![]);
+        assert_eq!(h.core.viewer_count(), 0, "candidates alone take no slot");
+        let actions = h.offer(&sid(1));
+        assert_eq!(started(&actions, &sid(1)), Some(vec![candidate(1), None]));
+        // Later candidates go straight to the peer.
+        let later = h.viewer(&sid(1), ViewerInput::Candidate(candidate(2)));
+        assert_eq!(
+            later,
+            vec![Action::AddCandidate {
+                sid: sid(1),
+                candidate: candidate(2)
+            }]
+        );
+    }
+
+    #[test]
+    fn early_candidates_are_bounded_per_session() {
+        let mut h = Harness::new(8);
+        for n in 0..MAX_EARLY_CANDIDATES as u32 {
+            assert_eq!(
+                h.viewer(&sid(1), ViewerInput::Candidate(candidate(n))),
+                vec![]
+            );
+        }
+        let over = h.viewer(&sid(1), ViewerInput::Candidate(candidate(999)));
+        assert_eq!(error_code(&over, &sid(1)), Some(ErrorCode::BadRequest));
+        // The buffer was dropped: the offer starts with nothing buffered.
+        assert_eq!(started(&h.offer(&sid(1)), &sid(1)), Some(vec![]));
+    }
+
+    #[test]
+    fn early_candidates_are_bounded_in_sessions() {
+        let mut h = Harness::new(8);
+        for n in 0..MAX_EARLY_SESSIONS as u32 {
+            assert_eq!(
+                h.viewer(&sid(n), ViewerInput::Candidate(candidate(n))),
+                vec![]
+            );
+        }
+        let over = h.viewer(&sid(9999), ViewerInput::Candidate(candidate(1)));
+        assert_eq!(error_code(&over, &sid(9999)), Some(ErrorCode::Busy));
+        // Sessions already waiting keep their candidates.
+        assert_eq!(
+            started(&h.offer(&sid(0)), &sid(0)),
+            Some(vec![candidate(0)])
+        );
+    }
+
+    #[test]
+    fn early_candidates_without_an_offer_expire() {
+        let mut h = Harness::new(8);
+        h.viewer(&sid(1), ViewerInput::Candidate(candidate(1)));
+        assert_eq!(h.advance(TIMEOUT - Duration::from_millis(1)), vec![]);
+        let expired = h.advance(Duration::from_millis(1));
+        assert_eq!(error_code(&expired, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(started(&h.offer(&sid(1)), &sid(1)), Some(vec![]));
+    }
+
+    #[test]
+    fn messages_after_the_end_are_ignored() {
+        let mut h = Harness::new(8);
+        h.offer_sdp(&sid(1), "v=0 first");
+        h.viewer(&sid(1), ViewerInput::Hangup);
+        h.ended(&sid(1), EndReason::ViewerHangup);
+        assert_eq!(
+            h.offer_sdp(&sid(1), "v=0 first"),
+            vec![],
+            "a late duplicate offer"
+        );
+        assert_eq!(
+            h.viewer(&sid(1), ViewerInput::Candidate(candidate(1))),
+            vec![]
+        );
+        assert_eq!(h.viewer(&sid(1), ViewerInput::Hangup), vec![]);
+        assert_eq!(
+            h.viewer(
+                &sid(1),
+                ViewerInput::Invalid(Refusal::new(ErrorCode::BadRequest, "junk"))
+            ),
+            vec![]
+        );
+        assert_eq!(h.peer(&sid(1), PeerReport::Connected), vec![]);
+        // Reusing the id for a new offer is a mistake the viewer is told about.
+        let reused = h.offer_sdp(&sid(1), "v=0 second");
+        assert_eq!(error_code(&reused, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(started(&reused, &sid(1)), None);
+        // After the memory expires the id is simply unknown again.
+        h.advance(ENDED_SESSION_MEMORY);
+        assert!(started(&h.offer(&sid(1)), &sid(1)).is_some());
+    }
+
+    #[test]
+    fn hangup_closes_the_peer_without_echoing_and_frees_the_slot() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        h.peer(&sid(1), PeerReport::Connected);
+        let actions = h.viewer(&sid(1), ViewerInput::Hangup);
+        assert!(closes(&actions, &sid(1)));
+        assert_eq!(hangup_reason(&actions, &sid(1)), None);
+        assert_eq!(
+            h.viewer(&sid(1), ViewerInput::Hangup),
+            vec![],
+            "closing once is enough"
+        );
+        let freed = h.ended(&sid(1), EndReason::ViewerHangup);
+        assert_eq!(freed, vec![Action::ViewerCount(0)]);
+    }
+
+    #[test]
+    fn connect_timeout_frees_the_slot() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        assert_eq!(h.advance(TIMEOUT - Duration::from_millis(1)), vec![]);
+        let actions = h.advance(Duration::from_millis(1));
+        assert_eq!(
+            hangup_reason(&actions, &sid(1)).as_deref(),
+            Some("connect-timeout")
+        );
+        assert!(closes(&actions, &sid(1)));
+        assert_eq!(
+            h.ended(&sid(1), EndReason::ConnectTimeout),
+            vec![Action::ViewerCount(0)]
+        );
+    }
+
+    #[test]
+    fn a_connected_session_never_times_out() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        h.peer(&sid(1), PeerReport::Connected);
+        assert_eq!(h.advance(TIMEOUT * 10), vec![]);
+        assert_eq!(h.core.viewer_count(), 1);
+    }
+
+    #[test]
+    fn ice_failure_and_remote_close_free_the_slot() {
+        for (report, reason) in [
+            (PeerReport::IceFailed, "ice-failed"),
+            (PeerReport::Closed, "closed"),
+        ] {
+            let mut h = Harness::new(8);
+            h.offer(&sid(1));
+            h.peer(&sid(1), PeerReport::Connected);
+            let actions = h.peer(&sid(1), report);
+            assert_eq!(hangup_reason(&actions, &sid(1)).as_deref(), Some(reason));
+            assert!(closes(&actions, &sid(1)));
+            // The viewer is told once, not again when the peer is freed.
+            let freed = h.ended(&sid(1), EndReason::IceFailed);
+            assert_eq!(freed, vec![Action::ViewerCount(0)]);
+        }
+    }
+
+    #[test]
+    fn a_peer_that_ends_on_its_own_tells_the_viewer_why() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        let refused = h.peer(
+            &sid(1),
+            PeerReport::Ended {
+                reason: EndReason::BadOffer,
+                refusal: Some(Refusal::new(ErrorCode::BadRequest, "no H.264")),
+            },
+        );
+        assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(count(&refused), Some(0));
+        h.offer(&sid(2));
+        let failed = h.ended(&sid(2), EndReason::Failed);
+        assert_eq!(
+            hangup_reason(&failed, &sid(2)).as_deref(),
+            Some("internal-error")
+        );
+        assert_eq!(count(&failed), Some(0));
+    }
+
+    #[test]
+    fn shutdown_hangs_up_everyone_and_accepts_no_one() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        h.peer(&sid(1), PeerReport::Connected);
+        h.offer(&sid(2));
+        let actions = h.input(Input::Shutdown);
+        for n in [1, 2] {
+            assert_eq!(
+                hangup_reason(&actions, &sid(n)).as_deref(),
+                Some("shutdown")
+            );
+            assert!(closes(&actions, &sid(n)));
+        }
+        let late = h.offer(&sid(3));
+        assert_eq!(error_code(&late, &sid(3)), Some(ErrorCode::Unavailable));
+        h.ended(&sid(1), EndReason::Shutdown);
+        assert_eq!(
+            h.ended(&sid(2), EndReason::Shutdown),
+            vec![Action::ViewerCount(0)]
+        );
+    }
+
+    #[test]
+    fn offers_while_the_camera_is_unavailable_are_refused() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        h.input(Input::Camera { available: false });
+        let refused = h.offer(&sid(2));
+        assert_eq!(error_code(&refused, &sid(2)), Some(ErrorCode::Unavailable));
+        assert_eq!(
+            h.core.viewer_count(),
+            1,
+            "a connected viewer waits for the camera"
+        );
+        h.input(Input::Camera { available: true });
+        assert!(started(&h.offer(&sid(3)), &sid(3)).is_some());
+    }
+
+    #[test]
+    fn invalid_messages_are_refused_without_touching_the_session() {
+        let mut h = Harness::new(8);
+        h.offer(&sid(1));
+        let actions = h.viewer(
+            &sid(1),
+            ViewerInput::Invalid(Refusal::new(ErrorCode::BadRequest, "not JSON")),
+        );
+        assert_eq!(error_code(&actions, &sid(1)), Some(ErrorCode::BadRequest));
+        assert!(!closes(&actions, &sid(1)));
+        assert_eq!(h.core.viewer_count(), 1);
+    }
+
+    #[test]
+    fn reports_for_unknown_sessions_change_nothing() {
+        let mut h = Harness::new(8);
+        assert_eq!(h.peer(&sid(7), PeerReport::IceFailed), vec![]);
+        assert_eq!(h.ended(&sid(7), EndReason::Failed), vec![]);
+        assert_eq!(h.core.viewer_count(), 0);
+    }
+
+    #[test]
+    fn the_viewer_count_follows_every_rule() {
+        let mut h = Harness::new(3);
+        let mut counts = Vec::new();
+        let mut record = |actions: Vec<Action>| counts.extend(count(&actions));
+        record(h.offer(&sid(1)));
+        record(h.offer(&sid(2)));
+        record(h.offer(&sid(3)));
+        record(h.offer(&sid(4))); // busy: no change
+        record(h.peer(&sid(1), PeerReport::Connected));
+        record(h.peer(&sid(2), PeerReport::Connected));
+        record(h.viewer(&sid(1), ViewerInput::Hangup));
+        record(h.ended(&sid(1), EndReason::ViewerHangup));
+        record(h.advance(TIMEOUT)); // sid 3 times out
+        record(h.ended(&sid(3), EndReason::ConnectTimeout));
+        record(h.peer(&sid(2), PeerReport::IceFailed));
+        record(h.ended(&sid(2), EndReason::IceFailed));
+        assert_eq!(counts, vec![1, 2, 3, 2, 1, 0]);
+    }
+}
