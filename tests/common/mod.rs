@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod viewer;
+pub mod whep;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -84,6 +85,12 @@ pub struct AgentOptions {
     pub connect_timeout_s: u64,
     pub telemetry_interval_ms: u64,
     pub broker: BrokerMode,
+    /// Serve HTTP (the page and WHEP) on a free loopback port.
+    pub http: bool,
+    /// Extra lines for the `[webrtc]` section (e.g. ICE servers).
+    pub webrtc_extra: String,
+    /// Extra sections appended to the configuration (e.g. `[whep]`).
+    pub extra_sections: String,
     /// Extra environment for the agent process.
     pub env: Vec<(String, String)>,
 }
@@ -102,6 +109,9 @@ impl Default for AgentOptions {
             connect_timeout_s: 15,
             telemetry_interval_ms: 500,
             broker: BrokerMode::Embedded,
+            http: false,
+            webrtc_extra: String::new(),
+            extra_sections: String::new(),
             env: Vec::new(),
         }
     }
@@ -112,6 +122,8 @@ pub struct Agent {
     child: Child,
     pub mqtt_port: u16,
     pub ws_port: u16,
+    /// The HTTP listener's port, when `AgentOptions::http` asked for one.
+    pub http_port: u16,
     pub device: String,
     pub config_path: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
@@ -120,6 +132,7 @@ pub struct Agent {
 impl Agent {
     pub fn start(options: AgentOptions) -> Agent {
         let dir = temp_dir("agent");
+        let http_port = if options.http { free_port() } else { 0 };
         let (mqtt_port, ws_port, broker_line) = match options.broker {
             BrokerMode::Embedded => {
                 let (p, w) = (free_port(), free_port());
@@ -150,12 +163,14 @@ ws_listen = "{ws}"
 max_viewers = {max}
 connect_timeout_s = {cto}
 udp_addrs = ["127.0.0.1:0"]
+{webrtc_extra}
 [http]
-listen = "off"
+listen = "{http}"
 [telemetry]
 interval_ms = {ti}
 [log]
 level = "info"
+{extra_sections}
 "#,
             device = options.device,
             source = options.source,
@@ -167,6 +182,13 @@ level = "info"
             max = options.max_viewers,
             cto = options.connect_timeout_s,
             ti = options.telemetry_interval_ms,
+            webrtc_extra = options.webrtc_extra,
+            extra_sections = options.extra_sections,
+            http = if http_port == 0 {
+                "off".to_owned()
+            } else {
+                format!("127.0.0.1:{http_port}")
+            },
             ws = if ws_port == 0 {
                 "off".to_owned()
             } else {
@@ -175,7 +197,9 @@ level = "info"
         );
         let config_path = dir.join("peercam.toml");
         std::fs::write(&config_path, config).unwrap();
-        Self::spawn(config_path, mqtt_port, ws_port, options.device, options.env)
+        let mut agent = Self::spawn(config_path, mqtt_port, ws_port, options.device, options.env);
+        agent.http_port = http_port;
+        agent
     }
 
     fn spawn(
@@ -222,6 +246,7 @@ level = "info"
             child,
             mqtt_port,
             ws_port,
+            http_port: 0,
             device,
             config_path,
             log,

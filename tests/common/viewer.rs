@@ -63,10 +63,42 @@ fn unix_ms() -> i64 {
         .as_millis() as i64
 }
 
-struct Shared {
-    stats: Mutex<ViewerStats>,
+/// What a viewer's decoder and signaling record, shared between their tasks.
+pub struct Shared {
+    pub stats: Mutex<ViewerStats>,
     fingerprints: Mutex<HashSet<u64>>,
-    offer_sent: Mutex<Option<Instant>>,
+    pub offer_sent: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Waits until `check` holds on the stats, or panics naming `viewer` after `timeout`.
+    pub async fn wait_until(
+        &self,
+        viewer: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&ViewerStats) -> bool,
+    ) -> ViewerStats {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats.lock().unwrap().clone();
+            if check(&stats) {
+                return stats;
+            }
+            if Instant::now() > deadline {
+                panic!("viewer {viewer}: {what} not reached within {timeout:?}: {stats:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            stats: Mutex::new(ViewerStats::default()),
+            fingerprints: Mutex::new(HashSet::new()),
+            offer_sent: Mutex::new(None),
+        })
+    }
 }
 
 struct Handler {
@@ -116,30 +148,34 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let shared = Arc::clone(&self.shared);
-        let (units_tx, units_rx) = std::sync::mpsc::channel::<Bytes>();
-        std::thread::spawn(move || decode_loop(shared, units_rx));
-        tokio::spawn(async move {
-            let mut depacketizer = H264Packet::default();
-            let mut access_unit = Vec::new();
-            while let Some(event) = track.poll().await {
-                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-                    continue;
-                };
-                if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
-                    access_unit.extend_from_slice(&nals);
-                }
-                if packet.header.marker
-                    && !access_unit.is_empty()
-                    && units_tx
-                        .send(Bytes::from(std::mem::take(&mut access_unit)))
-                        .is_err()
-                {
-                    break;
-                }
-            }
-        });
+        decode_track(Arc::clone(&self.shared), track);
     }
+}
+
+/// Depacketizes `track` into access units and decodes them on a thread of their own.
+pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
+    let (units_tx, units_rx) = std::sync::mpsc::channel::<Bytes>();
+    std::thread::spawn(move || decode_loop(shared, units_rx));
+    tokio::spawn(async move {
+        let mut depacketizer = H264Packet::default();
+        let mut access_unit = Vec::new();
+        while let Some(event) = track.poll().await {
+            let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                continue;
+            };
+            if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
+                access_unit.extend_from_slice(&nals);
+            }
+            if packet.header.marker
+                && !access_unit.is_empty()
+                && units_tx
+                    .send(Bytes::from(std::mem::take(&mut access_unit)))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
 }
 
 fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
@@ -182,6 +218,57 @@ fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
     }
 }
 
+/// A receive-only H.264 peer with a `telemetry` data channel whose messages land in the
+/// stats; `handler` gets the peer's events (its on_track should call [`decode_track`]).
+pub async fn receive_only_peer(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    shared: Arc<Shared>,
+) -> (Arc<dyn PeerConnection>, Arc<dyn DataChannel>) {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs().unwrap();
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            // The loopback-only namespace has no multicast: no mDNS.
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+                    .build(),
+            )
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .build()
+            .await
+            .unwrap(),
+    );
+    pc.add_transceiver_from_kind(
+        RtpCodecKind::Video,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let data_channel = pc.create_data_channel("telemetry", None).await.unwrap();
+    let telemetry_shared = Arc::clone(&shared);
+    let telemetry_channel = Arc::clone(&data_channel);
+    tokio::spawn(async move {
+        while let Some(event) = telemetry_channel.poll().await {
+            if let DataChannelEvent::OnMessage(message) = event {
+                if let Ok(value) = serde_json::from_slice::<Value>(&message.data) {
+                    telemetry_shared.stats.lock().unwrap().telemetry.push(value);
+                }
+            }
+        }
+    });
+
+    (pc, data_channel)
+}
+
 pub struct TestViewer {
     pub sid: String,
     shared: Arc<Shared>,
@@ -214,58 +301,14 @@ impl TestViewer {
             false,
         ));
         let (client, mut eventloop) = AsyncClient::new(options, 256);
-        let shared = Arc::new(Shared {
-            stats: Mutex::new(ViewerStats::default()),
-            fingerprints: Mutex::new(HashSet::new()),
-            offer_sent: Mutex::new(None),
-        });
+        let shared = Shared::new();
 
-        let mut media_engine = MediaEngine::default();
-        media_engine.register_default_codecs().unwrap();
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
         let handler = Arc::new(Handler {
             shared: Arc::clone(&shared),
             client: client.clone(),
             to_camera: to_camera.clone(),
         });
-        let pc: Arc<dyn PeerConnection> = Arc::new(
-            PeerConnectionBuilder::new()
-                .with_configuration(RTCConfigurationBuilder::new().build())
-                // The loopback-only namespace has no multicast: no mDNS.
-                .with_setting_engine(
-                    SettingEngineBuilder::new()
-                        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-                        .build(),
-                )
-                .with_media_engine(media_engine)
-                .with_interceptor_registry(registry)
-                .with_handler(handler)
-                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
-                .build()
-                .await
-                .unwrap(),
-        );
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Video,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
-        let data_channel = pc.create_data_channel("telemetry", None).await.unwrap();
-        let telemetry_shared = Arc::clone(&shared);
-        let telemetry_channel = Arc::clone(&data_channel);
-        tokio::spawn(async move {
-            while let Some(event) = telemetry_channel.poll().await {
-                if let DataChannelEvent::OnMessage(message) = event {
-                    if let Ok(value) = serde_json::from_slice::<Value>(&message.data) {
-                        telemetry_shared.stats.lock().unwrap().telemetry.push(value);
-                    }
-                }
-            }
-        });
+        let (pc, data_channel) = receive_only_peer(handler, Arc::clone(&shared)).await;
 
         // Signaling: apply the camera's answer and candidates in arrival order.
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
@@ -361,20 +404,9 @@ impl TestViewer {
         timeout: Duration,
         check: impl Fn(&ViewerStats) -> bool,
     ) -> ViewerStats {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let stats = self.stats();
-            if check(&stats) {
-                return stats;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "viewer {}: {what} not reached within {timeout:?}: {stats:#?}",
-                    self.sid
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.shared
+            .wait_until(&self.sid, what, timeout, check)
+            .await
     }
 
     /// Waits until at least `count` frames have been decoded.
