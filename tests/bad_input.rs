@@ -60,52 +60,65 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
         device: &device,
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("not JSON", b"this is not json".to_vec(), "JSON"),
-        ("not UTF-8", vec![0xff, 0xfe, 0x00, 0x7b], ""),
-        ("not an object", b"[1,2,3]".to_vec(), ""),
-        ("no type", br#"{"sdp":"v=0"}"#.to_vec(), "type"),
+        ("not JSON", b"this is not json".to_vec(), "payload is not valid JSON"),
+        (
+            "not UTF-8",
+            vec![0xff, 0xfe, 0x00, 0x7b],
+            "payload is not valid UTF-8 (invalid byte at offset 0)",
+        ),
+        (
+            "not an object",
+            b"[1,2,3]".to_vec(),
+            "payload is an array, expected a JSON object",
+        ),
+        (
+            "no type",
+            br#"{"sdp":"v=0"}"#.to_vec(),
+            "message has no \"type\" field",
+        ),
         (
             "unknown type",
             br#"{"type":"subscribe"}"#.to_vec(),
-            "subscribe",
+            "unknown message type \"subscribe\"",
         ),
         (
             "oversized",
             json!({"type":"offer","sdp": "a".repeat(70_000)})
                 .to_string()
                 .into_bytes(),
-            "65536",
+            "bytes, the limit is 65536",
         ),
         (
             "malformed SDP",
             json!({"type":"offer","sdp":"hello"})
                 .to_string()
                 .into_bytes(),
-            "SDP",
+            "offer SDP is malformed",
         ),
         (
             "offer without video",
             json!({"type":"offer","sdp": NO_VIDEO_OFFER})
                 .to_string()
                 .into_bytes(),
-            "video",
+            "offer SDP has no video section (m=video)",
         ),
         (
             "malformed candidate",
             json!({"type":"candidate","candidate":{"candidate":"bogus","sdpMid":"0"}})
                 .to_string()
                 .into_bytes(),
-            "candidate",
+            "field \"candidate.candidate\" of candidate message must be empty or start with \"candidate:\"",
         ),
         (
             "candidate not an object",
             json!({"type":"candidate","candidate":42})
                 .to_string()
                 .into_bytes(),
-            "candidate",
+            "field \"candidate\" of candidate message must be an object or null, found a number",
         ),
     ];
     for (name, payload, needle) in cases {
+        assert!(!needle.is_empty(), "{name}: an empty needle matches anything");
         let error = probe.error_for(payload).await;
         assert_eq!(error["code"], "bad-request", "{name}: {error}");
         let message = error["message"].as_str().unwrap_or_default();
@@ -119,8 +132,12 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
     let orphan = probe
         .error_for(json!({"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}}).to_string().into_bytes())
         .await;
+    assert_eq!(orphan["code"], "bad-request", "{orphan}");
     assert!(
-        orphan["message"].as_str().unwrap().contains("no offer"),
+        orphan["message"]
+            .as_str()
+            .unwrap()
+            .contains("no offer received for this session"),
         "{orphan}"
     );
 
@@ -138,6 +155,7 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
             m["type"] == "error"
         })
         .await;
+    assert_eq!(refusal["code"], "bad-request", "{refusal}");
     assert!(
         refusal["message"]
             .as_str()
