@@ -508,6 +508,11 @@ impl Observer {
         }
     }
 
+    /// Every message seen so far, with its topic, in arrival order.
+    pub fn all_messages(&self) -> Vec<(String, Value)> {
+        self.messages.lock().unwrap().clone()
+    }
+
     /// The newest message on `topic`, if any.
     pub fn latest(&self, topic: &str) -> Option<Value> {
         self.messages_on(topic).pop()
