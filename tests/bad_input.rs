@@ -118,7 +118,10 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
         ),
     ];
     for (name, payload, needle) in cases {
-        assert!(!needle.is_empty(), "{name}: an empty needle matches anything");
+        assert!(
+            !needle.is_empty(),
+            "{name}: an empty needle matches anything"
+        );
         let error = probe.error_for(payload).await;
         assert_eq!(error["code"], "bad-request", "{name}: {error}");
         let message = error["message"].as_str().unwrap_or_default();
