@@ -60,52 +60,68 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
         device: &device,
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("not JSON", b"this is not json".to_vec(), "JSON"),
-        ("not UTF-8", vec![0xff, 0xfe, 0x00, 0x7b], ""),
-        ("not an object", b"[1,2,3]".to_vec(), ""),
-        ("no type", br#"{"sdp":"v=0"}"#.to_vec(), "type"),
+        ("not JSON", b"this is not json".to_vec(), "payload is not valid JSON"),
+        (
+            "not UTF-8",
+            vec![0xff, 0xfe, 0x00, 0x7b],
+            "payload is not valid UTF-8 (invalid byte at offset 0)",
+        ),
+        (
+            "not an object",
+            b"[1,2,3]".to_vec(),
+            "payload is an array, expected a JSON object",
+        ),
+        (
+            "no type",
+            br#"{"sdp":"v=0"}"#.to_vec(),
+            "message has no \"type\" field",
+        ),
         (
             "unknown type",
             br#"{"type":"subscribe"}"#.to_vec(),
-            "subscribe",
+            "unknown message type \"subscribe\"",
         ),
         (
             "oversized",
             json!({"type":"offer","sdp": "a".repeat(70_000)})
                 .to_string()
                 .into_bytes(),
-            "65536",
+            "bytes, the limit is 65536",
         ),
         (
             "malformed SDP",
             json!({"type":"offer","sdp":"hello"})
                 .to_string()
                 .into_bytes(),
-            "SDP",
+            "offer SDP is malformed",
         ),
         (
             "offer without video",
             json!({"type":"offer","sdp": NO_VIDEO_OFFER})
                 .to_string()
                 .into_bytes(),
-            "video",
+            "offer SDP has no video section (m=video)",
         ),
         (
             "malformed candidate",
             json!({"type":"candidate","candidate":{"candidate":"bogus","sdpMid":"0"}})
                 .to_string()
                 .into_bytes(),
-            "candidate",
+            "field \"candidate.candidate\" of candidate message must be empty or start with \"candidate:\"",
         ),
         (
             "candidate not an object",
             json!({"type":"candidate","candidate":42})
                 .to_string()
                 .into_bytes(),
-            "candidate",
+            "field \"candidate\" of candidate message must be an object or null, found a number",
         ),
     ];
     for (name, payload, needle) in cases {
+        assert!(
+            !needle.is_empty(),
+            "{name}: an empty needle matches anything"
+        );
         let error = probe.error_for(payload).await;
         assert_eq!(error["code"], "bad-request", "{name}: {error}");
         let message = error["message"].as_str().unwrap_or_default();
@@ -119,8 +135,12 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
     let orphan = probe
         .error_for(json!({"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}}).to_string().into_bytes())
         .await;
+    assert_eq!(orphan["code"], "bad-request", "{orphan}");
     assert!(
-        orphan["message"].as_str().unwrap().contains("no offer"),
+        orphan["message"]
+            .as_str()
+            .unwrap()
+            .contains("no offer received for this session"),
         "{orphan}"
     );
 
@@ -138,6 +158,7 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
             m["type"] == "error"
         })
         .await;
+    assert_eq!(refusal["code"], "bad-request", "{refusal}");
     assert!(
         refusal["message"]
             .as_str()
@@ -147,18 +168,7 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
     );
 
     // An invalid session id gets no reply (there is no valid topic to reply on) and no crash.
-    observer
-        .publish(
-            &format!("peercam/{device}/session/bad!id/to-camera"),
-            b"{}".to_vec(),
-        )
-        .await;
-    observer
-        .publish(
-            &format!("peercam/{device}/session/short/to-camera"),
-            b"{}".to_vec(),
-        )
-        .await;
+    invalid_session_ids_get_no_reply(&agent).await;
 
     // The bystander never noticed; a new viewer still works.
     let before = bystander.stats().frames_decoded;
@@ -173,4 +183,88 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
         agent.log_lines().iter().all(|l| !l.contains("panicked")),
         "no panic in the agent log"
     );
+}
+
+/// Publishes a payload that draws an error on a valid sid (`{}`: no type) on topics whose
+/// sid is invalid, and checks the camera publishes nothing for them, anywhere under the
+/// prefix. An observer on `peercam/#` first proves it sees the camera's replies, and a
+/// valid-sid canary sent after the invalid ones proves the camera has handled them (it
+/// handles a connection's messages in order) before the quiet window is judged.
+async fn invalid_session_ids_get_no_reply(agent: &Agent) {
+    let device = agent.device.as_str();
+    let everything = Observer::start(agent.mqtt_port, &["peercam/#".to_owned()]).await;
+    let draws_an_error = b"{}".to_vec();
+
+    // The observer sees a reply to exactly this payload on a valid sid.
+    let proof_sid = new_session_id();
+    let proof_to_camera = format!("peercam/{device}/session/{proof_sid}/to-camera");
+    let proof_to_viewer = format!("peercam/{device}/session/{proof_sid}/to-viewer");
+    everything
+        .publish(&proof_to_camera, draws_an_error.clone())
+        .await;
+    let proof = everything
+        .wait_for(&proof_to_viewer, Duration::from_secs(5), |m| {
+            m["type"] == "error"
+        })
+        .await;
+    assert_eq!(proof["code"], "bad-request", "{proof}");
+
+    let too_long = "a".repeat(65);
+    let invalid_sids = ["bad!id", "short", "has space", too_long.as_str()];
+    for sid in invalid_sids {
+        everything
+            .publish(
+                &format!("peercam/{device}/session/{sid}/to-camera"),
+                draws_an_error.clone(),
+            )
+            .await;
+    }
+    // The canary goes out after them on the same connection.
+    let canary_sid = new_session_id();
+    everything
+        .publish(
+            &format!("peercam/{device}/session/{canary_sid}/to-camera"),
+            draws_an_error.clone(),
+        )
+        .await;
+    everything
+        .wait_for(
+            &format!("peercam/{device}/session/{canary_sid}/to-viewer"),
+            Duration::from_secs(5),
+            |m| m["type"] == "error",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The camera did receive them: it logs each invalid sid (quoting at most 64 characters
+    // of it) with its topic...
+    for sid in invalid_sids {
+        let topic = format!("topic=peercam/{device}/session/{sid}/to-camera");
+        assert!(
+            agent
+                .log_lines()
+                .iter()
+                .any(|line| line.contains("is invalid") && line.ends_with(&topic)),
+            "no log line says sid {sid:?} is invalid; log:\n{}",
+            agent.log_lines().join("\n")
+        );
+    }
+    // ...and published nothing for them: the only messages on their topics are ours.
+    for sid in invalid_sids {
+        let session = format!("peercam/{device}/session/{sid}/");
+        let to_camera = format!("{session}to-camera");
+        let replies: Vec<(String, Value)> = everything
+            .all_messages()
+            .into_iter()
+            .filter(|(topic, _)| topic.starts_with(&session) && *topic != to_camera)
+            .collect();
+        assert!(
+            replies.is_empty(),
+            "sid {sid:?} is invalid, yet the camera published {replies:#?}"
+        );
+        assert!(
+            !everything.messages_on(&to_camera).is_empty(),
+            "the observer sees {to_camera}, so it would see a reply next to it"
+        );
+    }
 }

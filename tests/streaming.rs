@@ -50,9 +50,14 @@ async fn one_viewer_lifecycle(agent: &Agent) {
         "the picture moves: {} distinct",
         stats.distinct_pictures
     );
-    assert!(
-        !stats.latencies_ms.is_empty(),
-        "every frame carries a readable stamp"
+    assert_eq!(
+        stats.unreadable_stamps, 0,
+        "every decoded frame carries a readable stamp"
+    );
+    assert_eq!(
+        stats.latencies_ms.len() as u64,
+        stats.frames_decoded,
+        "one stamp reading per decoded frame"
     );
     let latency = median(&stats.latencies_ms);
     assert!(

@@ -32,8 +32,12 @@ pub struct ViewerStats {
     pub width: usize,
     pub height: usize,
     pub first_frame_after_offer: Option<Duration>,
-    /// capture-to-decode latency from the stamp, per decoded frame, in ms.
+    /// capture-to-decode latency from the stamp, per decoded frame whose stamp was
+    /// readable, in ms.
     pub latencies_ms: Vec<i64>,
+    /// Decoded frames whose stamp could not be read: too small to carry one, or the bits
+    /// decode to a time more than [`STAMP_PLAUSIBLE_MS`] away from now (a misread bit).
+    pub unreadable_stamps: u64,
     /// Distinct luma fingerprints (outside the stamp): proves the picture changes.
     pub distinct_pictures: usize,
     pub telemetry: Vec<Value>,
@@ -55,6 +59,11 @@ pub fn read_stamp(luma: &[u8], stride: usize, width: usize, height: usize) -> Op
     }
     Some(value)
 }
+
+/// How far a read stamp may be from the viewer's clock and still count as read: the
+/// camera runs on the same machine, so a larger gap means misread bits (any of the
+/// upper 28 of 48 bits is worth more than this).
+pub const STAMP_PLAUSIBLE_MS: i64 = 10 * 60 * 1000;
 
 fn unix_ms() -> i64 {
     SystemTime::now()
@@ -208,8 +217,11 @@ fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
                 if stats.first_frame_after_offer.is_none() {
                     stats.first_frame_after_offer = offer_sent.map(|t| t.elapsed());
                 }
-                if let Some(stamp) = stamp {
-                    stats.latencies_ms.push(unix_ms() - stamp as i64);
+                match stamp.map(|stamp| unix_ms() - stamp as i64) {
+                    Some(latency) if latency.abs() <= STAMP_PLAUSIBLE_MS => {
+                        stats.latencies_ms.push(latency)
+                    }
+                    _ => stats.unreadable_stamps += 1,
                 }
             }
             Ok(None) => {}
@@ -538,6 +550,11 @@ impl Observer {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Every message seen so far, with its topic, in arrival order.
+    pub fn all_messages(&self) -> Vec<(String, Value)> {
+        self.messages.lock().unwrap().clone()
     }
 
     /// The newest message on `topic`, if any.
