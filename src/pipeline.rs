@@ -3,6 +3,7 @@
 //! It must never block on viewers or the network: a slow encoder drops frames at capture.
 //! A failing camera is closed and retried with backoff here; the service never dies of it.
 
+use crate::clock::unix_ms;
 use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Frames waiting between capture and encoder; more would only add latency.
@@ -65,13 +66,6 @@ pub struct Pipeline {
     health: Arc<PipelineHealth>,
     video_size: watch::Receiver<Option<(u32, u32)>>,
     threads: Vec<JoinHandle<()>>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Pipeline {

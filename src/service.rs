@@ -168,10 +168,7 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
     let mut stalled = false;
     loop {
         ticker.tick().await;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = crate::clock::unix_ms();
         let age = Duration::from_millis(now_ms.saturating_sub(health.last_progress_ms()));
         if health.last_progress_ms() == 0 || age <= stall_limit {
             stalled = false;

@@ -13,7 +13,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sysinfo::{
@@ -295,7 +295,7 @@ impl TelemetrySampler {
         let (system, process) = self.sample_host();
         TelemetryMessage {
             kind: TelemetryKind::Telemetry,
-            ts_ms: unix_time_ms(),
+            ts_ms: crate::clock::unix_ms(),
             uptime_s: now.saturating_duration_since(self.created_at).as_secs(),
             system,
             process,
@@ -512,13 +512,6 @@ fn finite_or_zero(value: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn unix_time_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since_epoch| u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

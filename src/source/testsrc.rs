@@ -4,7 +4,7 @@
 
 use super::stamp;
 use super::Frame;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// 75% colour bars (white, yellow, cyan, green, magenta, red, blue) in BT.601 limited range.
 const BARS_YUV: [(u8, u8, u8); 7] = [
@@ -65,10 +65,7 @@ impl TestSource {
             // Too late (stalled consumer, suspended VM): restart the clock, never burst.
             self.anchor = Some((now, self.sequence));
         }
-        let capture_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let capture_us = crate::clock::unix_us();
         let frame = self.render(self.sequence, capture_us);
         self.sequence += 1;
         frame

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use v4l::buffer::Type as BufferType;
 use v4l::control::{Control, Description as ControlDescription, Type as ControlType, Value};
 use v4l::frameinterval::FrameIntervalEnum;
@@ -339,10 +339,7 @@ fn device_error(path: &Path, doing: &str, err: io::Error) -> SourceError {
 // time_t and c_long are 32-bit on armhf: the conversions are not useless there.
 #[allow(clippy::useless_conversion)]
 fn unix_us_of_monotonic(timestamp: v4l::timestamp::Timestamp) -> u64 {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let now_unix = crate::clock::unix_us() as i64;
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
