@@ -2,13 +2,13 @@
 //! encoding each run on a dedicated OS thread joined by a two-frame queue.
 //! It must never block on viewers or the network: a slow encoder drops frames at capture.
 //! A failing camera is closed and retried with backoff here; the service never dies of it.
+//! The pipeline owns its per-frame counters and health; telemetry and the watchdog only read them.
 
 use crate::clock::unix_ms;
 use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
 use crate::source::{Captured, SourceError, VideoSource};
-use crate::telemetry::PipelineCounters;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
@@ -60,6 +60,65 @@ impl PipelineHealth {
             std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
         }
     }
+}
+
+/// Counters the capture/encode pipeline bumps with relaxed atomics; cheap enough for the
+/// per-frame path. All counters are cumulative since creation and wrap on overflow.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    pub frames_captured: AtomicU64,
+    pub frames_encoded: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub bytes_encoded: AtomicU64,
+    pub encode_us_total: AtomicU64,
+}
+
+impl PipelineCounters {
+    /// Records one frame coming out of the camera/test source.
+    pub fn record_captured(&self) {
+        self.frames_captured.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one encoded frame of `bytes` bytes that took `encode_us` microseconds to encode.
+    pub fn record_encoded(&self, bytes: usize, keyframe: bool, encode_us: u64) {
+        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        self.bytes_encoded
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if keyframe {
+            self.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.encode_us_total.fetch_add(encode_us, Ordering::Relaxed);
+    }
+
+    /// Records one frame dropped before or instead of encoding.
+    pub fn record_dropped(&self) {
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies the counters. Each load is relaxed, so the copy is not one atomic cut across all
+    /// counters; for once-a-second rates the skew of at most one frame is irrelevant.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            frames_captured: self.frames_captured.load(Ordering::Relaxed),
+            frames_encoded: self.frames_encoded.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            keyframes: self.keyframes.load(Ordering::Relaxed),
+            bytes_encoded: self.bytes_encoded.load(Ordering::Relaxed),
+            encode_us_total: self.encode_us_total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A plain copy of [`PipelineCounters`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub frames_captured: u64,
+    pub frames_encoded: u64,
+    pub frames_dropped: u64,
+    pub keyframes: u64,
+    pub bytes_encoded: u64,
+    pub encode_us_total: u64,
 }
 
 pub struct Pipeline {
@@ -333,5 +392,32 @@ impl EncodeStage {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_accumulate_encoded_dropped_and_keyframes() {
+        let counters = PipelineCounters::default();
+        counters.record_captured();
+        counters.record_captured();
+        counters.record_captured();
+        counters.record_encoded(1_000, true, 4_000);
+        counters.record_encoded(250, false, 2_000);
+        counters.record_dropped();
+        assert_eq!(
+            counters.snapshot(),
+            CountersSnapshot {
+                frames_captured: 3,
+                frames_encoded: 2,
+                frames_dropped: 1,
+                keyframes: 1,
+                bytes_encoded: 1_250,
+                encode_us_total: 6_000,
+            }
+        );
     }
 }
