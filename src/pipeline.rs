@@ -4,7 +4,6 @@
 //! A failing camera is closed and retried with backoff here; the service never dies of it.
 //! The pipeline owns its per-frame counters and health; telemetry and the watchdog only read them.
 
-use crate::clock::unix_ms;
 use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
@@ -22,13 +21,17 @@ const ENCODE_QUEUE_FRAMES: usize = 2;
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// `PipelineHealth::last_progress_us` before the pipeline made any progress.
+const NO_PROGRESS: u64 = u64::MAX;
+
 /// Health and control shared with the service.
-#[derive(Default)]
 pub struct PipelineHealth {
     stop: AtomicBool,
-    /// Unix ms of the pipeline's last progress (0 = none yet): a frame through the encoder
-    /// thread, or a retry of a failing camera.
-    last_progress_ms: AtomicU64,
+    /// The monotonic instant `last_progress_us` counts from.
+    origin: Instant,
+    /// Microseconds after `origin` of the pipeline's last progress (`NO_PROGRESS`: none
+    /// yet): a frame through the encoder thread, or a retry of a failing camera.
+    last_progress_us: AtomicU64,
     /// A keyframe is wanted from a source that encodes itself (H.264 passthrough).
     source_keyframe: AtomicBool,
     /// The camera was reopened: a passed-through stream starts afresh (new SPS/PPS, and
@@ -36,16 +39,43 @@ pub struct PipelineHealth {
     stream_restarted: AtomicBool,
 }
 
+impl Default for PipelineHealth {
+    fn default() -> Self {
+        PipelineHealth {
+            stop: AtomicBool::new(false),
+            origin: Instant::now(),
+            last_progress_us: AtomicU64::new(NO_PROGRESS),
+            source_keyframe: AtomicBool::new(false),
+            stream_restarted: AtomicBool::new(false),
+        }
+    }
+}
+
 impl PipelineHealth {
-    /// Unix ms of the last frame the encoder thread dealt with (encoded, passed through or,
-    /// with no viewers, skipped) or of the last camera retry: it stops moving only when
-    /// capture or encoding is stuck.
-    pub fn last_progress_ms(&self) -> u64 {
-        self.last_progress_ms.load(Ordering::Relaxed)
+    /// Time since the encoder thread last dealt with a frame (encoded, passed through or,
+    /// with no viewers, skipped) or the camera was last retried; `None` before the first.
+    /// It only grows when capture or encoding is stuck. Monotonic, so a wall-clock step
+    /// (NTP, or a board without RTC setting its clock after boot) neither fakes nor hides
+    /// a stall.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.stalled_for_at(Instant::now())
+    }
+
+    fn stalled_for_at(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_progress_us.load(Ordering::Relaxed);
+        (last != NO_PROGRESS)
+            .then(|| now.saturating_duration_since(self.origin + Duration::from_micros(last)))
+    }
+
+    /// The watchdog's verdict now, for a pipeline allowed `stall_limit` without progress.
+    pub fn liveness(&self, stall_limit: Duration) -> Liveness {
+        Liveness::judge(self.stalled_for(), stall_limit)
     }
 
     fn progress(&self) {
-        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+        let since_origin = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_progress_us
+            .store(since_origin.min(NO_PROGRESS - 1), Ordering::Relaxed);
     }
 
     fn stopping(&self) -> bool {
@@ -119,6 +149,26 @@ pub struct CountersSnapshot {
     pub keyframes: u64,
     pub bytes_encoded: u64,
     pub encode_us_total: u64,
+}
+
+/// Whether the pipeline still deserves the systemd watchdog's pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Progress within the stall limit, or none yet (the pipeline is still starting).
+    Alive,
+    /// No progress for this long, beyond the stall limit.
+    Stalled(Duration),
+}
+
+impl Liveness {
+    /// The verdict for a pipeline whose last progress was `stalled_for` ago (`None`: not
+    /// yet). Pure, so the watchdog's rule is testable without a clock.
+    pub fn judge(stalled_for: Option<Duration>, stall_limit: Duration) -> Liveness {
+        match stalled_for {
+            Some(age) if age > stall_limit => Liveness::Stalled(age),
+            _ => Liveness::Alive,
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -398,6 +448,33 @@ impl EncodeStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_is_fed_until_progress_is_older_than_the_limit() {
+        let limit = Duration::from_secs(5);
+        assert_eq!(Liveness::judge(None, limit), Liveness::Alive);
+        assert_eq!(
+            Liveness::judge(Some(Duration::ZERO), limit),
+            Liveness::Alive
+        );
+        assert_eq!(Liveness::judge(Some(limit), limit), Liveness::Alive);
+        let late = limit + Duration::from_millis(1);
+        assert_eq!(Liveness::judge(Some(late), limit), Liveness::Stalled(late));
+    }
+
+    #[test]
+    fn stall_age_counts_on_the_monotonic_clock_from_the_last_progress() {
+        let health = PipelineHealth::default();
+        assert_eq!(health.stalled_for(), None, "no progress yet");
+        health.progress();
+        let last =
+            health.origin + Duration::from_micros(health.last_progress_us.load(Ordering::Relaxed));
+        assert_eq!(health.stalled_for_at(last), Some(Duration::ZERO));
+        let later = last + Duration::from_secs(7);
+        assert_eq!(health.stalled_for_at(later), Some(Duration::from_secs(7)));
+        assert!(health.stalled_for().unwrap() < Duration::from_secs(5));
+        assert_eq!(health.liveness(Duration::from_secs(5)), Liveness::Alive);
+    }
 
     #[test]
     fn counters_accumulate_encoded_dropped_and_keyframes() {

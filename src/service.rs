@@ -7,7 +7,7 @@ use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::http::{self, PageConfig};
 use crate::notify;
-use crate::pipeline::{Pipeline, PipelineCounters, PipelineHealth};
+use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::peer::PeerSettings;
 use crate::session::{SessionContext, SessionManager};
 use crate::signaling::broker;
@@ -168,16 +168,18 @@ async fn watchdog_loop(interval: Duration, health: Arc<PipelineHealth>, stall_li
     let mut stalled = false;
     loop {
         ticker.tick().await;
-        let now_ms = crate::clock::unix_ms();
-        let age = Duration::from_millis(now_ms.saturating_sub(health.last_progress_ms()));
-        if health.last_progress_ms() == 0 || age <= stall_limit {
-            stalled = false;
-            notify::watchdog_ping();
-        } else if !stalled {
-            stalled = true;
-            tracing::error!(
-                "no frame through the pipeline for {age:?}; withholding watchdog pings"
-            );
+        match health.liveness(stall_limit) {
+            Liveness::Alive => {
+                stalled = false;
+                notify::watchdog_ping();
+            }
+            Liveness::Stalled(age) if !stalled => {
+                stalled = true;
+                tracing::error!(
+                    "no frame through the pipeline for {age:?}; withholding watchdog pings"
+                );
+            }
+            Liveness::Stalled(_) => {}
         }
     }
 }
