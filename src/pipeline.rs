@@ -7,7 +7,7 @@
 use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
-use crate::source::{Captured, SourceError, VideoSource};
+use crate::source::{Captured, SourceError, StreamedMode, VideoSource};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
@@ -173,7 +173,7 @@ impl Liveness {
 
 pub struct Pipeline {
     health: Arc<PipelineHealth>,
-    video_size: watch::Receiver<Option<(u32, u32)>>,
+    streamed_mode: watch::Receiver<Option<StreamedMode>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -197,7 +197,7 @@ impl Pipeline {
             "H.264 encoder ready (openh264, constrained baseline)"
         );
         let health = Arc::new(PipelineHealth::default());
-        let (video_size_tx, video_size) = watch::channel(None);
+        let (streamed_mode_tx, streamed_mode) = watch::channel(None);
         let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
 
         let capture = {
@@ -213,6 +213,7 @@ impl Pipeline {
                         &health,
                         &counters,
                         &camera_available,
+                        &streamed_mode_tx,
                         || keyframes.request(),
                     )
                 })?
@@ -226,7 +227,6 @@ impl Pipeline {
                         encoder,
                         settings: encoder_settings,
                         passthrough: Passthrough::default(),
-                        video_size: video_size_tx,
                         fanout,
                         counters,
                     };
@@ -241,7 +241,7 @@ impl Pipeline {
         };
         Ok(Self {
             health,
-            video_size,
+            streamed_mode,
             threads: vec![capture, encode],
         })
     }
@@ -250,10 +250,10 @@ impl Pipeline {
         &self.health
     }
 
-    /// Width and height of the frames being streamed (the camera's negotiated mode, which
-    /// may differ from the configured one), once the first frame came; changes notify.
-    pub fn video_size(&self) -> watch::Receiver<Option<(u32, u32)>> {
-        self.video_size.clone()
+    /// Size and rate of the frames being streamed (the camera's negotiated mode, which may
+    /// differ from the configured one), once the first frame came; changes notify.
+    pub fn streamed_mode(&self) -> watch::Receiver<Option<StreamedMode>> {
+        self.streamed_mode.clone()
     }
 
     /// Stops both threads and waits for them.
@@ -267,13 +267,15 @@ impl Pipeline {
 
 /// Pulls frames from the source until stopped. Source failures close the device (the
 /// source does that) and are retried with backoff; the first failure and the recovery are
-/// logged once each, and `camera_available` follows them.
+/// logged once each, and `camera_available` follows them. `streamed_mode` follows the
+/// mode the source reports for the frames it delivers.
 fn capture_loop(
     mut source: Box<dyn VideoSource>,
     frames: std::sync::mpsc::SyncSender<Captured>,
     health: &PipelineHealth,
     counters: &PipelineCounters,
     camera_available: &watch::Sender<bool>,
+    streamed_mode: &watch::Sender<Option<StreamedMode>>,
     request_keyframe: impl Fn(),
 ) {
     tracing::info!(source = %source.describe(), "video source started");
@@ -319,6 +321,14 @@ fn capture_loop(
             request_keyframe();
         }
         retry = RETRY_FIRST;
+        if let Some(mode) = source.streamed_mode() {
+            // Only a change wakes the status and telemetry tasks.
+            streamed_mode.send_if_modified(|published| {
+                let changed = *published != Some(mode);
+                *published = Some(mode);
+                changed
+            });
+        }
         counters.record_captured();
         match frames.try_send(captured) {
             Ok(()) => {}
@@ -334,20 +344,11 @@ struct EncodeStage {
     encoder: H264Encoder,
     settings: EncoderSettings,
     passthrough: Passthrough,
-    video_size: watch::Sender<Option<(u32, u32)>>,
     fanout: Arc<FanOut>,
     counters: Arc<PipelineCounters>,
 }
 
 impl EncodeStage {
-    fn set_video_size(&self, width: u32, height: u32) {
-        self.video_size.send_if_modified(|size| {
-            let changed = *size != Some((width, height));
-            *size = Some((width, height));
-            changed
-        });
-    }
-
     fn handle(&mut self, captured: Captured, health: &PipelineHealth) {
         health.progress();
         let started = Instant::now();
@@ -355,12 +356,10 @@ impl EncodeStage {
         match captured {
             Captured::H264 {
                 access_unit,
-                width,
-                height,
                 capture_us,
                 sequence,
+                ..
             } => {
-                self.set_video_size(width, height);
                 if health.stream_restarted.swap(false, Ordering::Relaxed) {
                     self.passthrough.reset();
                 }
@@ -383,7 +382,6 @@ impl EncodeStage {
                 }
             }
             Captured::Raw(frame) => {
-                self.set_video_size(frame.width, frame.height);
                 if (frame.width, frame.height) != (self.settings.width, self.settings.height) {
                     // The camera runs another size than configured (nearest mode, or a
                     // different camera after a replug): follow it.
@@ -474,6 +472,60 @@ mod tests {
         assert_eq!(health.stalled_for_at(later), Some(Duration::from_secs(7)));
         assert!(health.stalled_for().unwrap() < Duration::from_secs(5));
         assert_eq!(health.liveness(Duration::from_secs(5)), Liveness::Alive);
+    }
+
+    /// A camera that settled on a mode other than the configured one.
+    struct NearestModeCamera;
+
+    const VIVID_NEAREST: StreamedMode = StreamedMode {
+        width: 1280,
+        height: 720,
+        fps: 12.5,
+    };
+
+    impl VideoSource for NearestModeCamera {
+        fn next_frame(&mut self) -> Result<Captured, SourceError> {
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(Captured::H264 {
+                access_unit: Vec::new(),
+                width: VIVID_NEAREST.width,
+                height: VIVID_NEAREST.height,
+                capture_us: 0,
+                sequence: 0,
+            })
+        }
+
+        fn describe(&self) -> String {
+            "a camera in its nearest mode".to_owned()
+        }
+
+        fn streamed_mode(&self) -> Option<StreamedMode> {
+            Some(VIVID_NEAREST)
+        }
+    }
+
+    #[test]
+    fn capture_publishes_the_mode_the_source_negotiated() {
+        let health = PipelineHealth::default();
+        let (frames_tx, frames_rx) = sync_channel(ENCODE_QUEUE_FRAMES);
+        let (camera_tx, _camera) = watch::channel(true);
+        let (mode_tx, mode) = watch::channel(None);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                capture_loop(
+                    Box::new(NearestModeCamera),
+                    frames_tx,
+                    &health,
+                    &PipelineCounters::default(),
+                    &camera_tx,
+                    &mode_tx,
+                    || {},
+                )
+            });
+            frames_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            health.stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(*mode.borrow(), Some(VIVID_NEAREST));
     }
 
     #[test]

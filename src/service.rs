@@ -16,7 +16,7 @@ use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
 use crate::source::convert::PixelFormat;
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
-use crate::source::VideoSource;
+use crate::source::{StreamedMode, VideoSource};
 use crate::telemetry::TelemetrySampler;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -118,14 +118,18 @@ fn ice_servers(config: &Config) -> Vec<RTCIceServer> {
 }
 
 /// The retained status document for the current viewer count and camera state;
-/// `video_size` is the size being streamed, once known (else the configured one).
+/// `streamed` is the mode being streamed, once known (else the configured one).
 pub fn status_json(
     config: &Config,
     viewers: usize,
     camera_available: bool,
-    video_size: Option<(u32, u32)>,
+    streamed: Option<StreamedMode>,
 ) -> String {
-    let (width, height) = video_size.unwrap_or((config.video.width, config.video.height));
+    let (width, height, fps) = match streamed {
+        // Protocol v1 carries whole frames per second: 12.5 is announced as 13.
+        Some(mode) => (mode.width, mode.height, mode.fps.round() as u32),
+        None => (config.video.width, config.video.height, config.video.fps),
+    };
     let ice_servers = config
         .webrtc
         .ice_servers
@@ -140,7 +144,7 @@ pub fn status_json(
             codec: "H264".to_owned(),
             width,
             height,
-            fps: config.video.fps,
+            fps,
         },
         viewers as u32,
         config.webrtc.max_viewers as u32,
@@ -283,21 +287,21 @@ pub async fn run(
     let mut status_live = live.clone();
     let mut status_shutdown = shutdown.clone();
     let mut status_camera = camera_available.clone();
-    let mut status_video_size = pipeline.video_size();
+    let mut status_streamed = pipeline.streamed_mode();
     let status_task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 changed = viewers.changed() => if changed.is_err() { break },
                 changed = status_live.changed() => if changed.is_err() { break },
                 changed = status_camera.changed() => if changed.is_err() { break },
-                changed = status_video_size.changed() => if changed.is_err() { break },
+                changed = status_streamed.changed() => if changed.is_err() { break },
                 _ = status_shutdown.changed() => break,
             }
             let count = *viewers.borrow_and_update();
             let camera = *status_camera.borrow_and_update();
-            let video_size = *status_video_size.borrow_and_update();
+            let streamed = *status_streamed.borrow_and_update();
             let current = status_live.borrow_and_update().clone();
-            let json = status_json(&current, count, camera, video_size);
+            let json = status_json(&current, count, camera, streamed);
             // Republish (retained, to every subscriber) only what really changed.
             status_tx.send_if_modified(|published| {
                 let changed = *published != json;
@@ -311,7 +315,7 @@ pub async fn run(
     let (width, height) = (config.video.width, config.video.height);
     let telemetry_counters = Arc::clone(&counters);
     let mut telemetry_live = live.clone();
-    let telemetry_video_size = pipeline.video_size();
+    let telemetry_streamed = pipeline.streamed_mode();
     let telemetry_camera = camera_available.clone();
     let telemetry_task = tokio::spawn(async move {
         let mut sampler = TelemetrySampler::new(width, height);
@@ -326,8 +330,8 @@ pub async fn run(
                 }
             }
             let viewers = telemetry_viewers.subscriber_count();
-            if let Some((width, height)) = *telemetry_video_size.borrow() {
-                sampler.set_video_size(width, height);
+            if let Some(mode) = *telemetry_streamed.borrow() {
+                sampler.set_video_size(mode.width, mode.height);
             }
             let camera = *telemetry_camera.borrow();
             let message = sampler.sample(&telemetry_counters, viewers, camera);
@@ -427,19 +431,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_reports_the_streamed_size_once_known() {
+    fn status_reports_the_streamed_mode_once_known() {
         let config = Config::default();
         let configured: serde_json::Value =
             serde_json::from_str(&status_json(&config, 2, true, None)).unwrap();
         assert_eq!(configured["video"]["width"], config.video.width);
         assert_eq!(configured["video"]["height"], config.video.height);
+        assert_eq!(configured["video"]["fps"], config.video.fps);
         assert_eq!(configured["viewers"], 2);
         assert_eq!(configured["state"], "online");
         // The camera settled on its nearest mode: viewers are told the truth.
+        let nearest = StreamedMode {
+            width: 640,
+            height: 480,
+            fps: 25.0,
+        };
         let negotiated: serde_json::Value =
-            serde_json::from_str(&status_json(&config, 0, false, Some((640, 480)))).unwrap();
+            serde_json::from_str(&status_json(&config, 0, false, Some(nearest))).unwrap();
         assert_eq!(negotiated["video"]["width"], 640);
         assert_eq!(negotiated["video"]["height"], 480);
+        assert_eq!(negotiated["video"]["fps"], 25);
         assert_eq!(negotiated["state"], "unavailable");
+    }
+
+    #[test]
+    fn status_carries_the_negotiated_rate_in_whole_frames_per_second() {
+        let config = Config::default();
+        let fps = |fps: f64| {
+            let mode = StreamedMode {
+                width: 1280,
+                height: 720,
+                fps,
+            };
+            let status: serde_json::Value =
+                serde_json::from_str(&status_json(&config, 0, true, Some(mode))).unwrap();
+            status["video"]["fps"].clone()
+        };
+        assert_eq!(fps(12.5), 13, "vivid's nearest 720p mode");
+        assert_eq!(fps(29.97), 30);
+        assert_eq!(fps(7.5), 8);
     }
 }

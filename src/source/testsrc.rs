@@ -3,7 +3,7 @@
 //! It must never burst frames to catch up, nor do per-pixel work it can do once.
 
 use super::stamp;
-use super::Frame;
+use super::{Frame, StreamedMode};
 use std::time::{Duration, Instant};
 
 /// 75% colour bars (white, yellow, cyan, green, magenta, red, blue) in BT.601 limited range.
@@ -48,6 +48,15 @@ impl TestSource {
             sequence: 0,
             anchor: None,
         })
+    }
+
+    /// The size and rate it was made with: a synthetic source has nothing to negotiate.
+    pub fn streamed_mode(&self) -> StreamedMode {
+        StreamedMode {
+            width: self.width,
+            height: self.height,
+            fps: f64::from(self.fps),
+        }
     }
 
     fn period(&self) -> Duration {

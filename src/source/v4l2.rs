@@ -4,7 +4,7 @@
 //! capture loop, which retries; nothing here may panic or block longer than the stall limit.
 
 use super::convert::{self, Layout, PixelFormat};
-use super::{Captured, Frame, SourceError, VideoSource};
+use super::{Captured, Frame, SourceError, StreamedMode, VideoSource};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
@@ -313,6 +313,14 @@ impl VideoSource for V4l2Source {
             Some(mode) => format!("{} ({mode})", self.options.path.display()),
             None => format!("{} (V4L2 camera)", self.options.path.display()),
         }
+    }
+
+    fn streamed_mode(&self) -> Option<StreamedMode> {
+        self.mode().map(|mode| StreamedMode {
+            width: mode.offer.width,
+            height: mode.offer.height,
+            fps: mode.offer.fps,
+        })
     }
 
     fn request_keyframe(&mut self) {
