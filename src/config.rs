@@ -2,6 +2,7 @@
 //! dotted key and the reason. Pure apart from reading the file; it must never let an
 //! unknown key or an out-of-range value through to the running service.
 
+use crate::source::convert::PixelFormat;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ pub struct VideoConfig {
     pub bitrate_kbps: u32,
     pub keyframe_interval_s: u32,
     /// V4L2 pixel format: "auto" (H.264 when `passthrough`, else raw YUV, else MJPEG) or a
-    /// fourcc such as "YUYV", "NV12", "YU12", "MJPG", "H264".
+    /// fourcc peercam can use: H264, YUYV, UYVY, NV12, YU12, YV12, MJPG.
     pub format: String,
     /// Send the camera's own H.264 without re-encoding when it offers H.264.
     pub passthrough: bool,
@@ -48,6 +49,23 @@ pub struct VideoConfig {
     pub strict: bool,
     /// V4L2 controls by name (as `peercam devices` lists them), e.g. `brightness = 128`.
     pub controls: std::collections::BTreeMap<String, i64>,
+}
+
+impl VideoConfig {
+    /// The capture format `video.format` names; `None` for "auto". Infallible once
+    /// [`Config::validate`] passed, which rejects a fourcc peercam cannot use.
+    pub fn pixel_format(&self) -> Option<PixelFormat> {
+        parse_pixel_format(&self.format).ok().flatten()
+    }
+}
+
+/// `Ok(None)` for "auto", the format of a fourcc peercam can use, `Err` for anything else.
+fn parse_pixel_format(text: &str) -> Result<Option<PixelFormat>, ()> {
+    if text == "auto" {
+        return Ok(None);
+    }
+    let fourcc: [u8; 4] = text.as_bytes().try_into().map_err(|_| ())?;
+    PixelFormat::from_fourcc(fourcc).map(Some).ok_or(())
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -404,13 +422,18 @@ impl Config {
         in_range("video.fps", v.fps, 1..=120)?;
         in_range("video.bitrate_kbps", v.bitrate_kbps, 50..=50_000)?;
         in_range("video.keyframe_interval_s", v.keyframe_interval_s, 1..=600)?;
+        let usable: Vec<String> = PixelFormat::ALL.iter().map(ToString::to_string).collect();
         check(
-            v.format == "auto" || (v.format.len() == 4 && v.format.chars().all(|c| c.is_ascii_graphic() || c == ' ')),
+            parse_pixel_format(&v.format).is_ok(),
             "video.format",
-            format!("must be \"auto\" or a four-character V4L2 fourcc such as \"YUYV\", \"NV12\", \"MJPG\" or \"H264\" (got {:?})", v.format),
+            format!(
+                "must be \"auto\" or a fourcc peercam can use: {} (got {:?})",
+                usable.join(", "),
+                v.format
+            ),
         )?;
         check(
-            v.format != "H264" || v.passthrough,
+            v.pixel_format() != Some(PixelFormat::H264) || v.passthrough,
             "video.format",
             "\"H264\" needs video.passthrough = true (peercam does not decode H.264 to re-encode it)".to_owned(),
         )?;
@@ -701,6 +724,9 @@ mod tests {
             ("[video]\nheight = 8", "video.height"),
             ("[video]\nfps = 0", "video.fps"),
             ("[video]\nbitrate_kbps = 10", "video.bitrate_kbps"),
+            ("[video]\nformat = \"ABCD\"", "video.format"),
+            ("[video]\nformat = \"YUV\"", "video.format"),
+            ("[video]\nformat = \"H264\"", "video.format"),
             (
                 "[video]\nkeyframe_interval_s = 0",
                 "video.keyframe_interval_s",
@@ -732,6 +758,26 @@ mod tests {
             error("[video]\nwidth = 1281").to_string(),
             "config: video.width: must be an even number between 16 and 3840 (got 1281)"
         );
+    }
+
+    #[test]
+    fn a_format_peercam_cannot_capture_is_refused_with_the_usable_ones() {
+        assert_eq!(
+            error("[video]\nformat = \"ABCD\"").to_string(),
+            "config: video.format: must be \"auto\" or a fourcc peercam can use: H264, YUYV, UYVY, NV12, YU12, YV12, MJPG (got \"ABCD\")"
+        );
+        let format = |text: &str| {
+            Config::from_toml_str(&format!("[video]\nformat = \"{text}\""))
+                .unwrap()
+                .video
+                .pixel_format()
+        };
+        assert_eq!(format("auto"), None);
+        assert_eq!(format("NV12"), Some(PixelFormat::Nv12));
+        assert_eq!(format("JPEG"), Some(PixelFormat::Mjpeg));
+        let passthrough =
+            Config::from_toml_str("[video]\nformat = \"H264\"\npassthrough = true").unwrap();
+        assert_eq!(passthrough.video.pixel_format(), Some(PixelFormat::H264));
     }
 
     #[test]

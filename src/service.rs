@@ -13,7 +13,6 @@ use crate::session::{SessionContext, SessionManager};
 use crate::signaling::broker;
 use crate::signaling::mqtt::{self, MqttSettings};
 use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
-use crate::source::convert::PixelFormat;
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
 use crate::source::{StreamedMode, VideoSource};
@@ -37,7 +36,7 @@ fn open_source(config: &Config) -> anyhow::Result<Box<dyn VideoSource>> {
         "testsrc" => Ok(Box::new(
             TestSource::new(video.width, video.height, video.fps).map_err(anyhow::Error::msg)?,
         )),
-        path => Ok(Box::new(V4l2Source::new(v4l2_options(config, path)?))),
+        path => Ok(Box::new(V4l2Source::new(v4l2_options(config, path)))),
     }
 }
 
@@ -52,30 +51,20 @@ pub fn encoder_settings(config: &Config) -> EncoderSettings {
     }
 }
 
-/// The V4L2 capture options a configuration asks for (`path` overrides `video.source`).
-pub fn v4l2_options(config: &Config, path: &str) -> anyhow::Result<V4l2Options> {
+/// The V4L2 capture options a validated configuration asks for (`path` overrides
+/// `video.source`).
+pub fn v4l2_options(config: &Config, path: &str) -> V4l2Options {
     let video = &config.video;
-    let format = match video.format.as_str() {
-        "auto" => None,
-        fourcc => {
-            let bytes: [u8; 4] = fourcc.as_bytes().try_into().map_err(|_| {
-                anyhow::anyhow!("video.format: {fourcc:?} is not a four-character code")
-            })?;
-            Some(PixelFormat::from_fourcc(bytes).ok_or_else(|| {
-                anyhow::anyhow!("video.format: peercam cannot use {fourcc:?} (it can use H264, YUYV, UYVY, NV12, YU12, YV12, MJPG)")
-            })?)
-        }
-    };
-    Ok(V4l2Options {
+    V4l2Options {
         path: path.into(),
         width: video.width,
         height: video.height,
         fps: video.fps,
-        format,
+        format: video.pixel_format(),
         passthrough: video.passthrough,
         strict: video.strict,
         controls: video.controls.clone(),
-    })
+    }
 }
 
 fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
