@@ -5,7 +5,7 @@
 use crate::source::convert::PixelFormat;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -502,6 +502,7 @@ impl Config {
                 format!("{text:?} is not an address like \"0.0.0.0:0\" or \"192.168.1.10:50000\""),
             )?;
         }
+        self.validate_listeners()?;
         check(
             (100..=60_000).contains(&self.telemetry.interval_ms),
             "telemetry.interval_ms",
@@ -521,6 +522,61 @@ impl Config {
         })?;
         Ok(())
     }
+}
+
+impl Config {
+    /// The agent's TCP listeners: each on its own port, and the embedded broker's on a
+    /// fixed one (the agent and the page are told the port; 0 would be a random one).
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let (broker, http) = (&self.broker, self.http.listen);
+        let clash = |key: &str, addr: SocketAddr, other_key: &str, other: SocketAddr| {
+            if listeners_clash(addr, other) {
+                Err(ConfigError::new(
+                    key,
+                    format!("{addr} takes the port of {other_key} ({other})"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if self.mqtt.broker != BrokerTarget::Embedded {
+            // [broker] is not started; only the page listens.
+            return Ok(());
+        }
+        if broker.listen.port() == 0 {
+            return Err(ConfigError::new(
+                "broker.listen",
+                "needs a fixed port: the agent connects to it (got port 0)",
+            ));
+        }
+        if let Some(ws) = broker.ws_listen {
+            if ws.port() == 0 {
+                return Err(ConfigError::new(
+                    "broker.ws_listen",
+                    "needs a fixed port: the viewer page is told it (got port 0; \"off\" disables it)",
+                ));
+            }
+            clash("broker.ws_listen", ws, "broker.listen", broker.listen)?;
+        }
+        if let Some(http) = http {
+            clash("http.listen", http, "broker.listen", broker.listen)?;
+            if let Some(ws) = broker.ws_listen {
+                clash("http.listen", http, "broker.ws_listen", ws)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two TCP listeners would fight over one port: the same port on the same address,
+/// or on a wildcard that covers the other address (`0.0.0.0` covers IPv4; `[::]` covers
+/// both families, as Linux binds it dual-stack by default). Port 0 never clashes.
+fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }
 
 /// What a reload (SIGHUP) can apply to a running agent, and what needs a restart.
@@ -816,6 +872,47 @@ mod tests {
             error("[http]\nlisten = \"everywhere\"").key(),
             Some("http.listen")
         );
+    }
+
+    #[test]
+    fn listeners_on_one_port_are_refused_before_run_fails_to_bind() {
+        let cases = [
+            (
+                "[broker]\nlisten = \"127.0.0.1:1883\"\nws_listen = \"127.0.0.1:1883\"",
+                "broker.ws_listen",
+            ),
+            ("[http]\nlisten = \"127.0.0.1:1883\"", "http.listen"),
+            ("[http]\nlisten = \"0.0.0.0:8083\"", "http.listen"),
+            ("[broker]\nlisten = \"127.0.0.1:0\"", "broker.listen"),
+            ("[broker]\nws_listen = \"127.0.0.1:0\"", "broker.ws_listen"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(error(text).key(), Some(key), "{text}");
+        }
+        assert_eq!(
+            error("[http]\nlisten = \"127.0.0.1:8083\"").to_string(),
+            "config: http.listen: 127.0.0.1:8083 takes the port of broker.ws_listen (127.0.0.1:8083)"
+        );
+        // An external broker leaves [broker] unused; a disabled listener takes no port.
+        Config::from_toml_str(
+            "[mqtt]\nbroker = \"mqtt://broker.lan\"\n[http]\nlisten = \"127.0.0.1:1883\"",
+        )
+        .unwrap();
+        Config::from_toml_str("[broker]\nws_listen = \"off\"\n[http]\nlisten = \"127.0.0.1:8083\"")
+            .unwrap();
+    }
+
+    #[test]
+    fn listeners_clash_on_one_port_of_one_address_or_a_wildcard_covering_it() {
+        let clash = |a: &str, b: &str| listeners_clash(a.parse().unwrap(), b.parse().unwrap());
+        assert!(clash("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(clash("0.0.0.0:80", "192.168.1.2:80"));
+        assert!(clash("[::]:80", "127.0.0.1:80"));
+        assert!(clash("[::]:80", "0.0.0.0:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!clash("127.0.0.1:80", "192.168.1.2:80"));
+        assert!(!clash("0.0.0.0:80", "[::1]:80"));
+        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
     }
 
     #[test]
