@@ -588,39 +588,83 @@ pub struct ReloadPlan {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// A key a reload applies to the running agent: its dotted name, whether two
+/// configurations differ in it, and how to copy it from the re-read one.
+struct LiveKey {
+    key: &'static str,
+    differs: fn(&Config, &Config) -> bool,
+    copy: fn(&mut Config, &Config),
+}
+
+/// `live_key!(section.field)`: one entry of [`LIVE_KEYS`].
+macro_rules! live_key {
+    ($section:ident . $field:ident) => {
+        LiveKey {
+            key: concat!(stringify!($section), ".", stringify!($field)),
+            differs: |running, new| running.$section.$field != new.$section.$field,
+            copy: |running, new| running.$section.$field.clone_from(&new.$section.$field),
+        }
+    };
+}
+
+/// The keys SIGHUP applies without a restart; everything else waits for one. The one
+/// list both `reload_plan` reports and `with_live_keys_from` copies, so making a key live
+/// is one line here (plus whatever the service must do for it: see `service::run`).
+const LIVE_KEYS: &[LiveKey] = &[
+    live_key!(log.level),
+    live_key!(telemetry.interval_ms),
+    live_key!(webrtc.max_viewers),
+    live_key!(device.name),
+];
+
 impl Config {
     /// Compares a re-read configuration with the running one.
     pub fn reload_plan(&self, new: &Config) -> ReloadPlan {
-        let mut plan = ReloadPlan::default();
-        let mut live = |changed: bool, key: &'static str| {
-            if changed {
-                plan.applied.push(key);
-            }
-        };
-        live(self.log.level != new.log.level, "log.level");
-        live(
-            self.telemetry.interval_ms != new.telemetry.interval_ms,
-            "telemetry.interval_ms",
-        );
-        live(
-            self.webrtc.max_viewers != new.webrtc.max_viewers,
-            "webrtc.max_viewers",
-        );
-        live(self.device.name != new.device.name, "device.name");
-        let mut restart = |changed: bool, section: &'static str| {
-            if changed {
-                plan.needs_restart.push(section);
-            }
-        };
-        restart(self.device.id != new.device.id, "device.id");
-        restart(self.video != new.video, "video");
-        restart(self.mqtt != new.mqtt, "mqtt");
-        restart(self.broker != new.broker, "broker");
-        let mut webrtc = self.webrtc.clone();
-        webrtc.max_viewers = new.webrtc.max_viewers;
-        restart(webrtc != new.webrtc, "webrtc");
-        restart(self.http != new.http, "http");
-        plan
+        let applied = LIVE_KEYS
+            .iter()
+            .filter(|live| (live.differs)(self, new))
+            .map(|live| live.key)
+            .collect();
+        // Whatever still differs once the live keys are applied needs a restart. Naming
+        // every section makes a new one a compile error here, not a silently ignored reload.
+        let Config {
+            device,
+            video,
+            mqtt,
+            broker,
+            webrtc,
+            http,
+            telemetry,
+            log,
+        } = &self.with_live_keys_from(new);
+        let sections = [
+            // The id is the only key of [device] that is not live.
+            (*device != new.device, "device.id"),
+            (*video != new.video, "video"),
+            (*mqtt != new.mqtt, "mqtt"),
+            (*broker != new.broker, "broker"),
+            (*webrtc != new.webrtc, "webrtc"),
+            (*http != new.http, "http"),
+            (*telemetry != new.telemetry, "telemetry"),
+            (*log != new.log, "log"),
+        ];
+        ReloadPlan {
+            applied,
+            needs_restart: sections
+                .into_iter()
+                .filter_map(|(changed, section)| changed.then_some(section))
+                .collect(),
+        }
+    }
+
+    /// This (running) configuration with the live keys of `new`: what a reload puts into
+    /// effect. The rest keeps its running value until a restart.
+    pub fn with_live_keys_from(&self, new: &Config) -> Config {
+        let mut applied = self.clone();
+        for live in LIVE_KEYS {
+            (live.copy)(&mut applied, new);
+        }
+        applied
     }
 }
 
@@ -939,6 +983,31 @@ mod tests {
         assert_eq!(plan.applied, vec!["log.level", "webrtc.max_viewers"]);
         assert_eq!(plan.needs_restart, vec!["video", "webrtc"]);
         assert_eq!(old.reload_plan(&old), ReloadPlan::default());
+
+        let applied = old.with_live_keys_from(&new);
+        assert_eq!(applied.log.level, "debug");
+        assert_eq!(applied.webrtc.max_viewers, 2);
+        assert_eq!(applied.webrtc.connect_timeout_s, 15, "needs a restart");
+        assert_eq!(applied.video.fps, 30, "needs a restart");
+        assert_eq!(applied.reload_plan(&new).applied, Vec::<&str>::new());
+    }
+
+    #[test]
+    fn every_live_key_is_reported_and_applied_and_nothing_else() {
+        let old = Config::default();
+        let new = Config::from_toml_str(
+            "[log]\nlevel = \"debug\"\n[telemetry]\ninterval_ms = 500\n[webrtc]\nmax_viewers = 2\n[device]\nname = \"Porch\"\n",
+        )
+        .unwrap();
+        let plan = old.reload_plan(&new);
+        let live: Vec<&str> = LIVE_KEYS.iter().map(|live| live.key).collect();
+        assert_eq!(plan.applied, live, "this test changes every live key");
+        assert_eq!(plan.needs_restart, Vec::<&str>::new());
+        assert_eq!(old.with_live_keys_from(&new), new);
+
+        let renamed = Config::from_toml_str("[device]\nid = \"cam2\"").unwrap();
+        assert_eq!(old.reload_plan(&renamed).needs_restart, vec!["device.id"]);
+        assert_eq!(old.with_live_keys_from(&renamed), old);
     }
 
     #[test]

@@ -370,12 +370,7 @@ pub async fn run(
                 }
                 ctx.max_viewers
                     .store(new.webrtc.max_viewers, Ordering::Relaxed);
-                let mut applied = current;
-                applied.log.level = new.log.level.clone();
-                applied.telemetry = new.telemetry.clone();
-                applied.webrtc.max_viewers = new.webrtc.max_viewers;
-                applied.device.name = new.device.name.clone();
-                live_tx.send_replace(applied);
+                live_tx.send_replace(current.with_live_keys_from(&new));
                 tracing::info!(applied = ?plan.applied, needs_restart = ?plan.needs_restart, "configuration reloaded");
                 for section in &plan.needs_restart {
                     tracing::warn!("{section} changed; restart peercam to apply it");
