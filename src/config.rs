@@ -347,8 +347,9 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses and validates TOML text; missing keys take their defaults.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let document = toml::Deserializer::parse(text).map_err(|err| syntax_error(text, &err))?;
         let config: Config =
-            toml::from_str(text).map_err(|err| translate_toml_error(text, &err))?;
+            serde_path_to_error::deserialize(document).map_err(|err| schema_error(text, &err))?;
         config.validate()?;
         Ok(config)
     }
@@ -668,27 +669,32 @@ impl Config {
     }
 }
 
-/// Turns a toml/serde error into one that names the dotted key and gives line:column.
-fn translate_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
-    let message = err.message().to_owned();
-    let (position, path) = match err.span() {
-        Some(span) => (
-            Some(line_column(text, span.start)),
-            key_path_at(text, span.start),
-        ),
-        None => (None, String::new()),
-    };
-    let mut key = path;
-    let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
-        // "unknown field `x`, expected one of `a`, `b`" → name the key, list the valid ones.
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        if !key.ends_with(field) {
-            key = if key.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{key}.{field}")
-            };
+/// TOML that does not parse: where and why. No key: the text is not key/value pairs yet.
+fn syntax_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let span = err.span();
+    let mut reason = err.message().trim().to_owned();
+    if reason == "duplicate key" {
+        // The span covers the repeated key itself.
+        if let Some(key) = span.clone().and_then(|span| text.get(span)) {
+            reason = format!("duplicate key `{key}`");
         }
+    }
+    ConfigError {
+        source_name: "config".into(),
+        position: span.map(|span| line_column(text, span.start)),
+        key: None,
+        reason,
+    }
+}
+
+/// Parsed TOML that does not fit the schema: the dotted key serde was reading (array
+/// elements as `[i]`), its line:column from toml's span, and the reason in plain words.
+fn schema_error(text: &str, err: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let inner = err.inner();
+    let message = inner.message().trim();
+    let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "unknown field `x`, expected one of `a`, `b`": the path already ends in `x`.
+        let expected = rest.split_once('`').map_or("", |(_, expected)| expected);
         let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
         if valid.is_empty() {
             "unknown key".to_owned()
@@ -700,17 +706,18 @@ fn translate_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
             Some((found, expected)) => {
                 format!("expected {}, found {}", describe(expected), found.trim())
             }
-            None => message.clone(),
+            None => message.to_owned(),
         }
-    } else if message.starts_with("invalid value: ") {
-        message.replacen("invalid value: ", "", 1)
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        rest.to_owned()
     } else {
-        message.trim().to_owned()
+        message.to_owned()
     };
+    let path = err.path();
     ConfigError {
         source_name: "config".into(),
-        position,
-        key: (!key.is_empty()).then_some(key),
+        position: inner.span().map(|span| line_column(text, span.start)),
+        key: (path.iter().next().is_some()).then(|| path.to_string()),
         reason,
     }
 }
@@ -728,53 +735,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
-}
-
-/// The dotted key at `offset`: the enclosing `[table]` (with `[[array]]` indices) plus the
-/// key on that line, if any.
-fn key_path_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let mut table = String::new();
-    let mut array_counts: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::new();
-    let mut line_start = 0;
-    for line in text[..offset].split_inclusive('\n') {
-        let trimmed = line.trim();
-        if line_start + line.len() <= offset || !line.ends_with('\n') {
-            if let Some(name) = trimmed
-                .strip_prefix("[[")
-                .and_then(|t| t.split("]]").next())
-            {
-                let name = name.trim().to_owned();
-                let index = array_counts
-                    .entry(name.clone())
-                    .and_modify(|n| *n += 1)
-                    .or_insert(0);
-                table = format!("{name}[{index}]");
-            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.split(']').next()) {
-                table = name.trim().to_owned();
-            }
-        }
-        line_start += line.len();
-    }
-    let current_line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let current_line = text[current_line_start..].lines().next().unwrap_or("");
-    let key = if current_line.trim_start().starts_with('[') {
-        String::new()
-    } else {
-        current_line
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .to_owned()
-    };
-    match (table.is_empty(), key.is_empty()) {
-        (true, _) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    }
 }
 
 #[cfg(test)]
@@ -813,6 +773,41 @@ mod tests {
                 .contains("expected a non-negative integer, found string \"thirty\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn keys_inside_inline_tables_and_multi_line_arrays_are_named_exactly() {
+        let cases = [
+            (
+                "[webrtc]\nudp_addrs = [\n  \"0.0.0.0:0\",\n  5,\n]\n",
+                "config:4:3: webrtc.udp_addrs[1]: expected a string, found integer `5`",
+            ),
+            (
+                "[video]\ncontrols = { brightness = \"x\" }\n",
+                "config:2:27: video.controls.brightness: expected i64, found string \"x\"",
+            ),
+            (
+                "[webrtc]\nice_servers = [{ urls = [\"stun:x\"] }, { urls = [\"stun:y\"], user = \"u\" }]\n",
+                "config:2:60: webrtc.ice_servers[1].user: unknown key (expected one of: urls, username, credential)",
+            ),
+            (
+                "[device]\n[device.extra]\nx = 1\n",
+                "config:2:9: device.extra: unknown key (expected one of: id, name)",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(text).to_string(), message, "{text}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_the_position_and_the_repeated_key() {
+        assert_eq!(
+            error("[video]\nwidth = 640\nwidth = 700\n").to_string(),
+            "config:3:1: duplicate key `width`"
+        );
+        let e = error("[video\nwidth = 1");
+        assert_eq!((e.key(), e.position), (None, Some((1, 7))), "{e}");
     }
 
     #[test]
