@@ -2,9 +2,10 @@
 //! dotted key and the reason. Pure apart from reading the file; it must never let an
 //! unknown key or an out-of-range value through to the running service.
 
+use crate::source::convert::PixelFormat;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -41,7 +42,7 @@ pub struct VideoConfig {
     pub bitrate_kbps: u32,
     pub keyframe_interval_s: u32,
     /// V4L2 pixel format: "auto" (H.264 when `passthrough`, else raw YUV, else MJPEG) or a
-    /// fourcc such as "YUYV", "NV12", "YU12", "MJPG", "H264".
+    /// fourcc peercam can use: H264, YUYV, UYVY, NV12, YU12, YV12, MJPG.
     pub format: String,
     /// Send the camera's own H.264 without re-encoding when it offers H.264.
     pub passthrough: bool,
@@ -49,6 +50,23 @@ pub struct VideoConfig {
     pub strict: bool,
     /// V4L2 controls by name (as `peercam devices` lists them), e.g. `brightness = 128`.
     pub controls: std::collections::BTreeMap<String, i64>,
+}
+
+impl VideoConfig {
+    /// The capture format `video.format` names; `None` for "auto". Infallible once
+    /// [`Config::validate`] passed, which rejects a fourcc peercam cannot use.
+    pub fn pixel_format(&self) -> Option<PixelFormat> {
+        parse_pixel_format(&self.format).ok().flatten()
+    }
+}
+
+/// `Ok(None)` for "auto", the format of a fourcc peercam can use, `Err` for anything else.
+fn parse_pixel_format(text: &str) -> Result<Option<PixelFormat>, ()> {
+    if text == "auto" {
+        return Ok(None);
+    }
+    let fourcc: [u8; 4] = text.as_bytes().try_into().map_err(|_| ())?;
+    PixelFormat::from_fourcc(fourcc).map(Some).ok_or(())
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -356,8 +374,9 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses and validates TOML text; missing keys take their defaults.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let document = toml::Deserializer::parse(text).map_err(|err| syntax_error(text, &err))?;
         let config: Config =
-            toml::from_str(text).map_err(|err| translate_toml_error(text, &err))?;
+            serde_path_to_error::deserialize(document).map_err(|err| schema_error(text, &err))?;
         config.validate()?;
         Ok(config)
     }
@@ -431,13 +450,18 @@ impl Config {
         in_range("video.fps", v.fps, 1..=120)?;
         in_range("video.bitrate_kbps", v.bitrate_kbps, 50..=50_000)?;
         in_range("video.keyframe_interval_s", v.keyframe_interval_s, 1..=600)?;
+        let usable: Vec<String> = PixelFormat::ALL.iter().map(ToString::to_string).collect();
         check(
-            v.format == "auto" || (v.format.len() == 4 && v.format.chars().all(|c| c.is_ascii_graphic() || c == ' ')),
+            parse_pixel_format(&v.format).is_ok(),
             "video.format",
-            format!("must be \"auto\" or a four-character V4L2 fourcc such as \"YUYV\", \"NV12\", \"MJPG\" or \"H264\" (got {:?})", v.format),
+            format!(
+                "must be \"auto\" or a fourcc peercam can use: {} (got {:?})",
+                usable.join(", "),
+                v.format
+            ),
         )?;
         check(
-            v.format != "H264" || v.passthrough,
+            v.pixel_format() != Some(PixelFormat::H264) || v.passthrough,
             "video.format",
             "\"H264\" needs video.passthrough = true (peercam does not decode H.264 to re-encode it)".to_owned(),
         )?;
@@ -520,6 +544,7 @@ impl Config {
             "whep.enabled",
             "WHEP is served by the HTTP server; set http.listen to turn it on".into(),
         )?;
+        self.validate_listeners()?;
         check(
             (100..=60_000).contains(&self.telemetry.interval_ms),
             "telemetry.interval_ms",
@@ -541,6 +566,61 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The agent's TCP listeners: each on its own port, and the embedded broker's on a
+    /// fixed one (the agent and the page are told the port; 0 would be a random one).
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let (broker, http) = (&self.broker, self.http.listen);
+        let clash = |key: &str, addr: SocketAddr, other_key: &str, other: SocketAddr| {
+            if listeners_clash(addr, other) {
+                Err(ConfigError::new(
+                    key,
+                    format!("{addr} takes the port of {other_key} ({other})"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if self.mqtt.broker != BrokerTarget::Embedded {
+            // [broker] is not started; only the page listens.
+            return Ok(());
+        }
+        if broker.listen.port() == 0 {
+            return Err(ConfigError::new(
+                "broker.listen",
+                "needs a fixed port: the agent connects to it (got port 0)",
+            ));
+        }
+        if let Some(ws) = broker.ws_listen {
+            if ws.port() == 0 {
+                return Err(ConfigError::new(
+                    "broker.ws_listen",
+                    "needs a fixed port: the viewer page is told it (got port 0; \"off\" disables it)",
+                ));
+            }
+            clash("broker.ws_listen", ws, "broker.listen", broker.listen)?;
+        }
+        if let Some(http) = http {
+            clash("http.listen", http, "broker.listen", broker.listen)?;
+            if let Some(ws) = broker.ws_listen {
+                clash("http.listen", http, "broker.ws_listen", ws)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two TCP listeners would fight over one port: the same port on the same address,
+/// or on a wildcard that covers the other address (`0.0.0.0` covers IPv4; `[::]` covers
+/// both families, as Linux binds it dual-stack by default). Port 0 never clashes.
+fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 /// What a reload (SIGHUP) can apply to a running agent, and what needs a restart.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
@@ -550,64 +630,114 @@ pub struct ReloadPlan {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// A key a reload applies to the running agent: its dotted name, whether two
+/// configurations differ in it, and how to copy it from the re-read one.
+struct LiveKey {
+    key: &'static str,
+    differs: fn(&Config, &Config) -> bool,
+    copy: fn(&mut Config, &Config),
+}
+
+/// `live_key!(section.field)`: one entry of [`LIVE_KEYS`].
+macro_rules! live_key {
+    ($section:ident . $field:ident) => {
+        LiveKey {
+            key: concat!(stringify!($section), ".", stringify!($field)),
+            differs: |running, new| running.$section.$field != new.$section.$field,
+            copy: |running, new| running.$section.$field.clone_from(&new.$section.$field),
+        }
+    };
+}
+
+/// The keys SIGHUP applies without a restart; everything else waits for one. The one
+/// list both `reload_plan` reports and `with_live_keys_from` copies, so making a key live
+/// is one line here (plus whatever the service must do for it: see `service::run`).
+const LIVE_KEYS: &[LiveKey] = &[
+    live_key!(log.level),
+    live_key!(telemetry.interval_ms),
+    live_key!(webrtc.max_viewers),
+    live_key!(device.name),
+];
+
 impl Config {
     /// Compares a re-read configuration with the running one.
     pub fn reload_plan(&self, new: &Config) -> ReloadPlan {
-        let mut plan = ReloadPlan::default();
-        let mut live = |changed: bool, key: &'static str| {
-            if changed {
-                plan.applied.push(key);
-            }
-        };
-        live(self.log.level != new.log.level, "log.level");
-        live(
-            self.telemetry.interval_ms != new.telemetry.interval_ms,
-            "telemetry.interval_ms",
-        );
-        live(
-            self.webrtc.max_viewers != new.webrtc.max_viewers,
-            "webrtc.max_viewers",
-        );
-        live(self.device.name != new.device.name, "device.name");
-        let mut restart = |changed: bool, section: &'static str| {
-            if changed {
-                plan.needs_restart.push(section);
-            }
-        };
-        restart(self.device.id != new.device.id, "device.id");
-        restart(self.video != new.video, "video");
-        restart(self.mqtt != new.mqtt, "mqtt");
-        restart(self.broker != new.broker, "broker");
-        let mut webrtc = self.webrtc.clone();
-        webrtc.max_viewers = new.webrtc.max_viewers;
-        restart(webrtc != new.webrtc, "webrtc");
-        restart(self.http != new.http, "http");
-        restart(self.whep != new.whep, "whep");
-        plan
+        let applied = LIVE_KEYS
+            .iter()
+            .filter(|live| (live.differs)(self, new))
+            .map(|live| live.key)
+            .collect();
+        // Whatever still differs once the live keys are applied needs a restart. Naming
+        // every section makes a new one a compile error here, not a silently ignored reload.
+        let Config {
+            device,
+            video,
+            mqtt,
+            broker,
+            webrtc,
+            http,
+            whep,
+            telemetry,
+            log,
+        } = &self.with_live_keys_from(new);
+        let sections = [
+            // The id is the only key of [device] that is not live.
+            (*device != new.device, "device.id"),
+            (*video != new.video, "video"),
+            (*mqtt != new.mqtt, "mqtt"),
+            (*broker != new.broker, "broker"),
+            (*webrtc != new.webrtc, "webrtc"),
+            (*http != new.http, "http"),
+            (*whep != new.whep, "whep"),
+            (*telemetry != new.telemetry, "telemetry"),
+            (*log != new.log, "log"),
+        ];
+        ReloadPlan {
+            applied,
+            needs_restart: sections
+                .into_iter()
+                .filter_map(|(changed, section)| changed.then_some(section))
+                .collect(),
+        }
+    }
+
+    /// This (running) configuration with the live keys of `new`: what a reload puts into
+    /// effect. The rest keeps its running value until a restart.
+    pub fn with_live_keys_from(&self, new: &Config) -> Config {
+        let mut applied = self.clone();
+        for live in LIVE_KEYS {
+            (live.copy)(&mut applied, new);
+        }
+        applied
     }
 }
 
-/// Turns a toml/serde error into one that names the dotted key and gives line:column.
-fn translate_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
-    let message = err.message().to_owned();
-    let (position, path) = match err.span() {
-        Some(span) => (
-            Some(line_column(text, span.start)),
-            key_path_at(text, span.start),
-        ),
-        None => (None, String::new()),
-    };
-    let mut key = path;
-    let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
-        // "unknown field `x`, expected one of `a`, `b`" → name the key, list the valid ones.
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        if !key.ends_with(field) {
-            key = if key.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{key}.{field}")
-            };
+/// TOML that does not parse: where and why. No key: the text is not key/value pairs yet.
+fn syntax_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let span = err.span();
+    let mut reason = err.message().trim().to_owned();
+    if reason == "duplicate key" {
+        // The span covers the repeated key itself.
+        if let Some(key) = span.clone().and_then(|span| text.get(span)) {
+            reason = format!("duplicate key `{key}`");
         }
+    }
+    ConfigError {
+        source_name: "config".into(),
+        position: span.map(|span| line_column(text, span.start)),
+        key: None,
+        reason,
+    }
+}
+
+/// Parsed TOML that does not fit the schema: the dotted key serde was reading (array
+/// elements as `[i]`), its line:column from toml's span, and the reason in plain words.
+fn schema_error(text: &str, err: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let inner = err.inner();
+    let message = inner.message().trim();
+    let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "unknown field `x`, expected one of `a`, `b`": the path already ends in `x`.
+        let expected = rest.split_once('`').map_or("", |(_, expected)| expected);
         let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
         if valid.is_empty() {
             "unknown key".to_owned()
@@ -619,17 +749,18 @@ fn translate_toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
             Some((found, expected)) => {
                 format!("expected {}, found {}", describe(expected), found.trim())
             }
-            None => message.clone(),
+            None => message.to_owned(),
         }
-    } else if message.starts_with("invalid value: ") {
-        message.replacen("invalid value: ", "", 1)
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        rest.to_owned()
     } else {
-        message.trim().to_owned()
+        message.to_owned()
     };
+    let path = err.path();
     ConfigError {
         source_name: "config".into(),
-        position,
-        key: (!key.is_empty()).then_some(key),
+        position: inner.span().map(|span| line_column(text, span.start)),
+        key: (path.iter().next().is_some()).then(|| path.to_string()),
         reason,
     }
 }
@@ -647,53 +778,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
-}
-
-/// The dotted key at `offset`: the enclosing `[table]` (with `[[array]]` indices) plus the
-/// key on that line, if any.
-fn key_path_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let mut table = String::new();
-    let mut array_counts: std::collections::HashMap<String, usize> =
-        std::collections::HashMap::new();
-    let mut line_start = 0;
-    for line in text[..offset].split_inclusive('\n') {
-        let trimmed = line.trim();
-        if line_start + line.len() <= offset || !line.ends_with('\n') {
-            if let Some(name) = trimmed
-                .strip_prefix("[[")
-                .and_then(|t| t.split("]]").next())
-            {
-                let name = name.trim().to_owned();
-                let index = array_counts
-                    .entry(name.clone())
-                    .and_modify(|n| *n += 1)
-                    .or_insert(0);
-                table = format!("{name}[{index}]");
-            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.split(']').next()) {
-                table = name.trim().to_owned();
-            }
-        }
-        line_start += line.len();
-    }
-    let current_line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let current_line = text[current_line_start..].lines().next().unwrap_or("");
-    let key = if current_line.trim_start().starts_with('[') {
-        String::new()
-    } else {
-        current_line
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .to_owned()
-    };
-    match (table.is_empty(), key.is_empty()) {
-        (true, _) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    }
 }
 
 #[cfg(test)]
@@ -735,6 +819,41 @@ mod tests {
     }
 
     #[test]
+    fn keys_inside_inline_tables_and_multi_line_arrays_are_named_exactly() {
+        let cases = [
+            (
+                "[webrtc]\nudp_addrs = [\n  \"0.0.0.0:0\",\n  5,\n]\n",
+                "config:4:3: webrtc.udp_addrs[1]: expected a string, found integer `5`",
+            ),
+            (
+                "[video]\ncontrols = { brightness = \"x\" }\n",
+                "config:2:27: video.controls.brightness: expected i64, found string \"x\"",
+            ),
+            (
+                "[webrtc]\nice_servers = [{ urls = [\"stun:x\"] }, { urls = [\"stun:y\"], user = \"u\" }]\n",
+                "config:2:60: webrtc.ice_servers[1].user: unknown key (expected one of: urls, username, credential)",
+            ),
+            (
+                "[device]\n[device.extra]\nx = 1\n",
+                "config:2:9: device.extra: unknown key (expected one of: id, name)",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(text).to_string(), message, "{text}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_the_position_and_the_repeated_key() {
+        assert_eq!(
+            error("[video]\nwidth = 640\nwidth = 700\n").to_string(),
+            "config:3:1: duplicate key `width`"
+        );
+        let e = error("[video\nwidth = 1");
+        assert_eq!((e.key(), e.position), (None, Some((1, 7))), "{e}");
+    }
+
+    #[test]
     fn each_range_rule_names_its_key() {
         let cases = [
             ("[device]\nid = \"cam one\"", "device.id"),
@@ -743,6 +862,9 @@ mod tests {
             ("[video]\nheight = 8", "video.height"),
             ("[video]\nfps = 0", "video.fps"),
             ("[video]\nbitrate_kbps = 10", "video.bitrate_kbps"),
+            ("[video]\nformat = \"ABCD\"", "video.format"),
+            ("[video]\nformat = \"YUV\"", "video.format"),
+            ("[video]\nformat = \"H264\"", "video.format"),
             (
                 "[video]\nkeyframe_interval_s = 0",
                 "video.keyframe_interval_s",
@@ -774,6 +896,26 @@ mod tests {
             error("[video]\nwidth = 1281").to_string(),
             "config: video.width: must be an even number between 16 and 3840 (got 1281)"
         );
+    }
+
+    #[test]
+    fn a_format_peercam_cannot_capture_is_refused_with_the_usable_ones() {
+        assert_eq!(
+            error("[video]\nformat = \"ABCD\"").to_string(),
+            "config: video.format: must be \"auto\" or a fourcc peercam can use: H264, YUYV, UYVY, NV12, YU12, YV12, MJPG (got \"ABCD\")"
+        );
+        let format = |text: &str| {
+            Config::from_toml_str(&format!("[video]\nformat = \"{text}\""))
+                .unwrap()
+                .video
+                .pixel_format()
+        };
+        assert_eq!(format("auto"), None);
+        assert_eq!(format("NV12"), Some(PixelFormat::Nv12));
+        assert_eq!(format("JPEG"), Some(PixelFormat::Mjpeg));
+        let passthrough =
+            Config::from_toml_str("[video]\nformat = \"H264\"\npassthrough = true").unwrap();
+        assert_eq!(passthrough.video.pixel_format(), Some(PixelFormat::H264));
     }
 
     #[test]
@@ -835,6 +977,47 @@ mod tests {
     }
 
     #[test]
+    fn listeners_on_one_port_are_refused_before_run_fails_to_bind() {
+        let cases = [
+            (
+                "[broker]\nlisten = \"127.0.0.1:1883\"\nws_listen = \"127.0.0.1:1883\"",
+                "broker.ws_listen",
+            ),
+            ("[http]\nlisten = \"127.0.0.1:1883\"", "http.listen"),
+            ("[http]\nlisten = \"0.0.0.0:8083\"", "http.listen"),
+            ("[broker]\nlisten = \"127.0.0.1:0\"", "broker.listen"),
+            ("[broker]\nws_listen = \"127.0.0.1:0\"", "broker.ws_listen"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(error(text).key(), Some(key), "{text}");
+        }
+        assert_eq!(
+            error("[http]\nlisten = \"127.0.0.1:8083\"").to_string(),
+            "config: http.listen: 127.0.0.1:8083 takes the port of broker.ws_listen (127.0.0.1:8083)"
+        );
+        // An external broker leaves [broker] unused; a disabled listener takes no port.
+        Config::from_toml_str(
+            "[mqtt]\nbroker = \"mqtt://broker.lan\"\n[http]\nlisten = \"127.0.0.1:1883\"",
+        )
+        .unwrap();
+        Config::from_toml_str("[broker]\nws_listen = \"off\"\n[http]\nlisten = \"127.0.0.1:8083\"")
+            .unwrap();
+    }
+
+    #[test]
+    fn listeners_clash_on_one_port_of_one_address_or_a_wildcard_covering_it() {
+        let clash = |a: &str, b: &str| listeners_clash(a.parse().unwrap(), b.parse().unwrap());
+        assert!(clash("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(clash("0.0.0.0:80", "192.168.1.2:80"));
+        assert!(clash("[::]:80", "127.0.0.1:80"));
+        assert!(clash("[::]:80", "0.0.0.0:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!clash("127.0.0.1:80", "192.168.1.2:80"));
+        assert!(!clash("0.0.0.0:80", "[::1]:80"));
+        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
+    }
+
+    #[test]
     fn ice_servers_serialize_in_rtc_shape() {
         let config = Config::from_toml_str(
             "[[webrtc.ice_servers]]\nurls = [\"stun:stun.example.lan:3478\"]\n[[webrtc.ice_servers]]\nurls = [\"turn:turn.example.lan:3478\"]\nusername = \"u\"\ncredential = \"p\"\n",
@@ -858,6 +1041,31 @@ mod tests {
         assert_eq!(plan.applied, vec!["log.level", "webrtc.max_viewers"]);
         assert_eq!(plan.needs_restart, vec!["video", "webrtc"]);
         assert_eq!(old.reload_plan(&old), ReloadPlan::default());
+
+        let applied = old.with_live_keys_from(&new);
+        assert_eq!(applied.log.level, "debug");
+        assert_eq!(applied.webrtc.max_viewers, 2);
+        assert_eq!(applied.webrtc.connect_timeout_s, 15, "needs a restart");
+        assert_eq!(applied.video.fps, 30, "needs a restart");
+        assert_eq!(applied.reload_plan(&new).applied, Vec::<&str>::new());
+    }
+
+    #[test]
+    fn every_live_key_is_reported_and_applied_and_nothing_else() {
+        let old = Config::default();
+        let new = Config::from_toml_str(
+            "[log]\nlevel = \"debug\"\n[telemetry]\ninterval_ms = 500\n[webrtc]\nmax_viewers = 2\n[device]\nname = \"Porch\"\n",
+        )
+        .unwrap();
+        let plan = old.reload_plan(&new);
+        let live: Vec<&str> = LIVE_KEYS.iter().map(|live| live.key).collect();
+        assert_eq!(plan.applied, live, "this test changes every live key");
+        assert_eq!(plan.needs_restart, Vec::<&str>::new());
+        assert_eq!(old.with_live_keys_from(&new), new);
+
+        let renamed = Config::from_toml_str("[device]\nid = \"cam2\"").unwrap();
+        assert_eq!(old.reload_plan(&renamed).needs_restart, vec!["device.id"]);
+        assert_eq!(old.with_live_keys_from(&renamed), old);
     }
 
     #[test]

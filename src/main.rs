@@ -35,7 +35,7 @@ enum Command {
         /// A V4L2 device such as /dev/video0, or "testsrc". Default: video.source.
         #[arg(long)]
         device: Option<String>,
-        /// Pixel format fourcc (YUYV, NV12, YU12, MJPG, H264) or "auto". Default: video.format.
+        /// Pixel format fourcc (H264, YUYV, UYVY, NV12, YU12, YV12, MJPG) or "auto". Default: video.format.
         #[arg(long)]
         format: Option<String>,
         #[arg(long)]
@@ -197,13 +197,7 @@ fn probe(config: &Config, frames: u64) -> ExitCode {
             fps: video.fps,
         }
     } else {
-        match peercam::service::v4l2_options(config, &video.source) {
-            Ok(options) => ProbeSource::V4l2(options),
-            Err(err) => {
-                eprintln!("peercam probe: {err}");
-                return ExitCode::from(2);
-            }
-        }
+        ProbeSource::V4l2(peercam::service::v4l2_options(config, &video.source))
     };
     let settings = peercam::service::encoder_settings(config);
     match peercam::probe::probe(source, frames.max(1), settings) {

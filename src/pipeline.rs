@@ -2,17 +2,17 @@
 //! encoding each run on a dedicated OS thread joined by a two-frame queue.
 //! It must never block on viewers or the network: a slow encoder drops frames at capture.
 //! A failing camera is closed and retried with backoff here; the service never dies of it.
+//! The pipeline owns its per-frame counters and health; telemetry and the watchdog only read them.
 
 use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
-use crate::source::{Captured, SourceError, VideoSource};
-use crate::telemetry::PipelineCounters;
+use crate::source::{Captured, SourceError, StreamedMode, VideoSource};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Frames waiting between capture and encoder; more would only add latency.
@@ -21,13 +21,17 @@ const ENCODE_QUEUE_FRAMES: usize = 2;
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// `PipelineHealth::last_progress_us` before the pipeline made any progress.
+const NO_PROGRESS: u64 = u64::MAX;
+
 /// Health and control shared with the service.
-#[derive(Default)]
 pub struct PipelineHealth {
     stop: AtomicBool,
-    /// Unix ms of the pipeline's last progress (0 = none yet): a frame through the encoder
-    /// thread, or a retry of a failing camera.
-    last_progress_ms: AtomicU64,
+    /// The monotonic instant `last_progress_us` counts from.
+    origin: Instant,
+    /// Microseconds after `origin` of the pipeline's last progress (`NO_PROGRESS`: none
+    /// yet): a frame through the encoder thread, or a retry of a failing camera.
+    last_progress_us: AtomicU64,
     /// A keyframe is wanted from a source that encodes itself (H.264 passthrough).
     source_keyframe: AtomicBool,
     /// The camera was reopened: a passed-through stream starts afresh (new SPS/PPS, and
@@ -35,16 +39,43 @@ pub struct PipelineHealth {
     stream_restarted: AtomicBool,
 }
 
+impl Default for PipelineHealth {
+    fn default() -> Self {
+        PipelineHealth {
+            stop: AtomicBool::new(false),
+            origin: Instant::now(),
+            last_progress_us: AtomicU64::new(NO_PROGRESS),
+            source_keyframe: AtomicBool::new(false),
+            stream_restarted: AtomicBool::new(false),
+        }
+    }
+}
+
 impl PipelineHealth {
-    /// Unix ms of the last frame the encoder thread dealt with (encoded, passed through or,
-    /// with no viewers, skipped) or of the last camera retry: it stops moving only when
-    /// capture or encoding is stuck.
-    pub fn last_progress_ms(&self) -> u64 {
-        self.last_progress_ms.load(Ordering::Relaxed)
+    /// Time since the encoder thread last dealt with a frame (encoded, passed through or,
+    /// with no viewers, skipped) or the camera was last retried; `None` before the first.
+    /// It only grows when capture or encoding is stuck. Monotonic, so a wall-clock step
+    /// (NTP, or a board without RTC setting its clock after boot) neither fakes nor hides
+    /// a stall.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.stalled_for_at(Instant::now())
+    }
+
+    fn stalled_for_at(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_progress_us.load(Ordering::Relaxed);
+        (last != NO_PROGRESS)
+            .then(|| now.saturating_duration_since(self.origin + Duration::from_micros(last)))
+    }
+
+    /// The watchdog's verdict now, for a pipeline allowed `stall_limit` without progress.
+    pub fn liveness(&self, stall_limit: Duration) -> Liveness {
+        Liveness::judge(self.stalled_for(), stall_limit)
     }
 
     fn progress(&self) {
-        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+        let since_origin = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_progress_us
+            .store(since_origin.min(NO_PROGRESS - 1), Ordering::Relaxed);
     }
 
     fn stopping(&self) -> bool {
@@ -61,17 +92,89 @@ impl PipelineHealth {
     }
 }
 
-pub struct Pipeline {
-    health: Arc<PipelineHealth>,
-    video_size: watch::Receiver<Option<(u32, u32)>>,
-    threads: Vec<JoinHandle<()>>,
+/// Counters the capture/encode pipeline bumps with relaxed atomics; cheap enough for the
+/// per-frame path. All counters are cumulative since creation and wrap on overflow.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    pub frames_captured: AtomicU64,
+    pub frames_encoded: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub bytes_encoded: AtomicU64,
+    pub encode_us_total: AtomicU64,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+impl PipelineCounters {
+    /// Records one frame coming out of the camera/test source.
+    pub fn record_captured(&self) {
+        self.frames_captured.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one encoded frame of `bytes` bytes that took `encode_us` microseconds to encode.
+    pub fn record_encoded(&self, bytes: usize, keyframe: bool, encode_us: u64) {
+        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        self.bytes_encoded
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if keyframe {
+            self.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.encode_us_total.fetch_add(encode_us, Ordering::Relaxed);
+    }
+
+    /// Records one frame dropped before or instead of encoding.
+    pub fn record_dropped(&self) {
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies the counters. Each load is relaxed, so the copy is not one atomic cut across all
+    /// counters; for once-a-second rates the skew of at most one frame is irrelevant.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            frames_captured: self.frames_captured.load(Ordering::Relaxed),
+            frames_encoded: self.frames_encoded.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            keyframes: self.keyframes.load(Ordering::Relaxed),
+            bytes_encoded: self.bytes_encoded.load(Ordering::Relaxed),
+            encode_us_total: self.encode_us_total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A plain copy of [`PipelineCounters`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub frames_captured: u64,
+    pub frames_encoded: u64,
+    pub frames_dropped: u64,
+    pub keyframes: u64,
+    pub bytes_encoded: u64,
+    pub encode_us_total: u64,
+}
+
+/// Whether the pipeline still deserves the systemd watchdog's pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Progress within the stall limit, or none yet (the pipeline is still starting).
+    Alive,
+    /// No progress for this long, beyond the stall limit.
+    Stalled(Duration),
+}
+
+impl Liveness {
+    /// The verdict for a pipeline whose last progress was `stalled_for` ago (`None`: not
+    /// yet). Pure, so the watchdog's rule is testable without a clock.
+    pub fn judge(stalled_for: Option<Duration>, stall_limit: Duration) -> Liveness {
+        match stalled_for {
+            Some(age) if age > stall_limit => Liveness::Stalled(age),
+            _ => Liveness::Alive,
+        }
+    }
+}
+
+pub struct Pipeline {
+    health: Arc<PipelineHealth>,
+    streamed_mode: watch::Receiver<Option<StreamedMode>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -94,7 +197,7 @@ impl Pipeline {
             "H.264 encoder ready (openh264, constrained baseline)"
         );
         let health = Arc::new(PipelineHealth::default());
-        let (video_size_tx, video_size) = watch::channel(None);
+        let (streamed_mode_tx, streamed_mode) = watch::channel(None);
         let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
 
         let capture = {
@@ -110,6 +213,7 @@ impl Pipeline {
                         &health,
                         &counters,
                         &camera_available,
+                        &streamed_mode_tx,
                         || keyframes.request(),
                     )
                 })?
@@ -123,7 +227,6 @@ impl Pipeline {
                         encoder,
                         settings: encoder_settings,
                         passthrough: Passthrough::default(),
-                        video_size: video_size_tx,
                         fanout,
                         counters,
                     };
@@ -138,7 +241,7 @@ impl Pipeline {
         };
         Ok(Self {
             health,
-            video_size,
+            streamed_mode,
             threads: vec![capture, encode],
         })
     }
@@ -147,10 +250,10 @@ impl Pipeline {
         &self.health
     }
 
-    /// Width and height of the frames being streamed (the camera's negotiated mode, which
-    /// may differ from the configured one), once the first frame came; changes notify.
-    pub fn video_size(&self) -> watch::Receiver<Option<(u32, u32)>> {
-        self.video_size.clone()
+    /// Size and rate of the frames being streamed (the camera's negotiated mode, which may
+    /// differ from the configured one), once the first frame came; changes notify.
+    pub fn streamed_mode(&self) -> watch::Receiver<Option<StreamedMode>> {
+        self.streamed_mode.clone()
     }
 
     /// Stops both threads and waits for them.
@@ -164,13 +267,15 @@ impl Pipeline {
 
 /// Pulls frames from the source until stopped. Source failures close the device (the
 /// source does that) and are retried with backoff; the first failure and the recovery are
-/// logged once each, and `camera_available` follows them.
+/// logged once each, and `camera_available` follows them. `streamed_mode` follows the
+/// mode the source reports for the frames it delivers.
 fn capture_loop(
     mut source: Box<dyn VideoSource>,
     frames: std::sync::mpsc::SyncSender<Captured>,
     health: &PipelineHealth,
     counters: &PipelineCounters,
     camera_available: &watch::Sender<bool>,
+    streamed_mode: &watch::Sender<Option<StreamedMode>>,
     request_keyframe: impl Fn(),
 ) {
     tracing::info!(source = %source.describe(), "video source started");
@@ -216,6 +321,14 @@ fn capture_loop(
             request_keyframe();
         }
         retry = RETRY_FIRST;
+        if let Some(mode) = source.streamed_mode() {
+            // Only a change wakes the status and telemetry tasks.
+            streamed_mode.send_if_modified(|published| {
+                let changed = *published != Some(mode);
+                *published = Some(mode);
+                changed
+            });
+        }
         counters.record_captured();
         match frames.try_send(captured) {
             Ok(()) => {}
@@ -231,20 +344,11 @@ struct EncodeStage {
     encoder: H264Encoder,
     settings: EncoderSettings,
     passthrough: Passthrough,
-    video_size: watch::Sender<Option<(u32, u32)>>,
     fanout: Arc<FanOut>,
     counters: Arc<PipelineCounters>,
 }
 
 impl EncodeStage {
-    fn set_video_size(&self, width: u32, height: u32) {
-        self.video_size.send_if_modified(|size| {
-            let changed = *size != Some((width, height));
-            *size = Some((width, height));
-            changed
-        });
-    }
-
     fn handle(&mut self, captured: Captured, health: &PipelineHealth) {
         health.progress();
         let started = Instant::now();
@@ -252,12 +356,10 @@ impl EncodeStage {
         match captured {
             Captured::H264 {
                 access_unit,
-                width,
-                height,
                 capture_us,
                 sequence,
+                ..
             } => {
-                self.set_video_size(width, height);
                 if health.stream_restarted.swap(false, Ordering::Relaxed) {
                     self.passthrough.reset();
                 }
@@ -280,7 +382,6 @@ impl EncodeStage {
                 }
             }
             Captured::Raw(frame) => {
-                self.set_video_size(frame.width, frame.height);
                 if (frame.width, frame.height) != (self.settings.width, self.settings.height) {
                     // The camera runs another size than configured (nearest mode, or a
                     // different camera after a replug): follow it.
@@ -339,5 +440,113 @@ impl EncodeStage {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_fed_until_progress_is_older_than_the_limit() {
+        let limit = Duration::from_secs(5);
+        assert_eq!(Liveness::judge(None, limit), Liveness::Alive);
+        assert_eq!(
+            Liveness::judge(Some(Duration::ZERO), limit),
+            Liveness::Alive
+        );
+        assert_eq!(Liveness::judge(Some(limit), limit), Liveness::Alive);
+        let late = limit + Duration::from_millis(1);
+        assert_eq!(Liveness::judge(Some(late), limit), Liveness::Stalled(late));
+    }
+
+    #[test]
+    fn stall_age_counts_on_the_monotonic_clock_from_the_last_progress() {
+        let health = PipelineHealth::default();
+        assert_eq!(health.stalled_for(), None, "no progress yet");
+        health.progress();
+        let last =
+            health.origin + Duration::from_micros(health.last_progress_us.load(Ordering::Relaxed));
+        assert_eq!(health.stalled_for_at(last), Some(Duration::ZERO));
+        let later = last + Duration::from_secs(7);
+        assert_eq!(health.stalled_for_at(later), Some(Duration::from_secs(7)));
+        assert!(health.stalled_for().unwrap() < Duration::from_secs(5));
+        assert_eq!(health.liveness(Duration::from_secs(5)), Liveness::Alive);
+    }
+
+    /// A camera that settled on a mode other than the configured one.
+    struct NearestModeCamera;
+
+    const VIVID_NEAREST: StreamedMode = StreamedMode {
+        width: 1280,
+        height: 720,
+        fps: 12.5,
+    };
+
+    impl VideoSource for NearestModeCamera {
+        fn next_frame(&mut self) -> Result<Captured, SourceError> {
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(Captured::H264 {
+                access_unit: Vec::new(),
+                width: VIVID_NEAREST.width,
+                height: VIVID_NEAREST.height,
+                capture_us: 0,
+                sequence: 0,
+            })
+        }
+
+        fn describe(&self) -> String {
+            "a camera in its nearest mode".to_owned()
+        }
+
+        fn streamed_mode(&self) -> Option<StreamedMode> {
+            Some(VIVID_NEAREST)
+        }
+    }
+
+    #[test]
+    fn capture_publishes_the_mode_the_source_negotiated() {
+        let health = PipelineHealth::default();
+        let (frames_tx, frames_rx) = sync_channel(ENCODE_QUEUE_FRAMES);
+        let (camera_tx, _camera) = watch::channel(true);
+        let (mode_tx, mode) = watch::channel(None);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                capture_loop(
+                    Box::new(NearestModeCamera),
+                    frames_tx,
+                    &health,
+                    &PipelineCounters::default(),
+                    &camera_tx,
+                    &mode_tx,
+                    || {},
+                )
+            });
+            frames_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            health.stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(*mode.borrow(), Some(VIVID_NEAREST));
+    }
+
+    #[test]
+    fn counters_accumulate_encoded_dropped_and_keyframes() {
+        let counters = PipelineCounters::default();
+        counters.record_captured();
+        counters.record_captured();
+        counters.record_captured();
+        counters.record_encoded(1_000, true, 4_000);
+        counters.record_encoded(250, false, 2_000);
+        counters.record_dropped();
+        assert_eq!(
+            counters.snapshot(),
+            CountersSnapshot {
+                frames_captured: 3,
+                frames_encoded: 2,
+                frames_dropped: 1,
+                keyframes: 1,
+                bytes_encoded: 1_250,
+                encode_us_total: 6_000,
+            }
+        );
     }
 }

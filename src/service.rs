@@ -8,7 +8,7 @@ use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::http::{self, PageConfig};
 use crate::notify;
-use crate::pipeline::{Pipeline, PipelineHealth};
+use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::core::Limits;
 use crate::session::peer::PeerSettings;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
@@ -16,11 +16,10 @@ use crate::signaling::broker;
 use crate::signaling::mqtt::{self, MqttSettings};
 use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
 use crate::signaling::whep::{self, WhepSettings};
-use crate::source::convert::PixelFormat;
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
-use crate::source::VideoSource;
-use crate::telemetry::{PipelineCounters, TelemetrySampler};
+use crate::source::{StreamedMode, VideoSource};
+use crate::telemetry::TelemetrySampler;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +41,7 @@ fn open_source(config: &Config) -> anyhow::Result<Box<dyn VideoSource>> {
         "testsrc" => Ok(Box::new(
             TestSource::new(video.width, video.height, video.fps).map_err(anyhow::Error::msg)?,
         )),
-        path => Ok(Box::new(V4l2Source::new(v4l2_options(config, path)?))),
+        path => Ok(Box::new(V4l2Source::new(v4l2_options(config, path)))),
     }
 }
 
@@ -57,30 +56,20 @@ pub fn encoder_settings(config: &Config) -> EncoderSettings {
     }
 }
 
-/// The V4L2 capture options a configuration asks for (`path` overrides `video.source`).
-pub fn v4l2_options(config: &Config, path: &str) -> anyhow::Result<V4l2Options> {
+/// The V4L2 capture options a validated configuration asks for (`path` overrides
+/// `video.source`).
+pub fn v4l2_options(config: &Config, path: &str) -> V4l2Options {
     let video = &config.video;
-    let format = match video.format.as_str() {
-        "auto" => None,
-        fourcc => {
-            let bytes: [u8; 4] = fourcc.as_bytes().try_into().map_err(|_| {
-                anyhow::anyhow!("video.format: {fourcc:?} is not a four-character code")
-            })?;
-            Some(PixelFormat::from_fourcc(bytes).ok_or_else(|| {
-                anyhow::anyhow!("video.format: peercam cannot use {fourcc:?} (it can use H264, YUYV, UYVY, NV12, YU12, YV12, MJPG)")
-            })?)
-        }
-    };
-    Ok(V4l2Options {
+    V4l2Options {
         path: path.into(),
         width: video.width,
         height: video.height,
         fps: video.fps,
-        format,
+        format: video.pixel_format(),
         passthrough: video.passthrough,
         strict: video.strict,
         controls: video.controls.clone(),
-    })
+    }
 }
 
 fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
@@ -123,14 +112,18 @@ fn ice_servers(config: &Config) -> Vec<RTCIceServer> {
 }
 
 /// The retained status document for the current viewer count and camera state;
-/// `video_size` is the size being streamed, once known (else the configured one).
+/// `streamed` is the mode being streamed, once known (else the configured one).
 pub fn status_json(
     config: &Config,
     viewers: usize,
     camera_available: bool,
-    video_size: Option<(u32, u32)>,
+    streamed: Option<StreamedMode>,
 ) -> String {
-    let (width, height) = video_size.unwrap_or((config.video.width, config.video.height));
+    let (width, height, fps) = match streamed {
+        // Protocol v1 carries whole frames per second: 12.5 is announced as 13.
+        Some(mode) => (mode.width, mode.height, mode.fps.round() as u32),
+        None => (config.video.width, config.video.height, config.video.fps),
+    };
     let ice_servers = config
         .webrtc
         .ice_servers
@@ -145,7 +138,7 @@ pub fn status_json(
             codec: "H264".to_owned(),
             width,
             height,
-            fps: config.video.fps,
+            fps,
         },
         viewers as u32,
         config.webrtc.max_viewers as u32,
@@ -181,19 +174,18 @@ async fn watchdog_loop(
             _ = ticker.tick() => {}
             _ = stop.cancelled() => break,
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let age = Duration::from_millis(now_ms.saturating_sub(health.last_progress_ms()));
-        if health.last_progress_ms() == 0 || age <= stall_limit {
-            stalled = false;
-            notify::watchdog_ping();
-        } else if !stalled {
-            stalled = true;
-            tracing::error!(
-                "no frame through the pipeline for {age:?}; withholding watchdog pings"
-            );
+        match health.liveness(stall_limit) {
+            Liveness::Alive => {
+                stalled = false;
+                notify::watchdog_ping();
+            }
+            Liveness::Stalled(age) if !stalled => {
+                stalled = true;
+                tracing::error!(
+                    "no frame through the pipeline for {age:?}; withholding watchdog pings"
+                );
+            }
+            Liveness::Stalled(_) => {}
         }
     }
 }
@@ -248,7 +240,7 @@ async fn publish_status(
     mut live: watch::Receiver<Config>,
     mut viewers: watch::Receiver<usize>,
     mut camera: watch::Receiver<bool>,
-    mut video_size: watch::Receiver<Option<(u32, u32)>>,
+    mut streamed: watch::Receiver<Option<StreamedMode>>,
     status: watch::Sender<String>,
     stop: CancellationToken,
 ) {
@@ -257,13 +249,13 @@ async fn publish_status(
             changed = viewers.changed() => if changed.is_err() { break },
             changed = live.changed() => if changed.is_err() { break },
             changed = camera.changed() => if changed.is_err() { break },
-            changed = video_size.changed() => if changed.is_err() { break },
+            changed = streamed.changed() => if changed.is_err() { break },
             _ = stop.cancelled() => break,
         }
         let count = *viewers.borrow_and_update();
         let available = *camera.borrow_and_update();
-        let size = *video_size.borrow_and_update();
-        let json = status_json(&live.borrow_and_update(), count, available, size);
+        let mode = *streamed.borrow_and_update();
+        let json = status_json(&live.borrow_and_update(), count, available, mode);
         // Republish (retained, to every subscriber) only what really changed.
         status.send_if_modified(|published| {
             let changed = *published != json;
@@ -279,7 +271,7 @@ async fn sample_telemetry(
     mut live: watch::Receiver<Config>,
     fanout: Arc<FanOut>,
     counters: Arc<PipelineCounters>,
-    video_size: watch::Receiver<Option<(u32, u32)>>,
+    streamed: watch::Receiver<Option<StreamedMode>>,
     camera: watch::Receiver<bool>,
     telemetry: watch::Sender<Option<Arc<str>>>,
     stop: CancellationToken,
@@ -299,8 +291,8 @@ async fn sample_telemetry(
             }
             _ = stop.cancelled() => break,
         }
-        if let Some((width, height)) = *video_size.borrow() {
-            sampler.set_video_size(width, height);
+        if let Some(mode) = *streamed.borrow() {
+            sampler.set_video_size(mode.width, mode.height);
         }
         let message = sampler.sample(&counters, fanout.subscriber_count(), *camera.borrow());
         telemetry.send_replace(Some(Arc::from(message.to_json())));
@@ -331,11 +323,7 @@ impl LiveSettings {
                 tracing::warn!("log.level not changed: {err}");
             }
         }
-        let mut applied = current;
-        applied.log.level = new.log.level.clone();
-        applied.telemetry = new.telemetry.clone();
-        applied.webrtc.max_viewers = new.webrtc.max_viewers;
-        applied.device.name = new.device.name.clone();
+        let applied = current.with_live_keys_from(&new);
         self.max_viewers.send_replace(applied.webrtc.max_viewers);
         self.config.send_replace(applied);
         tracing::info!(applied = ?plan.applied, needs_restart = ?plan.needs_restart, "configuration reloaded");
@@ -450,7 +438,7 @@ pub async fn run(
         live.clone(),
         viewers.clone(),
         camera_available.clone(),
-        pipeline.video_size(),
+        pipeline.streamed_mode(),
         status_tx,
         stop.child_token(),
     ));
@@ -458,7 +446,7 @@ pub async fn run(
         live.clone(),
         Arc::clone(&fanout),
         Arc::clone(&counters),
-        pipeline.video_size(),
+        pipeline.streamed_mode(),
         camera_available.clone(),
         telemetry_tx,
         stop.child_token(),
@@ -528,19 +516,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_reports_the_streamed_size_once_known() {
+    fn status_reports_the_streamed_mode_once_known() {
         let config = Config::default();
         let configured: serde_json::Value =
             serde_json::from_str(&status_json(&config, 2, true, None)).unwrap();
         assert_eq!(configured["video"]["width"], config.video.width);
         assert_eq!(configured["video"]["height"], config.video.height);
+        assert_eq!(configured["video"]["fps"], config.video.fps);
         assert_eq!(configured["viewers"], 2);
         assert_eq!(configured["state"], "online");
         // The camera settled on its nearest mode: viewers are told the truth.
+        let nearest = StreamedMode {
+            width: 640,
+            height: 480,
+            fps: 25.0,
+        };
         let negotiated: serde_json::Value =
-            serde_json::from_str(&status_json(&config, 0, false, Some((640, 480)))).unwrap();
+            serde_json::from_str(&status_json(&config, 0, false, Some(nearest))).unwrap();
         assert_eq!(negotiated["video"]["width"], 640);
         assert_eq!(negotiated["video"]["height"], 480);
+        assert_eq!(negotiated["video"]["fps"], 25);
         assert_eq!(negotiated["state"], "unavailable");
+    }
+
+    #[test]
+    fn status_carries_the_negotiated_rate_in_whole_frames_per_second() {
+        let config = Config::default();
+        let fps = |fps: f64| {
+            let mode = StreamedMode {
+                width: 1280,
+                height: 720,
+                fps,
+            };
+            let status: serde_json::Value =
+                serde_json::from_str(&status_json(&config, 0, true, Some(mode))).unwrap();
+            status["video"]["fps"].clone()
+        };
+        assert_eq!(fps(12.5), 13, "vivid's nearest 720p mode");
+        assert_eq!(fps(29.97), 30);
+        assert_eq!(fps(7.5), 8);
     }
 }

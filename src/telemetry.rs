@@ -1,9 +1,9 @@
-//! Telemetry: host/process sampling, the pipeline's shared counters, and the JSON message
-//! sent over each viewer's `telemetry` data channel.
+//! Telemetry: host/process sampling, rates from the pipeline's counters, and the JSON
+//! message sent over each viewer's `telemetry` data channel.
 //!
 //! One [`TelemetrySampler`] samples once per interval for all viewers; the resulting
-//! [`TelemetryMessage`] is serialized once and fanned out. The capture/encode pipeline only
-//! touches [`PipelineCounters`] (relaxed atomics, no locks).
+//! [`TelemetryMessage`] is serialized once and fanned out. It only reads the pipeline's
+//! [`PipelineCounters`]; the pipeline owns and bumps them.
 //!
 //! This module must never panic, never block the async runtime for long (a sample is a handful
 //! of small procfs/sysfs reads, no directory scans after construction, no full process-list
@@ -12,8 +12,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::pipeline::{CountersSnapshot, PipelineCounters};
 
 use serde::{Deserialize, Serialize};
 use sysinfo::{
@@ -27,65 +28,6 @@ const THERMAL_CLASS_DIR: &str = "/sys/class/thermal";
 /// Readings outside this range are treated as a broken or disabled sensor (some zones report
 /// e.g. -273 °C or huge values when unpowered) rather than shown to the viewer.
 const PLAUSIBLE_CELSIUS: std::ops::RangeInclusive<f64> = -50.0..=200.0;
-
-/// Counters the capture/encode pipeline bumps with relaxed atomics; cheap enough for the
-/// per-frame path. All counters are cumulative since creation and wrap on overflow.
-#[derive(Debug, Default)]
-pub struct PipelineCounters {
-    pub frames_captured: AtomicU64,
-    pub frames_encoded: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub keyframes: AtomicU64,
-    pub bytes_encoded: AtomicU64,
-    pub encode_us_total: AtomicU64,
-}
-
-impl PipelineCounters {
-    /// Records one frame coming out of the camera/test source.
-    pub fn record_captured(&self) {
-        self.frames_captured.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records one encoded frame of `bytes` bytes that took `encode_us` microseconds to encode.
-    pub fn record_encoded(&self, bytes: usize, keyframe: bool, encode_us: u64) {
-        self.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        self.bytes_encoded
-            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
-        if keyframe {
-            self.keyframes.fetch_add(1, Ordering::Relaxed);
-        }
-        self.encode_us_total.fetch_add(encode_us, Ordering::Relaxed);
-    }
-
-    /// Records one frame dropped before or instead of encoding.
-    pub fn record_dropped(&self) {
-        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Copies the counters. Each load is relaxed, so the copy is not one atomic cut across all
-    /// counters; for once-a-second rates the skew of at most one frame is irrelevant.
-    pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
-            frames_captured: self.frames_captured.load(Ordering::Relaxed),
-            frames_encoded: self.frames_encoded.load(Ordering::Relaxed),
-            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
-            keyframes: self.keyframes.load(Ordering::Relaxed),
-            bytes_encoded: self.bytes_encoded.load(Ordering::Relaxed),
-            encode_us_total: self.encode_us_total.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// A plain copy of [`PipelineCounters`] at one moment.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    pub frames_captured: u64,
-    pub frames_encoded: u64,
-    pub frames_dropped: u64,
-    pub keyframes: u64,
-    pub bytes_encoded: u64,
-    pub encode_us_total: u64,
-}
 
 /// Rates over one interval between two counter snapshots.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -295,7 +237,7 @@ impl TelemetrySampler {
         let (system, process) = self.sample_host();
         TelemetryMessage {
             kind: TelemetryKind::Telemetry,
-            ts_ms: unix_time_ms(),
+            ts_ms: crate::clock::unix_ms(),
             uptime_s: now.saturating_duration_since(self.created_at).as_secs(),
             system,
             process,
@@ -514,13 +456,6 @@ fn finite_or_zero(value: f64) -> f64 {
     }
 }
 
-fn unix_time_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since_epoch| u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,28 +534,6 @@ mod tests {
         let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
         keys.sort();
         keys
-    }
-
-    #[test]
-    fn counters_accumulate_encoded_dropped_and_keyframes() {
-        let counters = PipelineCounters::default();
-        counters.record_captured();
-        counters.record_captured();
-        counters.record_captured();
-        counters.record_encoded(1_000, true, 4_000);
-        counters.record_encoded(250, false, 2_000);
-        counters.record_dropped();
-        assert_eq!(
-            counters.snapshot(),
-            CountersSnapshot {
-                frames_captured: 3,
-                frames_encoded: 2,
-                frames_dropped: 1,
-                keyframes: 1,
-                bytes_encoded: 1_250,
-                encode_us_total: 6_000,
-            }
-        );
     }
 
     #[test]

@@ -37,6 +37,18 @@ fn check_config_names_the_key_and_the_reason() {
         "{out}"
     );
 
+    // What `run` cannot use, `check-config` (the unit's ExecStartPre) refuses already.
+    let format = write_config(
+        "format",
+        "[video]\nsource = \"/dev/video0\"\nformat = \"ABCD\"\n",
+    );
+    let (code, out) = peercam(&["check-config", "--config", format.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("video.format: must be \"auto\" or a fourcc peercam can use: H264, YUYV"),
+        "{out}"
+    );
+
     let range = write_config("range", "[webrtc]\nmax_viewers = 0\n");
     let (code, out) = peercam(&["check-config", "--config", range.to_str().unwrap()]);
     assert_eq!(code, 2);

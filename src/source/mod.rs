@@ -19,6 +19,16 @@ pub struct Frame {
     pub sequence: u64,
 }
 
+/// The mode a source streams in: what the camera negotiated, which can differ from the
+/// configuration (a camera without the configured size or rate streams its nearest mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamedMode {
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second as the driver reports them (fractional, e.g. vivid's 12.5).
+    pub fps: f64,
+}
+
 /// What one capture produced.
 pub enum Captured {
     /// A picture for the encoder.
@@ -39,6 +49,8 @@ pub trait VideoSource: Send {
     fn next_frame(&mut self) -> Result<Captured, SourceError>;
     /// One line for logs: what this source is and its mode.
     fn describe(&self) -> String;
+    /// The mode frames come in; `None` while a camera is closed.
+    fn streamed_mode(&self) -> Option<StreamedMode>;
     /// Asks for a keyframe soon; only sources that encode themselves act on it.
     fn request_keyframe(&mut self) {}
     /// Time spent converting the last frame to I420 (zero for sources that produce I420).
@@ -67,5 +79,9 @@ impl VideoSource for testsrc::TestSource {
 
     fn describe(&self) -> String {
         "testsrc (synthetic pattern with latency stamp)".to_owned()
+    }
+
+    fn streamed_mode(&self) -> Option<StreamedMode> {
+        Some(testsrc::TestSource::streamed_mode(self))
     }
 }

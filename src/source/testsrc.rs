@@ -3,8 +3,8 @@
 //! It must never burst frames to catch up, nor do per-pixel work it can do once.
 
 use super::stamp;
-use super::Frame;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use super::{Frame, StreamedMode};
+use std::time::{Duration, Instant};
 
 /// 75% colour bars (white, yellow, cyan, green, magenta, red, blue) in BT.601 limited range.
 const BARS_YUV: [(u8, u8, u8); 7] = [
@@ -50,6 +50,15 @@ impl TestSource {
         })
     }
 
+    /// The size and rate it was made with: a synthetic source has nothing to negotiate.
+    pub fn streamed_mode(&self) -> StreamedMode {
+        StreamedMode {
+            width: self.width,
+            height: self.height,
+            fps: f64::from(self.fps),
+        }
+    }
+
     fn period(&self) -> Duration {
         Duration::from_secs(1) / self.fps
     }
@@ -65,10 +74,7 @@ impl TestSource {
             // Too late (stalled consumer, suspended VM): restart the clock, never burst.
             self.anchor = Some((now, self.sequence));
         }
-        let capture_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let capture_us = crate::clock::unix_us();
         let frame = self.render(self.sequence, capture_us);
         self.sequence += 1;
         frame

@@ -4,12 +4,12 @@
 //! capture loop, which retries; nothing here may panic or block longer than the stall limit.
 
 use super::convert::{self, Layout, PixelFormat};
-use super::{Captured, Frame, SourceError, VideoSource};
+use super::{Captured, Frame, SourceError, StreamedMode, VideoSource};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use v4l::buffer::Type as BufferType;
 use v4l::control::{Control, Description as ControlDescription, Type as ControlType, Value};
 use v4l::frameinterval::FrameIntervalEnum;
@@ -315,6 +315,14 @@ impl VideoSource for V4l2Source {
         }
     }
 
+    fn streamed_mode(&self) -> Option<StreamedMode> {
+        self.mode().map(|mode| StreamedMode {
+            width: mode.offer.width,
+            height: mode.offer.height,
+            fps: mode.offer.fps,
+        })
+    }
+
     fn request_keyframe(&mut self) {
         self.keyframe_wanted = true;
     }
@@ -339,10 +347,7 @@ fn device_error(path: &Path, doing: &str, err: io::Error) -> SourceError {
 // time_t and c_long are 32-bit on armhf: the conversions are not useless there.
 #[allow(clippy::useless_conversion)]
 fn unix_us_of_monotonic(timestamp: v4l::timestamp::Timestamp) -> u64 {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let now_unix = crate::clock::unix_us() as i64;
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
