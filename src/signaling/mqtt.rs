@@ -56,7 +56,7 @@ pub fn signal_from_wire(topics: &Topics, topic: &str, payload: &[u8]) -> Option<
         Ok(sid) => sid,
         Err(TopicError::NotASessionTopic { .. }) => return None,
         Err(err) => {
-            tracing::warn!(topic, "ignoring message: {err}");
+            tracing::warn!(topic = %topic, "ignoring message: {err}");
             return None;
         }
     };
