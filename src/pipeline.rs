@@ -549,4 +549,147 @@ mod tests {
             }
         );
     }
+
+    /// What the scripted camera does on its next call.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Script {
+        Frames,
+        /// Unplugged: every open fails at once.
+        Fails,
+        /// Opened but silent: the source's own stall timeout turns that into an error.
+        Stalls,
+    }
+
+    /// A camera whose behaviour the test switches while the pipeline runs.
+    struct ScriptedCamera {
+        script: Arc<std::sync::Mutex<Script>>,
+        sequence: u64,
+    }
+
+    const SCRIPTED: StreamedMode = StreamedMode {
+        width: 64,
+        height: 48,
+        fps: 50.0,
+    };
+
+    impl VideoSource for ScriptedCamera {
+        fn next_frame(&mut self) -> Result<Captured, SourceError> {
+            let script = *self.script.lock().unwrap();
+            match script {
+                Script::Frames => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    self.sequence += 1;
+                    let pixels = (SCRIPTED.width * SCRIPTED.height) as usize;
+                    let luma = (self.sequence * 7 % 200) as u8;
+                    let mut i420 = vec![luma; pixels];
+                    i420.resize(pixels * 3 / 2, 128);
+                    Ok(Captured::Raw(crate::source::Frame {
+                        width: SCRIPTED.width,
+                        height: SCRIPTED.height,
+                        i420,
+                        capture_us: crate::clock::unix_us(),
+                        sequence: self.sequence,
+                    }))
+                }
+                Script::Fails => Err(SourceError::Device("no such device".into())),
+                Script::Stalls => {
+                    std::thread::sleep(Duration::from_millis(150));
+                    Err(SourceError::Device("no frame for 150 ms".into()))
+                }
+            }
+        }
+
+        fn describe(&self) -> String {
+            "a scripted camera".to_owned()
+        }
+
+        fn streamed_mode(&self) -> Option<StreamedMode> {
+            Some(SCRIPTED)
+        }
+    }
+
+    /// Waits until the camera watch shows `available`.
+    fn wait_for_camera(camera: &mut watch::Receiver<bool>, available: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *camera.borrow_and_update() != available {
+            assert!(
+                Instant::now() < deadline,
+                "camera never became available={available}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The next frame that reaches a viewer.
+    fn next_frame(
+        frames: &mut tokio::sync::mpsc::Receiver<Arc<crate::fanout::PacketizedFrame>>,
+    ) -> Arc<crate::fanout::PacketizedFrame> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(frame) = frames.try_recv() {
+                return frame;
+            }
+            assert!(Instant::now() < deadline, "no frame reached the viewer");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn capture_survives_a_camera_that_fails_stalls_and_comes_back() {
+        let script = Arc::new(std::sync::Mutex::new(Script::Frames));
+        let camera = ScriptedCamera {
+            script: Arc::clone(&script),
+            sequence: 0,
+        };
+        let fanout = FanOut::new(Arc::new(crate::fanout::KeyframeRequests::default()));
+        let counters = Arc::new(PipelineCounters::default());
+        let (camera_tx, mut available) = watch::channel(true);
+        let settings = EncoderSettings {
+            width: SCRIPTED.width,
+            height: SCRIPTED.height,
+            fps: 50,
+            bitrate_kbps: 200,
+            // Far away: every keyframe the viewer sees below was asked for.
+            keyframe_interval_s: 600,
+        };
+        let pipeline = Pipeline::start(
+            Box::new(camera),
+            settings,
+            Arc::clone(&fanout),
+            Arc::clone(&counters),
+            camera_tx,
+        )
+        .unwrap();
+        let mut viewer = fanout.subscribe();
+        assert!(
+            next_frame(&mut viewer.frames).keyframe,
+            "a joining viewer starts at an IDR"
+        );
+        let mut fault = |fault: Script| {
+            *script.lock().unwrap() = fault;
+            wait_for_camera(&mut available, false);
+            // While the camera is gone, nothing is encoded and the service lives on.
+            let stalled_at = counters.snapshot().frames_encoded;
+            std::thread::sleep(Duration::from_millis(400));
+            assert_eq!(counters.snapshot().frames_encoded, stalled_at);
+            assert_eq!(
+                pipeline.health().liveness(Duration::from_secs(5)),
+                Liveness::Alive
+            );
+            while viewer.frames.try_recv().is_ok() {}
+            *script.lock().unwrap() = Script::Frames;
+            wait_for_camera(&mut available, true);
+            // The viewer, still subscribed, resumes from a fresh keyframe.
+            let resumed = next_frame(&mut viewer.frames);
+            assert!(
+                resumed.keyframe,
+                "after {fault:?}, the first frame back is a keyframe"
+            );
+        };
+        fault(Script::Fails);
+        fault(Script::Stalls);
+        fault(Script::Fails);
+        assert!(!next_frame(&mut viewer.frames).payloads.is_empty());
+        pipeline.stop();
+    }
 }
