@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::viewer::{Observer, TestViewer};
+use common::viewer::{encoded_per_second, Observer, TestViewer};
 use common::{require_loopback_only_network, Agent, AgentOptions, BrokerMode, Mosquitto};
 use serde_json::Value;
 use std::time::Duration;
@@ -128,11 +128,7 @@ async fn five_viewers_share_one_encoder() {
     let first = viewers[0].stats().telemetry.last().cloned().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let last = viewers[0].stats().telemetry.last().cloned().unwrap();
-    let encoded = last["video"]["frames_encoded"].as_u64().unwrap()
-        - first["video"]["frames_encoded"].as_u64().unwrap();
-    let seconds =
-        (last["ts_ms"].as_u64().unwrap() - first["ts_ms"].as_u64().unwrap()) as f64 / 1000.0;
-    let rate = encoded as f64 / seconds;
+    let rate = encoded_per_second(&first, &last);
     println!(
         "figures: 5 viewers, frames_encoded rate {rate:.1}/s at {fps} fps, viewers={}",
         last["viewers"]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::viewer::{Observer, TestViewer};
+use common::viewer::{encoded_per_second, Observer, TestViewer};
 use common::whep::{http, WhepViewer};
 use common::{require_loopback_only_network, Agent, AgentOptions};
 use std::time::{Duration, Instant};
@@ -273,11 +273,7 @@ async fn mqtt_and_whep_viewers_share_one_encoder() {
     let first = whep[0].stats().telemetry.last().cloned().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let last = whep[0].stats().telemetry.last().cloned().unwrap();
-    let encoded = last["video"]["frames_encoded"].as_u64().unwrap()
-        - first["video"]["frames_encoded"].as_u64().unwrap();
-    let seconds =
-        (last["ts_ms"].as_u64().unwrap() - first["ts_ms"].as_u64().unwrap()) as f64 / 1000.0;
-    let rate = encoded as f64 / seconds;
+    let rate = encoded_per_second(&first, &last);
     println!("figures: 2 MQTT + 2 WHEP viewers, frames_encoded rate {rate:.1}/s at {fps} fps");
     assert!(
         rate > fps as f64 * 0.5 && rate < fps as f64 * 1.5,

@@ -65,6 +65,15 @@ pub fn read_stamp(luma: &[u8], stride: usize, width: usize, height: usize) -> Op
 /// upper 28 of 48 bits is worth more than this).
 pub const STAMP_PLAUSIBLE_MS: i64 = 10 * 60 * 1000;
 
+/// Frames the camera encoded per second between two telemetry messages: with one encoder
+/// for all viewers it is the frame rate, whatever the number of viewers.
+pub fn encoded_per_second(first: &Value, last: &Value) -> f64 {
+    let count = |m: &Value| m["video"]["frames_encoded"].as_u64().unwrap();
+    let at_ms = |m: &Value| m["ts_ms"].as_u64().unwrap();
+    let seconds = (at_ms(last) - at_ms(first)) as f64 / 1000.0;
+    (count(last) - count(first)) as f64 / seconds
+}
+
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
