@@ -3,102 +3,19 @@
 // namespace (scripts/in-loopback-netns); it refuses to run anywhere else.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { repo, artifacts, requireLoopbackOnly, waitFor, Agent, launchChromium } from './harness.mjs';
 
-const repo = resolve(import.meta.dirname, '..', '..');
-const targetDir = process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache', 'peercam-target');
-const agentBinary = process.env.PEERCAM_BIN || join(targetDir, 'debug', 'peercam');
-const artifacts = join(repo, 'tests', 'artifacts');
-
-function requireLoopbackOnly() {
-  const names = readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2)
-    .map((l) => l.split(':')[0].trim()).filter(Boolean);
-  const others = names.filter((n) => n !== 'lo');
-  assert.deepEqual(others, [], `run inside scripts/in-loopback-netns; found interfaces ${others}`);
-}
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => { const { port } = server.address(); server.close(() => res(port)); });
-    server.on('error', rej);
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** The real peercam binary with a generated config; restartable on the same ports. */
-class Agent {
-  static async create({ maxViewers = 8 } = {}) {
-    const agent = new Agent();
-    agent.ports = { mqtt: await freePort(), ws: await freePort(), http: await freePort() };
-    agent.dir = mkdtempSync(join(tmpdir(), 'peercam-browser-'));
-    agent.config = join(agent.dir, 'peercam.toml');
-    writeFileSync(agent.config, `[device]
-id = "cam1"
-name = "Browser test camera"
-[video]
-width = 640
-height = 480
-fps = 30
-[broker]
-listen = "127.0.0.1:${agent.ports.mqtt}"
-ws_listen = "127.0.0.1:${agent.ports.ws}"
-[webrtc]
-max_viewers = ${maxViewers}
-udp_addrs = ["127.0.0.1:0"]
-[http]
-listen = "127.0.0.1:${agent.ports.http}"
-web_root = "${join(repo, 'web', 'dist')}"
-[telemetry]
-interval_ms = 500
-`);
-    await agent.start();
-    return agent;
-  }
-
-  get url() { return `http://127.0.0.1:${this.ports.http}/`; }
-
-  async start() {
-    this.log = '';
-    this.process = spawn(agentBinary, ['--config', this.config], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const collect = (chunk) => { this.log += chunk; if (process.env.PEERCAM_TEST_ECHO) process.stderr.write(chunk); };
-    this.process.stdout.on('data', collect);
-    this.process.stderr.on('data', collect);
-    const deadline = Date.now() + 20000;
-    while (!this.log.includes('peercam ready')) {
-      if (Date.now() > deadline) throw new Error(`agent did not start:\n${this.log}`);
-      await sleep(50);
-    }
-  }
-
-  async stop() {
-    if (!this.process || this.process.exitCode !== null) return;
-    const exited = new Promise((r) => this.process.once('exit', r));
-    this.process.kill('SIGTERM');
-    await exited;
-  }
-}
+/** The agent serving the built viewer page, with MQTT over WebSocket for it. */
+const startAgent = ({ maxViewers = 8 } = {}) =>
+  Agent.create({ maxViewers, webSocket: true, webRoot: join(repo, 'web', 'dist') });
 
 let browser;
 before(async () => {
   requireLoopbackOnly();
   mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
-      // mDNS cannot resolve in the loopback-only namespace: expose host candidates.
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-    ],
-  });
+  browser = await launchChromium();
 });
 after(async () => { await browser?.close(); });
 
@@ -117,18 +34,8 @@ const decodedFrames = (page) => page.evaluate(() => {
   return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : (window.peercam?.framesDecoded ?? 0);
 });
 
-async function waitFor(what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
-    await sleep(100);
-  }
-}
-
 test('the page plays the camera with telemetry and latency', async () => {
-  const agent = await Agent.create();
+  const agent = await startAgent();
   try {
     const { page, context, loadedAt } = await openViewer(agent);
     let firstFrameMs = null;
@@ -163,7 +70,7 @@ test('the page plays the camera with telemetry and latency', async () => {
 });
 
 test('two pages play at once; with max_viewers = 1 the second is told the camera is busy', async () => {
-  const both = await Agent.create();
+  const both = await startAgent();
   try {
     const a = await openViewer(both);
     const b = await openViewer(both);
@@ -173,7 +80,7 @@ test('two pages play at once; with max_viewers = 1 the second is told the camera
   } finally {
     await both.stop();
   }
-  const single = await Agent.create({ maxViewers: 1 });
+  const single = await startAgent({ maxViewers: 1 });
   try {
     const first = await openViewer(single);
     await waitFor('first page decodes', 15000, async () => (await decodedFrames(first.page)) >= 30);
@@ -191,7 +98,7 @@ test('two pages play at once; with max_viewers = 1 the second is told the camera
 });
 
 test('the page recovers by itself when the agent restarts', async () => {
-  const agent = await Agent.create();
+  const agent = await startAgent();
   try {
     const { page, context } = await openViewer(agent);
     await waitFor('playing', 15000, async () => (await decodedFrames(page)) >= 30);

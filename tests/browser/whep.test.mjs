@@ -5,125 +5,19 @@
 // Endpoint behaviour under test: docs/whep.md (draft-ietf-wish-whep).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { readFileSync, mkdirSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import { artifacts, requireLoopbackOnly, freePort, sleep, waitFor, Agent, launchChromium } from './harness.mjs';
 
 const here = import.meta.dirname;
-const repo = resolve(here, '..', '..');
-const targetDir = process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache', 'peercam-target');
-const agentBinary = process.env.PEERCAM_BIN || join(targetDir, 'debug', 'peercam');
-const artifacts = join(repo, 'tests', 'artifacts');
 const REQUEST_TIMEOUT_MS = 10000;
 
-function requireLoopbackOnly() {
-  const names = readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2)
-    .map((l) => l.split(':')[0].trim()).filter(Boolean);
-  const others = names.filter((n) => n !== 'lo');
-  assert.deepEqual(others, [], `run inside scripts/in-loopback-netns; found interfaces ${others}`);
-}
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => { const { port } = server.address(); server.close(() => res(port)); });
-    server.on('error', rej);
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
-    await sleep(100);
-  }
-}
-
-/** Agents still running; killed if this process exits early (e.g. a test timed out). */
-const running = new Set();
-process.on('exit', () => { for (const child of running) child.kill('SIGKILL'); });
-
-/** The real peercam binary with a generated config, WHEP on its HTTP listener. */
-class Agent {
-  /**
-   * source: "testsrc" or a V4L2 path; iceServers: [{ urls, username?, credential? }];
-   * extra: TOML appended at the end (e.g. a [whep] table).
-   */
-  static async create({ maxViewers = 8, source = 'testsrc', iceServers = [], extra = '' } = {}) {
-    const agent = new Agent();
-    agent.ports = { mqtt: await freePort(), http: await freePort() };
-    agent.dir = mkdtempSync(join(tmpdir(), 'peercam-whep-'));
-    agent.config = join(agent.dir, 'peercam.toml');
-    const servers = iceServers.map((s) => `[[webrtc.ice_servers]]
-urls = ${JSON.stringify([s.urls])}
-${s.username ? `username = ${JSON.stringify(s.username)}\ncredential = ${JSON.stringify(s.credential)}\n` : ''}`).join('');
-    writeFileSync(agent.config, `[device]
-id = "cam1"
-name = "WHEP test camera"
-[video]
-source = ${JSON.stringify(source)}
-width = 640
-height = 480
-fps = 30
-[broker]
-listen = "127.0.0.1:${agent.ports.mqtt}"
-ws_listen = "off"
-[webrtc]
-max_viewers = ${maxViewers}
-udp_addrs = ["127.0.0.1:0"]
-${servers}[http]
-listen = "127.0.0.1:${agent.ports.http}"
-web_root = ${JSON.stringify(agent.dir)}
-[telemetry]
-interval_ms = 500
-${extra}`);
-    await agent.start();
-    return agent;
-  }
-
-  get endpoint() { return `http://127.0.0.1:${this.ports.http}/whep`; }
-
-  async start() {
-    this.log = '';
-    this.process = spawn(agentBinary, ['--config', this.config], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const child = this.process;
-    this.spawnError = null;
-    child.once('error', (error) => { this.spawnError = error; });
-    running.add(child);
-    child.once('exit', () => running.delete(child));
-    const collect = (chunk) => { this.log += chunk; if (process.env.PEERCAM_TEST_ECHO) process.stderr.write(chunk); };
-    this.process.stdout.on('data', collect);
-    this.process.stderr.on('data', collect);
-    await this.waitForLog('peercam ready', 20000);
-  }
-
-  async waitForLog(needle, timeoutMs) {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.log.includes(needle)) {
-      if (this.spawnError) throw new Error(`cannot start ${agentBinary}: ${this.spawnError.message} (cargo build --bin peercam, or set PEERCAM_BIN)`);
-      if (this.process.exitCode !== null) throw new Error(`agent exited with ${this.process.exitCode}:\n${this.log}`);
-      if (Date.now() > deadline) throw new Error(`agent did not log "${needle}" within ${timeoutMs} ms:\n${this.log}`);
-      await sleep(50);
-    }
-  }
-
-  async stop() {
-    if (!this.process || this.process.exitCode !== null) return;
-    const exited = new Promise((r) => this.process.once('exit', r));
-    this.process.kill('SIGTERM');
-    if (await Promise.race([exited.then(() => true), sleep(5000).then(() => false)])) return;
-    this.process.kill('SIGKILL');
-    await exited;
-  }
-}
+/**
+ * The agent with WHEP on its HTTP listener (no MQTT over WebSocket, an empty web root). Options as
+ * Agent.create: maxViewers, source ("testsrc" or a V4L2 path), iceServers, extra (e.g. a [whep] table).
+ */
+const startAgent = (options = {}) => Agent.create({ name: 'WHEP test camera', prefix: 'peercam-whep-', ...options });
 
 /** Serves the player page on its own 127.0.0.1 port: a different origin from the agent. */
 async function startPageServer() {
@@ -178,17 +72,7 @@ before(async () => {
   requireLoopbackOnly();
   mkdirSync(artifacts, { recursive: true });
   pages = await startPageServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    timeout: 30000,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
-      // mDNS cannot resolve in the loopback-only namespace: expose host candidates.
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-    ],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
@@ -242,7 +126,7 @@ async function browserOffer(agent) {
 const postOffer = (agent, sdp) => request('POST', agent.endpoint, { headers: { 'Content-Type': 'application/sdp' }, body: sdp });
 
 test('the endpoint answers CORS preflights and refuses what it cannot take', { timeout: 60000 }, async () => {
-  const agent = await Agent.create();
+  const agent = await startAgent();
   try {
     const preflight = await requireWhepEndpoint(agent, pages.origin);
     assert.equal(preflight.headers.get('access-control-allow-origin'), '*', 'allow_origin defaults to *');
@@ -268,7 +152,7 @@ test('the endpoint answers CORS preflights and refuses what it cannot take', { t
 });
 
 test('Chromium plays the camera over WHEP; at max_viewers = 1 a second player gets 503 until DELETE frees the slot', { timeout: 120000 }, async () => {
-  const agent = await Agent.create({ maxViewers: 1 });
+  const agent = await startAgent({ maxViewers: 1 });
   const contexts = [];
   try {
     await requireWhepEndpoint(agent, pages.origin);
@@ -330,7 +214,7 @@ test('the 201 carries Location, ETag and one Link per ICE server; PATCH and DELE
   const [stunPort, turnPort] = [await freePort(), await freePort()];
   const stun = `stun:127.0.0.1:${stunPort}`;
   const turn = `turn:127.0.0.1:${turnPort}?transport=udp`;
-  const agent = await Agent.create({
+  const agent = await startAgent({
     iceServers: [{ urls: stun }, { urls: turn, username: 'whep-user', credential: 'whep-secret' }],
   });
   const offer = await browserOffer(agent);
@@ -380,7 +264,7 @@ test('the 201 carries Location, ETag and one Link per ICE server; PATCH and DELE
 
 test('an unavailable camera gets 503; [whep] allow_origin and enabled are honoured', { timeout: 90000 }, async () => {
   // A V4L2 device that does not exist: the agent runs, the camera is unavailable.
-  const missing = await Agent.create({ source: '/dev/video-peercam-missing' });
+  const missing = await startAgent({ source: '/dev/video-peercam-missing' });
   try {
     await missing.waitForLog('camera unavailable', 10000);
     await requireWhepEndpoint(missing, pages.origin);
@@ -396,7 +280,7 @@ test('an unavailable camera gets 503; [whep] allow_origin and enabled are honour
   }
 
   const origin = 'http://127.0.0.1:1';
-  const restricted = await Agent.create({ extra: `[whep]\nallow_origin = "${origin}"\n` });
+  const restricted = await startAgent({ extra: `[whep]\nallow_origin = "${origin}"\n` });
   try {
     const preflight = await requireWhepEndpoint(restricted, origin);
     assert.equal(preflight.headers.get('access-control-allow-origin'), origin, '[whep] allow_origin');
@@ -404,7 +288,7 @@ test('an unavailable camera gets 503; [whep] allow_origin and enabled are honour
     await restricted.stop();
   }
 
-  const disabled = await Agent.create({ extra: '[whep]\nenabled = false\n' });
+  const disabled = await startAgent({ extra: '[whep]\nenabled = false\n' });
   try {
     const response = await postOffer(disabled, 'v=0\r\n');
     assert.ok([404, 405].includes(response.status), `POST /whep with [whep] enabled = false answered ${response.status}`);

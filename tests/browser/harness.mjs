@@ -1,0 +1,153 @@
+// Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs): paths, the
+// loopback-only guard, port and wait helpers, the real peercam agent with a generated config,
+// and headless Debian Chromium. Everything here must only ever talk to loopback (127.0.0.1):
+// the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { chromium } from 'playwright-core';
+
+export const repo = resolve(import.meta.dirname, '..', '..');
+export const targetDir = process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache', 'peercam-target');
+export const agentBinary = process.env.PEERCAM_BIN || join(targetDir, 'debug', 'peercam');
+export const artifacts = join(repo, 'tests', 'artifacts');
+
+/** Fails unless the only network interface is lo (scripts/in-loopback-netns). */
+export function requireLoopbackOnly() {
+  const names = readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2)
+    .map((l) => l.split(':')[0].trim()).filter(Boolean);
+  const others = names.filter((n) => n !== 'lo');
+  assert.deepEqual(others, [], `run inside scripts/in-loopback-netns; found interfaces ${others}`);
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort() {
+  return new Promise((res, rej) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => { const { port } = server.address(); server.close(() => res(port)); });
+    server.on('error', rej);
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` every 100 ms until it returns something truthy, which it returns. */
+export async function waitFor(what, timeoutMs, check) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+/** Agents still running; killed if this process exits early (e.g. a test timed out). */
+const running = new Set();
+process.on('exit', () => { for (const child of running) child.kill('SIGKILL'); });
+
+/**
+ * The real peercam binary with a generated config (testsrc by default, everything on
+ * 127.0.0.1); stop() then start() restarts it on the same ports.
+ */
+export class Agent {
+  /**
+   * name: [device] name; prefix: temporary directory prefix; maxViewers: [webrtc] max_viewers;
+   * source: "testsrc" or a V4L2 path; webSocket: also serve MQTT over WebSocket (else "off");
+   * webRoot: directory the HTTP listener serves (default: the agent's empty temporary directory);
+   * iceServers: [{ urls, username?, credential? }]; extra: TOML appended at the end (e.g. a [whep] table).
+   */
+  static async create({
+    name = 'Browser test camera', prefix = 'peercam-browser-', maxViewers = 8, source = 'testsrc',
+    webSocket = false, webRoot, iceServers = [], extra = '',
+  } = {}) {
+    const agent = new Agent();
+    agent.ports = { mqtt: await freePort(), ...(webSocket ? { ws: await freePort() } : {}), http: await freePort() };
+    agent.dir = mkdtempSync(join(tmpdir(), prefix));
+    agent.config = join(agent.dir, 'peercam.toml');
+    const servers = iceServers.map((s) => `[[webrtc.ice_servers]]
+urls = ${JSON.stringify([s.urls])}
+${s.username ? `username = ${JSON.stringify(s.username)}\ncredential = ${JSON.stringify(s.credential)}\n` : ''}`).join('');
+    writeFileSync(agent.config, `[device]
+id = "cam1"
+name = ${JSON.stringify(name)}
+[video]
+source = ${JSON.stringify(source)}
+width = 640
+height = 480
+fps = 30
+[broker]
+listen = "127.0.0.1:${agent.ports.mqtt}"
+ws_listen = ${JSON.stringify(webSocket ? `127.0.0.1:${agent.ports.ws}` : 'off')}
+[webrtc]
+max_viewers = ${maxViewers}
+udp_addrs = ["127.0.0.1:0"]
+${servers}[http]
+listen = "127.0.0.1:${agent.ports.http}"
+web_root = ${JSON.stringify(webRoot ?? agent.dir)}
+[telemetry]
+interval_ms = 500
+${extra}`);
+    await agent.start();
+    return agent;
+  }
+
+  /** The page the HTTP listener serves. */
+  get url() { return `http://127.0.0.1:${this.ports.http}/`; }
+
+  /** The WHEP endpoint on the HTTP listener. */
+  get endpoint() { return `http://127.0.0.1:${this.ports.http}/whep`; }
+
+  /** Spawns the agent (again) and waits for 'peercam ready'; its output collects in this.log. */
+  async start() {
+    this.log = '';
+    this.process = spawn(agentBinary, ['--config', this.config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = this.process;
+    this.spawnError = null;
+    child.once('error', (error) => { this.spawnError = error; });
+    running.add(child);
+    child.once('exit', () => running.delete(child));
+    const collect = (chunk) => { this.log += chunk; if (process.env.PEERCAM_TEST_ECHO) process.stderr.write(chunk); };
+    this.process.stdout.on('data', collect);
+    this.process.stderr.on('data', collect);
+    await this.waitForLog('peercam ready', 20000);
+  }
+
+  async waitForLog(needle, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.log.includes(needle)) {
+      if (this.spawnError) throw new Error(`cannot start ${agentBinary}: ${this.spawnError.message} (cargo build --bin peercam, or set PEERCAM_BIN)`);
+      if (this.process.exitCode !== null) throw new Error(`agent exited with ${this.process.exitCode}:\n${this.log}`);
+      if (Date.now() > deadline) throw new Error(`agent did not log "${needle}" within ${timeoutMs} ms:\n${this.log}`);
+      await sleep(50);
+    }
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited within 5 s. */
+  async stop() {
+    if (!this.process || this.process.exitCode !== null) return;
+    const exited = new Promise((r) => this.process.once('exit', r));
+    this.process.kill('SIGTERM');
+    if (await Promise.race([exited.then(() => true), sleep(5000).then(() => false)])) return;
+    this.process.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback only. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    timeout: 30000,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+      // mDNS cannot resolve in the loopback-only namespace: expose host candidates.
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+    ],
+  });
+}
