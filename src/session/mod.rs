@@ -173,9 +173,7 @@ impl SessionManager {
                 _ = ticks.tick() => self.apply(Input::Tick),
                 Ok(()) = camera_available.changed() => {
                     let available = *camera_available.borrow_and_update();
-                    if !available {
-                        tracing::info!("camera unavailable; connected viewers wait for it");
-                    }
+                    // The pipeline logs the camera's fault once; sessions just wait for it.
                     self.apply(Input::Camera { available });
                 },
                 Ok(()) = max_viewers.changed() => {
