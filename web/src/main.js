@@ -34,6 +34,11 @@ async function discover() {
   return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device: params.get('device') || null };
 }
 
+/** Options of every MQTT connection. The embedded broker's WebSocket listener speaks MQTT
+ *  3.1.1 only. Native timers: mqtt.js's default keepalive timer runs in a worker made from
+ *  a blob: URL, which the agent's Content-Security-Policy (script-src 'self') forbids. */
+const MQTT_OPTIONS = { protocolVersion: 4, timerVariant: 'native' };
+
 /** The camera states the page knows; any other value from the broker shows as `unknown`
  *  (it becomes a CSS class, so it must never be taken as it comes). */
 const CAMERA_STATES = new Set(['online', 'unavailable', 'offline']);
@@ -100,7 +105,7 @@ class Session {
   start() {
     const hangup = JSON.stringify({ type: 'hangup' });
     this.client = mqtt.connect(this.broker, {
-      protocolVersion: 4, // the embedded broker's WebSocket listener speaks MQTT 3.1.1 only
+      ...MQTT_OPTIONS,
       clientId: `viewer-${this.sid}`,
       clean: true,
       reconnectPeriod: 0,
@@ -215,7 +220,7 @@ class App {
       setBrokerState('unreachable', 'no broker: open this page with ?broker=ws://host:port');
       return;
     }
-    const client = mqtt.connect(broker, { protocolVersion: 4, clientId: `list-${randomId()}`, reconnectPeriod: 2000, connectTimeout: 8000 });
+    const client = mqtt.connect(broker, { ...MQTT_OPTIONS, clientId: `list-${randomId()}`, reconnectPeriod: 2000, connectTimeout: 8000 });
     client.on('connect', () => {
       setBrokerState('connected', `broker ${new URL(broker).host}`);
       client.subscribe(`${prefix}/+/status`, { qos: 1 });
