@@ -1,6 +1,6 @@
-// Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs): paths, the
-// loopback-only guard, port and wait helpers, the real peercam agent with a generated config,
-// and headless Debian Chromium. Everything here must only ever talk to loopback (127.0.0.1):
+// Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs,
+// security.test.mjs): paths, the loopback-only guard, port and wait helpers, the real peercam
+// agent with a generated config, headless Debian Chromium and a page that records CSP violations. Everything here must only ever talk to loopback (127.0.0.1):
 // the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -150,4 +150,27 @@ export function launchChromium() {
       '--disable-features=WebRtcHideLocalIpsWithMdns',
     ],
   });
+}
+
+/**
+ * Opens `url` in a fresh browser context; `initScript` (a function) runs in the page before
+ * its own scripts. `violations()` lists every Content Security Policy violation the page
+ * reported so far (securitypolicyviolation events and console messages).
+ */
+export async function openPage(browser, url, { initScript } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  if (initScript) await context.addInitScript(initScript);
+  await context.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) =>
+      window.__cspViolations.push(`${e.effectiveDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`));
+  });
+  const page = await context.newPage();
+  const consoleViolations = [];
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) consoleViolations.push(m.text()); });
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  const loadedAt = Date.now();
+  await page.goto(url);
+  const violations = async () => [...consoleViolations, ...await page.evaluate(() => window.__cspViolations)];
+  return { page, context, loadedAt, violations };
 }
