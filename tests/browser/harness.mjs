@@ -4,10 +4,11 @@
 // the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { before, after } from 'node:test';
 import { chromium } from 'playwright-core';
 
 export const repo = resolve(import.meta.dirname, '..', '..');
@@ -150,6 +151,21 @@ export function launchChromium() {
       '--disable-features=WebRtcHideLocalIpsWithMdns',
     ],
   });
+}
+
+/**
+ * Sets up a test file: before its tests, the loopback guard, the artifacts folder and one
+ * Chromium for them all (closed after them). Returns a function that gives that browser.
+ */
+export function useChromium() {
+  let browser;
+  before(async () => {
+    requireLoopbackOnly();
+    mkdirSync(artifacts, { recursive: true });
+    browser = await launchChromium();
+  });
+  after(async () => { await browser?.close(); });
+  return () => browser;
 }
 
 /**

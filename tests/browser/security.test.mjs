@@ -4,12 +4,11 @@
 // (src/http.rs). The real agent (testsrc, embedded broker, page server), headless Debian
 // Chromium, and a plain MQTT client publishing over the broker's TCP port. Must run in a
 // loopback-only network namespace (scripts/in-loopback-netns); it refuses otherwise.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
-import { repo, artifacts, requireLoopbackOnly, sleep, waitFor, Agent, launchChromium, openPage } from './harness.mjs';
+import { repo, artifacts, sleep, waitFor, Agent, useChromium, openPage } from './harness.mjs';
 
 /** The agent serving the built viewer page (MQTT over WebSocket for it; WHEP on by default). */
 const startAgent = () => Agent.create({ prefix: 'peercam-security-', webSocket: true, webRoot: join(repo, 'web', 'dist') });
@@ -24,13 +23,7 @@ const SECURITY_HEADERS = {
   'referrer-policy': 'no-referrer',
 };
 
-let browser;
-before(async () => {
-  requireLoopbackOnly();
-  mkdirSync(artifacts, { recursive: true });
-  browser = await launchChromium();
-});
-after(async () => { await browser?.close(); });
+const browser = useChromium();
 
 /** Records, from the first script on, every <img> ever added and every camera entry ever
  *  rendered (the camera may correct a forged status at any moment, so the end state alone
@@ -63,7 +56,7 @@ test('forged statuses on the broker never run script, become markup or speak for
   const forger = await mqtt.connectAsync(`mqtt://127.0.0.1:${agent.ports.mqtt}`, { protocolVersion: 4, clientId: 'forger', reconnectPeriod: 0 });
   const forge = (topic, status) => forger.publishAsync(topic, JSON.stringify({ type: 'status', ...status }), { qos: 1, retain: true });
   try {
-    const { page, context, violations } = await openPage(browser, agent.url, { initScript: recordRendering });
+    const { page, context, violations } = await openPage(browser(), agent.url, { initScript: recordRendering });
     await waitFor('the page plays the camera', 15000, async () => (await page.getAttribute('#state', 'data-state')) === 'live');
     const entries = () => page.evaluate(() => [...window.__entries.values()]);
 

@@ -1,25 +1,18 @@
 // Browser end-to-end test: the real agent (testsrc, embedded broker, HTTP page server) and
 // headless Debian Chromium driven by playwright-core. Must run in a loopback-only network
 // namespace (scripts/in-loopback-netns); it refuses to run anywhere else.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { repo, artifacts, requireLoopbackOnly, waitFor, Agent, launchChromium, openPage } from './harness.mjs';
+import { repo, artifacts, waitFor, Agent, useChromium, openPage } from './harness.mjs';
 
 /** The agent serving the built viewer page, with MQTT over WebSocket for it. */
 const startAgent = ({ maxViewers = 8 } = {}) =>
   Agent.create({ maxViewers, webSocket: true, webRoot: join(repo, 'web', 'dist') });
 
-let browser;
-before(async () => {
-  requireLoopbackOnly();
-  mkdirSync(artifacts, { recursive: true });
-  browser = await launchChromium();
-});
-after(async () => { await browser?.close(); });
+const browser = useChromium();
 
-const openViewer = (agent) => openPage(browser, agent.url);
+const openViewer = (agent) => openPage(browser(), agent.url);
 
 /** Decoded frames as the video element reports them. */
 const decodedFrames = (page) => page.evaluate(() => {
