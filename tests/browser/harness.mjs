@@ -1,13 +1,14 @@
-// Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs): paths, the
-// loopback-only guard, port and wait helpers, the real peercam agent with a generated config,
-// and headless Debian Chromium. Everything here must only ever talk to loopback (127.0.0.1):
+// Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs,
+// security.test.mjs): paths, the loopback-only guard, port and wait helpers, the real peercam
+// agent with a generated config, headless Debian Chromium and a page that records CSP violations. Everything here must only ever talk to loopback (127.0.0.1):
 // the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { before, after } from 'node:test';
 import { chromium } from 'playwright-core';
 
 export const repo = resolve(import.meta.dirname, '..', '..');
@@ -150,4 +151,42 @@ export function launchChromium() {
       '--disable-features=WebRtcHideLocalIpsWithMdns',
     ],
   });
+}
+
+/**
+ * Sets up a test file: before its tests, the loopback guard, the artifacts folder and one
+ * Chromium for them all (closed after them). Returns a function that gives that browser.
+ */
+export function useChromium() {
+  let browser;
+  before(async () => {
+    requireLoopbackOnly();
+    mkdirSync(artifacts, { recursive: true });
+    browser = await launchChromium();
+  });
+  after(async () => { await browser?.close(); });
+  return () => browser;
+}
+
+/**
+ * Opens `url` in a fresh browser context; `initScript` (a function) runs in the page before
+ * its own scripts. `violations()` lists every Content Security Policy violation the page
+ * reported so far (securitypolicyviolation events and console messages).
+ */
+export async function openPage(browser, url, { initScript } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  if (initScript) await context.addInitScript(initScript);
+  await context.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) =>
+      window.__cspViolations.push(`${e.effectiveDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`));
+  });
+  const page = await context.newPage();
+  const consoleViolations = [];
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) consoleViolations.push(m.text()); });
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  const loadedAt = Date.now();
+  await page.goto(url);
+  const violations = async () => [...consoleViolations, ...await page.evaluate(() => window.__cspViolations)];
+  return { page, context, loadedAt, violations };
 }

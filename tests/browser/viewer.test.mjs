@@ -1,32 +1,18 @@
 // Browser end-to-end test: the real agent (testsrc, embedded broker, HTTP page server) and
 // headless Debian Chromium driven by playwright-core. Must run in a loopback-only network
 // namespace (scripts/in-loopback-netns); it refuses to run anywhere else.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { repo, artifacts, requireLoopbackOnly, waitFor, Agent, launchChromium } from './harness.mjs';
+import { repo, artifacts, waitFor, Agent, useChromium, openPage } from './harness.mjs';
 
 /** The agent serving the built viewer page, with MQTT over WebSocket for it. */
 const startAgent = ({ maxViewers = 8 } = {}) =>
   Agent.create({ maxViewers, webSocket: true, webRoot: join(repo, 'web', 'dist') });
 
-let browser;
-before(async () => {
-  requireLoopbackOnly();
-  mkdirSync(artifacts, { recursive: true });
-  browser = await launchChromium();
-});
-after(async () => { await browser?.close(); });
+const browser = useChromium();
 
-async function openViewer(agent) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  const loadedAt = Date.now();
-  await page.goto(agent.url);
-  return { page, context, loadedAt };
-}
+const openViewer = (agent) => openPage(browser(), agent.url);
 
 /** Decoded frames as the video element reports them. */
 const decodedFrames = (page) => page.evaluate(() => {
@@ -37,7 +23,7 @@ const decodedFrames = (page) => page.evaluate(() => {
 test('the page plays the camera with telemetry and latency', async () => {
   const agent = await startAgent();
   try {
-    const { page, context, loadedAt } = await openViewer(agent);
+    const { page, context, loadedAt, violations } = await openViewer(agent);
     let firstFrameMs = null;
     await waitFor('90 decoded frames', 15000, async () => {
       const frames = await decodedFrames(page);
@@ -61,6 +47,7 @@ test('the page plays the camera with telemetry and latency', async () => {
     await waitFor('connection facts', 5000, async () => (await page.textContent('#path')) !== '–');
     const shot = join(artifacts, 'viewer.png');
     await page.screenshot({ path: shot });
+    assert.deepEqual(await violations(), [], 'the page works under the agent\'s Content-Security-Policy');
     const frames = await decodedFrames(page);
     console.log(`figures: decoded ${frames} frames, first frame ${firstFrameMs} ms after page load, page latency ${latency} ms, path ${await page.textContent('#path')}, screenshot ${shot}`);
     await context.close();

@@ -34,6 +34,36 @@ async function discover() {
   return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device: params.get('device') || null };
 }
 
+/** Options of every MQTT connection. The embedded broker's WebSocket listener speaks MQTT
+ *  3.1.1 only. Native timers: mqtt.js's default keepalive timer runs in a worker made from
+ *  a blob: URL, which the agent's Content-Security-Policy (script-src 'self') forbids. */
+const MQTT_OPTIONS = { protocolVersion: 4, timerVariant: 'native' };
+
+/** The camera states the page knows; any other value from the broker shows as `unknown`
+ *  (it becomes a CSS class, so it must never be taken as it comes). */
+const CAMERA_STATES = new Set(['online', 'unavailable', 'offline']);
+const cameraState = (status) => {
+  const state = status.state || 'offline';
+  return CAMERA_STATES.has(state) ? state : 'unknown';
+};
+
+/** The device level of a `{prefix}/{device}/status` topic, or null for any other topic. */
+function statusTopicDevice(prefix, topic) {
+  const head = `${prefix}/`;
+  const tail = '/status';
+  if (!topic.startsWith(head) || !topic.endsWith(tail)) return null;
+  const device = topic.slice(head.length, topic.length - tail.length);
+  return device && !device.includes('/') ? device : null;
+}
+
+/** An element with a class and, optionally, its text (never markup). */
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  el.className = className;
+  if (text != null) el.textContent = text;
+  return el;
+}
+
 function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
   return 'web' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
@@ -75,7 +105,7 @@ class Session {
   start() {
     const hangup = JSON.stringify({ type: 'hangup' });
     this.client = mqtt.connect(this.broker, {
-      protocolVersion: 4, // the embedded broker's WebSocket listener speaks MQTT 3.1.1 only
+      ...MQTT_OPTIONS,
       clientId: `viewer-${this.sid}`,
       clean: true,
       reconnectPeriod: 0,
@@ -190,7 +220,7 @@ class App {
       setBrokerState('unreachable', 'no broker: open this page with ?broker=ws://host:port');
       return;
     }
-    const client = mqtt.connect(broker, { protocolVersion: 4, clientId: `list-${randomId()}`, reconnectPeriod: 2000, connectTimeout: 8000 });
+    const client = mqtt.connect(broker, { ...MQTT_OPTIONS, clientId: `list-${randomId()}`, reconnectPeriod: 2000, connectTimeout: 8000 });
     client.on('connect', () => {
       setBrokerState('connected', `broker ${new URL(broker).host}`);
       client.subscribe(`${prefix}/+/status`, { qos: 1 });
@@ -218,6 +248,8 @@ class App {
     let status;
     try { status = JSON.parse(new TextDecoder().decode(payload)); } catch { return; }
     if (status?.type !== 'status' || typeof status.device !== 'string') return;
+    // Anyone who can publish may forge a status: it speaks only for the topic it came on.
+    if (status.device !== statusTopicDevice(this.config.prefix, topic)) return;
     const previous = this.cameras.get(status.device);
     this.cameras.set(status.device, status);
     this.renderList();
@@ -238,7 +270,7 @@ class App {
     const list = $('camera-list');
     list.replaceChildren();
     if (!this.cameras.size) {
-      list.innerHTML = '<li class="empty">No camera has announced itself yet.</li>';
+      list.append(element('li', 'empty', 'No camera has announced itself yet.'));
       return;
     }
     for (const [id, status] of [...this.cameras].sort()) {
@@ -247,12 +279,12 @@ class App {
       button.type = 'button';
       button.dataset.device = id;
       button.setAttribute('aria-current', String(this.watching === id));
-      const state = status.state || 'offline';
+      // Broker data only ever becomes text; the state's class comes from the allow-list.
+      const state = cameraState(status);
       const meta = state === 'online' ? `${status.video?.width}×${status.video?.height} @ ${status.video?.fps} fps · ${status.viewers}/${status.max_viewers} viewers` : state;
-      button.innerHTML = '<span class="cam-name"></span><span class="cam-meta"></span>';
-      button.querySelector('.cam-name').innerHTML = `<span class="dot ${state}"></span>`;
-      button.querySelector('.cam-name').append(status.name || id);
-      button.querySelector('.cam-meta').textContent = `${id} · ${meta}`;
+      const name = element('span', 'cam-name');
+      name.append(element('span', `dot ${state}`), String(status.name || id));
+      button.append(name, element('span', 'cam-meta', `${id} · ${meta}`));
       button.onclick = () => this.watch(id);
       li.append(button);
       list.append(li);
