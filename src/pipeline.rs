@@ -668,10 +668,11 @@ mod tests {
         let mut fault = |fault: Script| {
             *script.lock().unwrap() = fault;
             wait_for_camera(&mut available, false);
-            // While the camera is gone, nothing is encoded and the service lives on.
-            let stalled_at = counters.snapshot().frames_encoded;
+            // While the camera is gone nothing is captured (frames already queued may still
+            // be encoded, so capture is what is counted) and the service lives on.
+            let stalled_at = counters.snapshot().frames_captured;
             std::thread::sleep(Duration::from_millis(400));
-            assert_eq!(counters.snapshot().frames_encoded, stalled_at);
+            assert_eq!(counters.snapshot().frames_captured, stalled_at);
             assert_eq!(
                 pipeline.health().liveness(Duration::from_secs(5)),
                 Liveness::Alive
