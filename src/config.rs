@@ -18,6 +18,7 @@ pub struct Config {
     pub webrtc: WebrtcConfig,
     pub http: HttpConfig,
     pub whep: WhepConfig,
+    pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
 }
@@ -180,6 +181,28 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     /// Directory holding the built viewer page (index.html and its assets).
     pub web_root: PathBuf,
+}
+
+/// Who may watch: access keys derived from the camera's secret, or anyone (open).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: crate::signaling::protocol::AuthMode,
+    /// The camera's 32-byte secret; created (mode 0600) on first start when missing.
+    pub secret_file: PathBuf,
+    /// Viewer names whose access keys no longer work (applied on reload).
+    pub revoked: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            // Open until the viewer page signs its offers; then "keys" becomes the default.
+            mode: crate::signaling::protocol::AuthMode::Open,
+            secret_file: PathBuf::from("/var/lib/peercam/secret"),
+            revoked: Vec::new(),
+        }
+    }
 }
 
 /// The WHEP endpoint (`POST /whep`) on the HTTP server.
@@ -530,6 +553,13 @@ impl Config {
                 format!("{text:?} is not an address like \"0.0.0.0:0\" or \"192.168.1.10:50000\""),
             )?;
         }
+        for (i, viewer) in self.auth.revoked.iter().enumerate() {
+            check(
+                crate::auth::is_valid_viewer_name(viewer),
+                &format!("auth.revoked[{i}]"),
+                format!("{viewer:?} is not a viewer name (1 to 64 of A-Z a-z 0-9 _ . -)"),
+            )?;
+        }
         let origin = &self.whep.allow_origin;
         check(
             origin == "*"
@@ -657,6 +687,7 @@ const LIVE_KEYS: &[LiveKey] = &[
     live_key!(telemetry.interval_ms),
     live_key!(webrtc.max_viewers),
     live_key!(device.name),
+    live_key!(auth.revoked),
 ];
 
 impl Config {
@@ -677,6 +708,7 @@ impl Config {
             webrtc,
             http,
             whep,
+            auth,
             telemetry,
             log,
         } = &self.with_live_keys_from(new);
@@ -689,6 +721,7 @@ impl Config {
             (*webrtc != new.webrtc, "webrtc"),
             (*http != new.http, "http"),
             (*whep != new.whep, "whep"),
+            (*auth != new.auth, "auth"),
             (*telemetry != new.telemetry, "telemetry"),
             (*log != new.log, "log"),
         ];
@@ -1054,7 +1087,7 @@ mod tests {
     fn every_live_key_is_reported_and_applied_and_nothing_else() {
         let old = Config::default();
         let new = Config::from_toml_str(
-            "[log]\nlevel = \"debug\"\n[telemetry]\ninterval_ms = 500\n[webrtc]\nmax_viewers = 2\n[device]\nname = \"Porch\"\n",
+            "[log]\nlevel = \"debug\"\n[telemetry]\ninterval_ms = 500\n[webrtc]\nmax_viewers = 2\n[device]\nname = \"Porch\"\n[auth]\nrevoked = [\"mallory\"]\n",
         )
         .unwrap();
         let plan = old.reload_plan(&new);
@@ -1066,6 +1099,19 @@ mod tests {
         let renamed = Config::from_toml_str("[device]\nid = \"cam2\"").unwrap();
         assert_eq!(old.reload_plan(&renamed).needs_restart, vec!["device.id"]);
         assert_eq!(old.with_live_keys_from(&renamed), old);
+    }
+
+    #[test]
+    fn auth_modes_and_bad_revoked_entries_name_their_keys() {
+        let keys = Config::from_toml_str("[auth]\nmode = \"keys\"").unwrap();
+        assert_eq!(keys.auth.mode, crate::signaling::protocol::AuthMode::Keys);
+        let open = Config::from_toml_str("[auth]\nmode = \"open\"").unwrap();
+        assert_eq!(open.auth.mode, crate::signaling::protocol::AuthMode::Open);
+        assert_eq!(error("[auth]\nmode = \"none\"").key(), Some("auth.mode"));
+        assert_eq!(
+            error("[auth]\nrevoked = [\"alice\", \"bob smith\"]").key(),
+            Some("auth.revoked[1]")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The modules follow the pipeline: `source` → `encode` → `fanout` → `session`, with
 //! `signaling`, `telemetry`, `config` and `service` beside it. See docs/ARCHITECTURE.md.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod encode;

@@ -29,6 +29,25 @@ enum Command {
     CheckConfig,
     /// List every V4L2 capture device: card, driver, bus, formats, sizes, rates, controls.
     Devices,
+    /// Print an access link for a viewer (its key derived from the camera's secret,
+    /// auth.secret_file, which is created when missing).
+    Access {
+        /// The viewer's name: 1 to 64 of A-Z a-z 0-9 _ . -
+        #[arg(long)]
+        viewer: String,
+        /// How long the link works: 30d, 12h, 90m, 3600s.
+        #[arg(long, default_value = "30d")]
+        expires_in: String,
+        /// The viewer page's address. Default: http://127.0.0.1:PORT/ from http.listen.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the WHEP bearer token (Authorization: Bearer ...) instead of the link.
+        #[arg(long)]
+        whep: bool,
+        /// Print {"device","viewer","exp","key","url","whep_token"} for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Capture and encode N frames; print the mode, achieved fps and per-frame costs.
     /// Unset options come from the configuration.
     Probe {
@@ -116,6 +135,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Devices => devices(),
+        Command::Access {
+            viewer,
+            expires_in,
+            url,
+            whep,
+            json,
+        } => access(&config, &viewer, &expires_in, url, whep, json),
         Command::Probe {
             device,
             format,
@@ -164,6 +190,55 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn access(
+    config: &Config,
+    viewer: &str,
+    expires_in: &str,
+    url: Option<String>,
+    whep: bool,
+    json: bool,
+) -> ExitCode {
+    use peercam::auth::{is_valid_viewer_name, parse_lifetime, AccessGrant, CameraSecret};
+    if !is_valid_viewer_name(viewer) {
+        eprintln!("peercam access: --viewer {viewer:?} must be 1 to 64 of A-Z a-z 0-9 _ . -");
+        return ExitCode::from(2);
+    }
+    let lifetime = match parse_lifetime(expires_in) {
+        Ok(seconds) => seconds,
+        Err(err) => {
+            eprintln!("peercam access: --expires-in {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let secret = match CameraSecret::load_or_create(&config.auth.secret_file) {
+        Ok(secret) => secret,
+        Err(err) => {
+            eprintln!("peercam access: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let page = url.unwrap_or_else(|| match config.http.listen {
+        Some(listen) if listen.ip().is_unspecified() => {
+            format!("http://127.0.0.1:{}/", listen.port())
+        }
+        Some(listen) => format!("http://{listen}/"),
+        None => "http://127.0.0.1:8080/".to_owned(),
+    });
+    let exp = peercam::clock::unix_ms() / 1000 + lifetime;
+    let grant = AccessGrant::new(&secret, &config.device.id, viewer, exp, &page);
+    if json {
+        println!("{}", serde_json::to_string(&grant).unwrap_or_default());
+    } else if whep {
+        println!("{}", grant.whep_token);
+    } else {
+        println!("{}", grant.url);
+    }
+    if config.auth.mode == peercam::signaling::protocol::AuthMode::Open {
+        eprintln!("peercam access: note: auth.mode is \"open\", so the camera does not ask for this key yet");
+    }
+    ExitCode::SUCCESS
 }
 
 fn devices() -> ExitCode {

@@ -3,6 +3,7 @@
 //! cancellation tree. It must never hold media or session logic itself; it only connects
 //! the parts and stops them in order.
 
+use crate::auth::{AccessPolicy, CameraSecret};
 use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
@@ -14,7 +15,7 @@ use crate::session::peer::PeerSettings;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
 use crate::signaling::mqtt::{self, MqttSettings};
-use crate::signaling::protocol::{CameraState, Status, Topics, VideoInfo};
+use crate::signaling::protocol::{AuthMode, CameraState, Status, Topics, VideoInfo};
 use crate::signaling::whep::{self, WhepSettings};
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
@@ -147,6 +148,7 @@ pub fn status_json(
     if !camera_available {
         status.state = CameraState::Unavailable;
     }
+    status.auth = Some(config.auth.mode);
     status.to_json()
 }
 
@@ -303,6 +305,7 @@ async fn sample_telemetry(
 struct LiveSettings {
     config: watch::Sender<Config>,
     max_viewers: watch::Sender<usize>,
+    revoked: watch::Sender<Vec<String>>,
     set_log_level: LogLevelSetter,
 }
 
@@ -325,10 +328,54 @@ impl LiveSettings {
         }
         let applied = current.with_live_keys_from(&new);
         self.max_viewers.send_replace(applied.webrtc.max_viewers);
+        self.revoked.send_if_modified(|revoked| {
+            let changed = *revoked != applied.auth.revoked;
+            revoked.clone_from(&applied.auth.revoked);
+            changed
+        });
         self.config.send_replace(applied);
         tracing::info!(applied = ?plan.applied, needs_restart = ?plan.needs_restart, "configuration reloaded");
         for section in &plan.needs_restart {
             tracing::warn!("{section} changed; restart peercam to apply it");
+        }
+    }
+}
+
+/// The access policy for `auth.mode = "keys"` (reading or creating the secret), or `None`
+/// for open mode, which is said loudly when anything listens beyond loopback.
+fn access_policy(config: &Config) -> anyhow::Result<Option<AccessPolicy>> {
+    match config.auth.mode {
+        AuthMode::Keys => {
+            let secret = CameraSecret::load_or_create(&config.auth.secret_file)?;
+            Ok(Some(AccessPolicy::new(
+                secret,
+                &config.device.id,
+                &config.auth.revoked,
+            )))
+        }
+        AuthMode::Open => {
+            let embedded = config.mqtt.broker == BrokerTarget::Embedded;
+            let exposed: Vec<String> = [
+                embedded.then_some(config.broker.listen),
+                if embedded {
+                    config.broker.ws_listen
+                } else {
+                    None
+                },
+                config.http.listen,
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|addr| !addr.ip().is_loopback())
+            .map(|addr| addr.to_string())
+            .collect();
+            if !exposed.is_empty() {
+                tracing::warn!(
+                    listeners = %exposed.join(", "),
+                    "auth.mode = \"open\": anyone who reaches these listeners or the broker can watch the camera"
+                );
+            }
+            Ok(None)
         }
     }
 }
@@ -363,6 +410,7 @@ async fn start_http(
         let settings = WhepSettings {
             allow_origin: config.whep.allow_origin.clone(),
             ice_servers: config.webrtc.ice_servers.clone(),
+            require_token: config.auth.mode == AuthMode::Keys,
         };
         tracing::info!("WHEP endpoint at http://{listen}{}", whep::WHEP_PATH);
         whep::router(signals, &settings)
@@ -382,6 +430,7 @@ pub async fn run(
     control: Control,
 ) -> anyhow::Result<()> {
     let Control { stop, mut reloads } = control;
+    let access = access_policy(&config)?;
     start_broker(&config).await?;
 
     let counters = Arc::new(PipelineCounters::default());
@@ -417,11 +466,13 @@ pub async fn run(
         max_viewers: config.webrtc.max_viewers,
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
     };
+    let (revoked_tx, revoked) = watch::channel(config.auth.revoked.clone());
     let manager = tokio::spawn(
-        SessionManager::new(ctx, limits, to_viewers_tx, viewers_tx).run(ManagerInputs {
+        SessionManager::new(ctx, limits, access, to_viewers_tx, viewers_tx).run(ManagerInputs {
             signals,
             max_viewers,
             camera_available: camera_available.clone(),
+            revoked,
             stop: stop.child_token(),
         }),
     );
@@ -476,6 +527,7 @@ pub async fn run(
     let live_settings = LiveSettings {
         config: live_tx,
         max_viewers: max_viewers_tx,
+        revoked: revoked_tx,
         set_log_level,
     };
     loop {

@@ -4,7 +4,8 @@
 //! It must never see a topic, JSON, HTTP, a socket, a task or the real clock: the time
 //! comes with every call, so tests drive every rule faster than real time.
 
-use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, SessionId};
+use crate::auth::{AccessPolicy, ViewerKey};
+use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, OfferAuth, SessionId};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -27,10 +28,12 @@ pub enum EndReason {
     BadOffer,
     Failed,
     Shutdown,
+    /// The viewer's access was revoked while it watched.
+    Revoked,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         EndReason::ViewerHangup,
         EndReason::ConnectTimeout,
         EndReason::IceFailed,
@@ -38,6 +41,7 @@ impl EndReason {
         EndReason::BadOffer,
         EndReason::Failed,
         EndReason::Shutdown,
+        EndReason::Revoked,
     ];
 
     /// The wire token, e.g. `"ice-failed"`.
@@ -50,6 +54,7 @@ impl EndReason {
             EndReason::BadOffer => "bad-offer",
             EndReason::Failed => "internal-error",
             EndReason::Shutdown => "shutdown",
+            EndReason::Revoked => "revoked",
         }
     }
 
@@ -75,15 +80,29 @@ impl Refusal {
     }
 }
 
+/// What an offer presents as its access key, in its transport's form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// MQTT: the offer's `auth` (viewer, expiry, the offer's mac).
+    Signed(OfferAuth),
+    /// WHEP: the `Authorization: Bearer VIEWER.EXP.MAC` token.
+    Bearer(String),
+}
+
 /// A message from a viewer, already parsed by its transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewerInput {
     Offer {
         sdp: String,
+        credential: Option<Credential>,
     },
     /// `None`: the viewer has gathered all its candidates.
     Candidate(Option<IceCandidate>),
-    Hangup,
+    /// A hangup; with access keys it counts only with the session's mac.
+    Hangup { mac: Option<String> },
+    /// The session's owner leaves through a transport that already proved ownership (a
+    /// WHEP DELETE on the session's unguessable URL).
+    Leave,
     /// The transport could not parse what the viewer sent for this session.
     Invalid(Refusal),
 }
@@ -91,6 +110,8 @@ pub enum ViewerInput {
 /// What a session's peer connection reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerReport {
+    /// The camera's SDP answer, for the viewer (signed here when the session is keyed).
+    Answer(String),
     Connected,
     IceFailed,
     /// The connection was closed from the other side.
@@ -170,6 +191,25 @@ enum Phase {
 struct Session {
     phase: Phase,
     offer_sdp: String,
+    /// The access key that opened the session, and the viewer it names (keys mode).
+    key: Option<(String, ViewerKey)>,
+}
+
+/// The time of an input: monotonic for timeouts, Unix seconds for key expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_s: u64,
+}
+
+impl Now {
+    /// The real time, for the I/O shell.
+    pub fn real() -> Now {
+        Now {
+            instant: Instant::now(),
+            unix_s: crate::clock::unix_ms() / 1000,
+        }
+    }
 }
 
 struct EarlyCandidates {
@@ -191,6 +231,8 @@ fn sdp_hash(sdp: &str) -> u64 {
 /// The rules of every viewer session, from offer to end.
 pub struct SessionCore {
     limits: Limits,
+    /// `None`: open mode, anyone may watch.
+    access: Option<AccessPolicy>,
     camera_available: bool,
     shutting_down: bool,
     sessions: HashMap<SessionId, Session>,
@@ -200,9 +242,10 @@ pub struct SessionCore {
 }
 
 impl SessionCore {
-    pub fn new(limits: Limits) -> SessionCore {
+    pub fn new(limits: Limits, access: Option<AccessPolicy>) -> SessionCore {
         SessionCore {
             limits,
+            access,
             camera_available: true,
             shutting_down: false,
             sessions: HashMap::new(),
@@ -217,6 +260,29 @@ impl SessionCore {
         self.limits.max_viewers = max_viewers;
     }
 
+    /// Replaces the revoked viewers (configuration reload); their live sessions end.
+    pub fn set_revoked(&mut self, revoked: &[String]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(access) = &mut self.access else {
+            return actions;
+        };
+        access.set_revoked(revoked);
+        let ended: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.key
+                    .as_ref()
+                    .is_some_and(|(viewer, _)| revoked.contains(viewer))
+            })
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in ended {
+            self.close(&sid, EndReason::Revoked, &mut actions);
+        }
+        actions
+    }
+
     /// Sessions holding a viewer slot: connecting, connected, or closing.
     pub fn viewer_count(&self) -> usize {
         self.sessions.len()
@@ -228,10 +294,11 @@ impl SessionCore {
     }
 
     /// Decides what `input`, arriving at `now`, makes happen.
-    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+    pub fn handle(&mut self, time: Now, input: Input) -> Vec<Action> {
         let mut actions = Vec::new();
+        let now = time.instant;
         match input {
-            Input::Viewer { sid, message } => self.viewer(now, sid, message, &mut actions),
+            Input::Viewer { sid, message } => self.viewer(time, sid, message, &mut actions),
             Input::Peer { sid, report } => self.peer(now, sid, report, &mut actions),
             Input::Camera { available } => self.camera_available = available,
             Input::Tick => self.tick(now, &mut actions),
@@ -251,16 +318,11 @@ impl SessionCore {
         actions
     }
 
-    fn viewer(
-        &mut self,
-        now: Instant,
-        sid: SessionId,
-        message: ViewerInput,
-        out: &mut Vec<Action>,
-    ) {
+    fn viewer(&mut self, time: Now, sid: SessionId, message: ViewerInput, out: &mut Vec<Action>) {
+        let now = time.instant;
         if let Some(ended) = self.ended.get(&sid) {
             // Late duplicates, last wills and stray candidates of a finished session.
-            let reused = matches!(&message, ViewerInput::Offer { sdp } if ended.offer_hash != Some(sdp_hash(sdp)));
+            let reused = matches!(&message, ViewerInput::Offer { sdp, .. } if ended.offer_hash != Some(sdp_hash(sdp)));
             if reused {
                 refuse(
                     &sid,
@@ -274,32 +336,91 @@ impl SessionCore {
             return;
         }
         match message {
-            ViewerInput::Offer { sdp } => self.offer(now, sid, sdp, out),
+            ViewerInput::Offer { sdp, credential } => {
+                self.offer(time, sid, sdp, credential.as_ref(), out)
+            }
             ViewerInput::Candidate(candidate) => self.candidate(now, sid, candidate, out),
-            ViewerInput::Hangup => {
+            ViewerInput::Hangup { mac } => {
+                if let Some((_, key)) = self.sessions.get(&sid).and_then(|s| s.key.as_ref()) {
+                    if !mac.is_some_and(|mac| key.verify_hangup(sid.as_str(), mac.as_str())) {
+                        tracing::debug!(%sid, "ignoring a hangup without the session's mac");
+                        return;
+                    }
+                } else if self.access.is_some() && self.sessions.contains_key(&sid) {
+                    return;
+                }
                 // Hangups for unknown sessions are normal (QoS 1 duplicates, last wills).
-                self.early.remove(&sid);
+                if self.access.is_none() {
+                    self.early.remove(&sid);
+                }
                 self.close(&sid, EndReason::ViewerHangup, out);
             }
+            ViewerInput::Leave => self.close(&sid, EndReason::ViewerHangup, out),
             ViewerInput::Invalid(refusal) => refuse(&sid, refusal, out),
         }
     }
 
-    fn offer(&mut self, now: Instant, sid: SessionId, sdp: String, out: &mut Vec<Action>) {
+    fn offer(
+        &mut self,
+        time: Now,
+        sid: SessionId,
+        sdp: String,
+        credential: Option<&Credential>,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(session) = self.sessions.get(&sid) {
             // An identical offer is a QoS 1 duplicate: already being answered.
-            if session.offer_sdp != sdp {
-                refuse(
-                    &sid,
-                    Refusal::new(
-                        ErrorCode::BadRequest,
-                        "session already has an offer; use a new session id",
-                    ),
-                    out,
-                );
+            if session.offer_sdp == sdp {
+                return;
             }
+            // A different offer must come from the key that opened the session.
+            let signed_by_owner = match (&session.key, credential) {
+                (None, _) => true,
+                (Some((viewer, key)), Some(Credential::Signed(auth))) => {
+                    auth.viewer == *viewer && key.verify_offer(sid.as_str(), &sdp, &auth.mac)
+                }
+                (Some(_), _) => false,
+            };
+            let refusal = if signed_by_owner {
+                Refusal::new(
+                    ErrorCode::BadRequest,
+                    "session already has an offer; use a new session id",
+                )
+            } else {
+                Refusal::new(
+                    ErrorCode::Unauthorized,
+                    "bad mac: only the key that opened this session may change its offer",
+                )
+            };
+            refuse(&sid, refusal, out);
             return;
         }
+        let key = match &self.access {
+            None => None,
+            Some(access) => {
+                let checked = match credential {
+                    None => access.check_offer(sid.as_str(), &sdp, None, time.unix_s),
+                    Some(Credential::Signed(auth)) => {
+                        access.check_offer(sid.as_str(), &sdp, Some(auth), time.unix_s)
+                    }
+                    Some(Credential::Bearer(token)) => access.check_whep_token(token, time.unix_s),
+                };
+                match checked {
+                    Ok(key) => Some(key),
+                    Err(denial) => {
+                        // Nothing of an unauthorized offer stays: no peer, no state.
+                        self.early.remove(&sid);
+                        refuse(
+                            &sid,
+                            Refusal::new(ErrorCode::Unauthorized, denial.to_string()),
+                            out,
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let now = time.instant;
         let refusal = if self.shutting_down {
             Some(Refusal::new(
                 ErrorCode::Unavailable,
@@ -334,6 +455,7 @@ impl SessionCore {
             Session {
                 phase: Phase::Connecting { since: now },
                 offer_sdp: sdp.clone(),
+                key,
             },
         );
         out.push(Action::StartPeer {
@@ -395,6 +517,16 @@ impl SessionCore {
             return;
         };
         match report {
+            PeerReport::Answer(sdp) => {
+                let mac = session
+                    .key
+                    .as_ref()
+                    .map(|(_, key)| key.answer_mac(sid.as_str(), &sdp));
+                out.push(Action::Send {
+                    sid,
+                    message: CameraMessage::Answer { sdp, mac },
+                });
+            }
             PeerReport::Connected => {
                 if matches!(session.phase, Phase::Connecting { .. }) {
                     session.phase = Phase::Connected;
@@ -405,13 +537,14 @@ impl SessionCore {
             PeerReport::Ended { reason, refusal } => {
                 let told = session.phase == Phase::Closing;
                 let offer_hash = Some(sdp_hash(&session.offer_sdp));
+                let goodbye = hangup(&sid, reason, session.key.as_ref());
                 self.sessions.remove(&sid);
                 if !told {
                     // The peer ended on its own: say why, once.
                     if let Some(refusal) = refusal {
                         refuse(&sid, refusal, out);
                     } else if reason.tell_viewer() {
-                        out.push(hangup(&sid, reason));
+                        out.push(goodbye);
                     }
                 }
                 self.ended.insert(
@@ -436,7 +569,7 @@ impl SessionCore {
         }
         session.phase = Phase::Closing;
         if reason.tell_viewer() {
-            out.push(hangup(sid, reason));
+            out.push(hangup(sid, reason, session.key.as_ref()));
         }
         out.push(Action::ClosePeer {
             sid: sid.clone(),
@@ -484,11 +617,13 @@ fn refuse(sid: &SessionId, refusal: Refusal, out: &mut Vec<Action>) {
     });
 }
 
-fn hangup(sid: &SessionId, reason: EndReason) -> Action {
+/// The camera's hangup, signed when the session is keyed.
+fn hangup(sid: &SessionId, reason: EndReason, key: Option<&(String, ViewerKey)>) -> Action {
     Action::Send {
         sid: sid.clone(),
         message: CameraMessage::Hangup {
             reason: reason.as_str().to_owned(),
+            mac: key.map(|(_, key)| key.hangup_mac(sid.as_str())),
         },
     }
 }
@@ -498,21 +633,30 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(15);
+    const UNIX_NOW: u64 = 1_800_000_000;
 
     /// The core with a fake clock that only moves when the test says so.
     struct Harness {
         core: SessionCore,
-        now: Instant,
+        now: Now,
     }
 
     impl Harness {
         fn new(max_viewers: usize) -> Harness {
+            Harness::with_access(max_viewers, None)
+        }
+
+        fn with_access(max_viewers: usize, access: Option<AccessPolicy>) -> Harness {
+            let limits = Limits {
+                max_viewers,
+                connect_timeout: TIMEOUT,
+            };
             Harness {
-                core: SessionCore::new(Limits {
-                    max_viewers,
-                    connect_timeout: TIMEOUT,
-                }),
-                now: Instant::now(),
+                core: SessionCore::new(limits, access),
+                now: Now {
+                    instant: Instant::now(),
+                    unix_s: UNIX_NOW,
+                },
             }
         }
 
@@ -532,7 +676,13 @@ mod tests {
         }
 
         fn offer_sdp(&mut self, sid: &SessionId, sdp: &str) -> Vec<Action> {
-            self.viewer(sid, ViewerInput::Offer { sdp: sdp.into() })
+            self.viewer(
+                sid,
+                ViewerInput::Offer {
+                    sdp: sdp.into(),
+                    credential: None,
+                },
+            )
         }
 
         fn peer(&mut self, sid: &SessionId, report: PeerReport) -> Vec<Action> {
@@ -553,7 +703,8 @@ mod tests {
         }
 
         fn advance(&mut self, by: Duration) -> Vec<Action> {
-            self.now += by;
+            self.now.instant += by;
+            self.now.unix_s += by.as_secs();
             self.input(Input::Tick)
         }
     }
@@ -588,7 +739,7 @@ mod tests {
         actions.iter().find_map(|action| match action {
             Action::Send {
                 sid,
-                message: CameraMessage::Hangup { reason },
+                message: CameraMessage::Hangup { reason, .. },
             } if sid == of => Some(reason.clone()),
             _ => None,
         })
@@ -634,7 +785,7 @@ mod tests {
         assert_eq!(error_code(&refused, &sid(3)), Some(ErrorCode::Busy));
         assert_eq!(started(&refused, &sid(3)), None);
         assert_eq!(count(&refused), None, "the count did not change");
-        h.viewer(&sid(1), ViewerInput::Hangup);
+        h.viewer(&sid(1), ViewerInput::Hangup { mac: None });
         // The slot is held until the peer has freed everything.
         assert_eq!(
             error_code(&h.offer(&sid(4)), &sid(4)),
@@ -743,7 +894,7 @@ mod tests {
     fn messages_after_the_end_are_ignored() {
         let mut h = Harness::new(8);
         h.offer_sdp(&sid(1), "v=0 first");
-        h.viewer(&sid(1), ViewerInput::Hangup);
+        h.viewer(&sid(1), ViewerInput::Hangup { mac: None });
         h.ended(&sid(1), EndReason::ViewerHangup);
         assert_eq!(
             h.offer_sdp(&sid(1), "v=0 first"),
@@ -754,7 +905,7 @@ mod tests {
             h.viewer(&sid(1), ViewerInput::Candidate(candidate(1))),
             vec![]
         );
-        assert_eq!(h.viewer(&sid(1), ViewerInput::Hangup), vec![]);
+        assert_eq!(h.viewer(&sid(1), ViewerInput::Hangup { mac: None }), vec![]);
         assert_eq!(
             h.viewer(
                 &sid(1),
@@ -777,11 +928,11 @@ mod tests {
         let mut h = Harness::new(8);
         h.offer(&sid(1));
         h.peer(&sid(1), PeerReport::Connected);
-        let actions = h.viewer(&sid(1), ViewerInput::Hangup);
+        let actions = h.viewer(&sid(1), ViewerInput::Hangup { mac: None });
         assert!(closes(&actions, &sid(1)));
         assert_eq!(hangup_reason(&actions, &sid(1)), None);
         assert_eq!(
-            h.viewer(&sid(1), ViewerInput::Hangup),
+            h.viewer(&sid(1), ViewerInput::Hangup { mac: None }),
             vec![],
             "closing once is enough"
         );
@@ -926,12 +1077,136 @@ mod tests {
         record(h.offer(&sid(4))); // busy: no change
         record(h.peer(&sid(1), PeerReport::Connected));
         record(h.peer(&sid(2), PeerReport::Connected));
-        record(h.viewer(&sid(1), ViewerInput::Hangup));
+        record(h.viewer(&sid(1), ViewerInput::Hangup { mac: None }));
         record(h.ended(&sid(1), EndReason::ViewerHangup));
         record(h.advance(TIMEOUT)); // sid 3 times out
         record(h.ended(&sid(3), EndReason::ConnectTimeout));
         record(h.peer(&sid(2), PeerReport::IceFailed));
         record(h.ended(&sid(2), EndReason::IceFailed));
         assert_eq!(counts, vec![1, 2, 3, 2, 1, 0]);
+    }
+
+    // --- access keys ---
+
+    fn keyed(max_viewers: usize) -> Harness {
+        let secret = crate::auth::CameraSecret::from_bytes([7; 32]);
+        let access = AccessPolicy::new(secret, "cam1", &["mallory".to_owned()]);
+        Harness::with_access(max_viewers, Some(access))
+    }
+
+    fn key_of(viewer: &str, exp: u64) -> ViewerKey {
+        crate::auth::CameraSecret::from_bytes([7; 32]).viewer_key("cam1", viewer, exp)
+    }
+
+    fn signed_offer(h: &mut Harness, sid: &SessionId, viewer: &str, sdp: &str) -> Vec<Action> {
+        let exp = UNIX_NOW + 3600;
+        let auth = OfferAuth {
+            viewer: viewer.into(),
+            exp,
+            mac: key_of(viewer, exp).offer_mac(sid.as_str(), sdp),
+        };
+        h.viewer(
+            sid,
+            ViewerInput::Offer {
+                sdp: sdp.into(),
+                credential: Some(Credential::Signed(auth)),
+            },
+        )
+    }
+
+    #[test]
+    fn keyed_offers_without_a_valid_key_leave_nothing_behind() {
+        let mut h = keyed(8);
+        h.viewer(&sid(1), ViewerInput::Candidate(candidate(1)));
+        let refused = h.offer(&sid(1));
+        assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::Unauthorized));
+        assert_eq!(started(&refused, &sid(1)), None);
+        assert_eq!(count(&refused), None);
+        let revoked = signed_offer(&mut h, &sid(2), "mallory", "v=0 m");
+        assert_eq!(error_code(&revoked, &sid(2)), Some(ErrorCode::Unauthorized));
+        // The refused sid kept no state: its early candidates are gone too.
+        let admitted = signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        assert_eq!(started(&admitted, &sid(1)), Some(vec![]));
+    }
+
+    #[test]
+    fn a_keyed_session_signs_its_answer_and_hangups_and_needs_signed_hangups() {
+        let mut h = keyed(8);
+        let exp = UNIX_NOW + 3600;
+        let key = key_of("alice", exp);
+        signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        let answered = h.peer(&sid(1), PeerReport::Answer("v=0 answer".into()));
+        assert_eq!(
+            answered,
+            vec![Action::Send {
+                sid: sid(1),
+                message: CameraMessage::Answer {
+                    sdp: "v=0 answer".into(),
+                    mac: Some(key.answer_mac(sid(1).as_str(), "v=0 answer")),
+                },
+            }]
+        );
+        // An attacker's unsigned or wrongly signed hangup changes nothing.
+        assert_eq!(h.viewer(&sid(1), ViewerInput::Hangup { mac: None }), vec![]);
+        let wrong = key_of("alice", exp + 1).hangup_mac(sid(1).as_str());
+        assert_eq!(
+            h.viewer(&sid(1), ViewerInput::Hangup { mac: Some(wrong) }),
+            vec![]
+        );
+        // ... and so does a different offer not signed by the session's key.
+        let hijack = signed_offer(&mut h, &sid(1), "bob", "v=0 b");
+        assert_eq!(error_code(&hijack, &sid(1)), Some(ErrorCode::Unauthorized));
+        assert_eq!(started(&hijack, &sid(1)), None);
+        // The owner's signed hangup ends it.
+        let mac = key.hangup_mac(sid(1).as_str());
+        assert!(closes(
+            &h.viewer(&sid(1), ViewerInput::Hangup { mac: Some(mac) }),
+            &sid(1)
+        ));
+        // The camera's own hangups are signed.
+        signed_offer(&mut h, &sid(2), "alice", "v=0 c");
+        let timed_out = h.advance(TIMEOUT);
+        let signed = timed_out.iter().any(|action| {
+            matches!(action, Action::Send { sid: s, message: CameraMessage::Hangup { mac: Some(mac), .. } }
+                if *s == sid(2) && *mac == key_of("alice", exp).hangup_mac(sid(2).as_str()))
+        });
+        assert!(signed, "{timed_out:?}");
+    }
+
+    #[test]
+    fn whep_bearer_tokens_and_leaving_by_the_session_url() {
+        let mut h = keyed(8);
+        let secret = crate::auth::CameraSecret::from_bytes([7; 32]);
+        let grant =
+            crate::auth::AccessGrant::new(&secret, "cam1", "tv", UNIX_NOW + 60, "http://c/");
+        let offer = |token: &str| ViewerInput::Offer {
+            sdp: "v=0 w".into(),
+            credential: Some(Credential::Bearer(token.into())),
+        };
+        let refused = h.viewer(&sid(1), offer("tv.1.bad"));
+        assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::Unauthorized));
+        assert!(started(&h.viewer(&sid(2), offer(&grant.whep_token)), &sid(2)).is_some());
+        assert!(closes(&h.viewer(&sid(2), ViewerInput::Leave), &sid(2)));
+    }
+
+    #[test]
+    fn revoking_a_viewer_ends_its_sessions_only() {
+        let mut h = keyed(8);
+        signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        signed_offer(&mut h, &sid(2), "bob", "v=0 b");
+        let actions = h.core.set_revoked(&["bob".to_owned()]);
+        assert_eq!(hangup_reason(&actions, &sid(2)).as_deref(), Some("revoked"));
+        assert!(closes(&actions, &sid(2)));
+        assert!(!closes(&actions, &sid(1)));
+        let again = signed_offer(&mut h, &sid(3), "bob", "v=0 b2");
+        assert_eq!(error_code(&again, &sid(3)), Some(ErrorCode::Unauthorized));
+    }
+
+    #[test]
+    fn keys_expire_on_the_unix_clock() {
+        let mut h = keyed(8);
+        h.now.unix_s = UNIX_NOW + 3600;
+        let late = signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        assert_eq!(error_code(&late, &sid(1)), Some(ErrorCode::Unauthorized));
     }
 }

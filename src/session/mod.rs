@@ -9,7 +9,11 @@ pub mod keyframe_requests;
 pub mod peer;
 mod viewer;
 
-use self::core::{Action, EndReason, Input, Limits, PeerReport, Refusal, SessionCore, ViewerInput};
+use self::core::{
+    Action, Credential, EndReason, Input, Limits, Now, PeerReport, Refusal, SessionCore,
+    ViewerInput,
+};
+use crate::auth::AccessPolicy;
 use crate::fanout::FanOut;
 use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, SessionId};
 use peer::PeerSettings;
@@ -48,6 +52,8 @@ pub enum WhepRequest {
     /// A new session from an SDP offer: answered with all the camera's candidates.
     Offer {
         sdp: String,
+        /// The `Authorization: Bearer` token, when the player sent one.
+        token: Option<String>,
         reply: oneshot::Sender<Result<WhepAnswer, Refusal>>,
     },
     /// Late candidates of the player (a trickle-ice-sdpfrag); false for an unknown session.
@@ -92,6 +98,8 @@ pub struct ManagerInputs {
     pub max_viewers: watch::Receiver<usize>,
     /// False while the camera device is gone.
     pub camera_available: watch::Receiver<bool>,
+    /// `auth.revoked`; a change ends the revoked viewers' sessions (configuration reload).
+    pub revoked: watch::Receiver<Vec<String>>,
     /// Hangs up everyone and ends the manager.
     pub stop: CancellationToken,
 }
@@ -124,15 +132,17 @@ pub struct SessionManager {
 
 impl SessionManager {
     /// `to_viewers` carries replies to the message transport; `viewers` the viewer count.
+    /// `access` is `None` in open mode.
     pub fn new(
         ctx: Arc<SessionContext>,
         limits: Limits,
+        access: Option<AccessPolicy>,
         to_viewers: mpsc::UnboundedSender<ToViewer>,
         viewers: watch::Sender<usize>,
     ) -> Self {
         let (peer_output_tx, peer_output) = mpsc::unbounded_channel();
         Self {
-            core: SessionCore::new(limits),
+            core: SessionCore::new(limits, access),
             ctx,
             peers: HashMap::new(),
             whep: HashMap::new(),
@@ -152,6 +162,7 @@ impl SessionManager {
             mut signals,
             mut max_viewers,
             mut camera_available,
+            mut revoked,
             stop,
         } = inputs;
         self.core.set_max_viewers(*max_viewers.borrow_and_update());
@@ -179,6 +190,12 @@ impl SessionManager {
                 Ok(()) = max_viewers.changed() => {
                     self.core.set_max_viewers(*max_viewers.borrow_and_update());
                 },
+                Ok(()) = revoked.changed() => {
+                    let revoked = revoked.borrow_and_update().clone();
+                    for action in self.core.set_revoked(&revoked) {
+                        self.carry_out(action);
+                    }
+                },
                 _ = stop.cancelled() => break,
             }
         }
@@ -205,7 +222,7 @@ impl SessionManager {
 
     /// Feeds the core and carries out what it decides.
     fn apply(&mut self, input: Input) {
-        let actions = self.core.handle(std::time::Instant::now(), input);
+        let actions = self.core.handle(Now::real(), input);
         for action in actions {
             self.carry_out(action);
         }
@@ -247,7 +264,7 @@ impl SessionManager {
             }
             Some(reply) => {
                 let result = match message {
-                    CameraMessage::Answer { sdp } => Ok(WhepAnswer {
+                    CameraMessage::Answer { sdp, .. } => Ok(WhepAnswer {
                         sid: sid.clone(),
                         sdp,
                     }),
@@ -302,7 +319,10 @@ impl SessionManager {
 
     fn peer_output(&mut self, sid: SessionId, output: PeerOutput) {
         match output {
-            PeerOutput::Answer(sdp) => self.send(sid, CameraMessage::Answer { sdp }),
+            PeerOutput::Answer(sdp) => self.apply(Input::Peer {
+                sid,
+                report: PeerReport::Answer(sdp),
+            }),
             PeerOutput::LocalCandidate(candidate) => {
                 self.send(sid, CameraMessage::Candidate(candidate));
             }
@@ -356,12 +376,15 @@ impl SessionManager {
 
     fn whep_request(&mut self, request: WhepRequest) {
         match request {
-            WhepRequest::Offer { sdp, reply } => {
+            WhepRequest::Offer { sdp, token, reply } => {
                 let sid = new_whep_session_id();
                 self.whep.insert(sid.clone(), Some(reply));
                 self.apply(Input::Viewer {
                     sid: sid.clone(),
-                    message: ViewerInput::Offer { sdp },
+                    message: ViewerInput::Offer {
+                        sdp,
+                        credential: token.map(Credential::Bearer),
+                    },
                 });
                 if !self.core.has_session(&sid) {
                     self.whep.remove(&sid);
@@ -386,9 +409,10 @@ impl SessionManager {
             WhepRequest::End { sid, reply } => {
                 let known = self.whep.contains_key(&sid) && self.core.has_session(&sid);
                 if known {
+                    // The unguessable session URL is the proof of ownership.
                     self.apply(Input::Viewer {
                         sid,
-                        message: ViewerInput::Hangup,
+                        message: ViewerInput::Leave,
                     });
                 }
                 let _ = reply.send(known);

@@ -4,7 +4,7 @@
 //! It must never carry media, decide anything about a session, or stall sessions while
 //! the broker is away.
 
-use crate::session::core::{Refusal, ViewerInput};
+use crate::session::core::{Credential, Refusal, ViewerInput};
 use crate::session::{Signal, ToViewer};
 use crate::signaling::protocol::{parse_viewer_message, Status, TopicError, Topics, ViewerMessage};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
@@ -17,6 +17,8 @@ const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 const REQUEST_QUEUE: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The fastest the camera puts back its retained status after someone overwrote it.
+const STATUS_CORRECTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -61,9 +63,12 @@ pub fn signal_from_wire(topics: &Topics, topic: &str, payload: &[u8]) -> Option<
         }
     };
     let message = match parse_viewer_message(payload) {
-        Ok(ViewerMessage::Offer { sdp }) => ViewerInput::Offer { sdp },
+        Ok(ViewerMessage::Offer { sdp, auth }) => ViewerInput::Offer {
+            sdp,
+            credential: auth.map(Credential::Signed),
+        },
         Ok(ViewerMessage::Candidate(candidate)) => ViewerInput::Candidate(candidate),
-        Ok(ViewerMessage::Hangup) => ViewerInput::Hangup,
+        Ok(ViewerMessage::Hangup { mac }) => ViewerInput::Hangup { mac },
         Err(err) => ViewerInput::Invalid(Refusal::new(err.code(), err.to_string())),
     };
     Some(Signal::Viewer { sid, message })
@@ -86,10 +91,20 @@ pub async fn run(
     let mut failures_logged = false;
     // While waiting to reconnect, the event loop is not polled (polling reconnects).
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // When the next correction of an overwritten retained status is due, and the last one.
+    let mut correct_at: Option<tokio::time::Instant> = None;
+    let mut last_correction: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
+            }
+            _ = tokio::time::sleep_until(correct_at.unwrap_or_else(tokio::time::Instant::now)), if correct_at.is_some() => {
+                correct_at = None;
+                last_correction = Some(tokio::time::Instant::now());
+                if connected {
+                    publish_status(&client, &status_topic, status.borrow().clone());
+                }
             }
             event = eventloop.poll(), if retry_at.is_none() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -98,12 +113,27 @@ pub async fn run(
                     connected = true;
                     failures_logged = false;
                     backoff = MIN_BACKOFF;
-                    // A clean session forgets subscriptions: subscribe on every connect.
-                    if let Err(err) = client.try_subscribe(&session_filter, QoS::AtLeastOnce) {
-                        tracing::error!("cannot subscribe to {session_filter}: {err}");
+                    // A clean session forgets subscriptions: subscribe on every connect. The
+                    // camera also watches its own status, to put back the truth when anyone
+                    // else overwrites it.
+                    for filter in [&session_filter, &status_topic] {
+                        if let Err(err) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                            tracing::error!("cannot subscribe to {filter}: {err}");
+                        }
                     }
                     let current = status.borrow_and_update().clone();
-                    publish(&client, &status_topic, current, true);
+                    publish_status(&client, &status_topic, current);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == status_topic => {
+                    let current = status.borrow().clone();
+                    if publish.payload != current.as_bytes() && correct_at.is_none() {
+                        tracing::warn!("the retained status was overwritten by another client; republishing the camera's own");
+                        // At most one correction a second: two cameras sharing a device id
+                        // must not flood the broker fighting over it.
+                        let earliest = last_correction.map(|at| at + STATUS_CORRECTION_INTERVAL);
+                        let now = tokio::time::Instant::now();
+                        correct_at = Some(earliest.map_or(now, |earliest| earliest.max(now)));
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let Some(signal) = signal_from_wire(&settings.topics, &publish.topic, &publish.payload) else {
@@ -133,7 +163,7 @@ pub async fn run(
             changed = status.changed() => {
                 if changed.is_ok() && connected {
                     let current = status.borrow_and_update().clone();
-                    publish(&client, &status_topic, current, true);
+                    publish_status(&client, &status_topic, current);
                 }
             }
         }
@@ -157,6 +187,11 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
     }
     tracing::info!("MQTT signaling stopped");
+}
+
+/// The retained status; the camera's own copy is the only true one.
+fn publish_status(client: &AsyncClient, topic: &str, status: String) {
+    publish(client, topic, status, true);
 }
 
 fn publish(client: &AsyncClient, topic: &str, payload: String, retain: bool) {

@@ -166,16 +166,36 @@ pub struct IceCandidate {
     pub username_fragment: Option<String>,
 }
 
+/// The `auth` of an offer when the camera requires access keys: the viewer named in the
+/// access link, its expiry (Unix seconds) and the offer's mac (see docs/signaling.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferAuth {
+    pub viewer: String,
+    pub exp: u64,
+    pub mac: String,
+}
+
+/// Whether a camera requires access keys, as its status announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Keys,
+    Open,
+}
+
 /// A message a viewer publishes on its to-camera topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewerMessage {
     /// The SDP offer; validated, and guaranteed to contain an `m=video` section.
     Offer {
         sdp: String,
+        auth: Option<OfferAuth>,
     },
     /// A trickled candidate; `None` means the viewer has gathered all its candidates.
     Candidate(Option<IceCandidate>),
-    Hangup,
+    Hangup {
+        mac: Option<String>,
+    },
 }
 
 /// A message the camera publishes on a viewer's to-viewer topic.
@@ -183,11 +203,14 @@ pub enum ViewerMessage {
 pub enum CameraMessage {
     Answer {
         sdp: String,
+        /// Set when the session is keyed: proves the answer comes from the camera.
+        mac: Option<String>,
     },
     /// A trickled candidate; `None` means the camera has gathered all its candidates.
     Candidate(Option<IceCandidate>),
     Hangup {
         reason: String,
+        mac: Option<String>,
     },
     Error {
         code: ErrorCode,
@@ -207,14 +230,17 @@ pub enum ErrorCode {
     Unavailable,
     /// The camera failed on its side.
     Internal,
+    /// The offer carries no valid access key for this camera.
+    Unauthorized,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 4] = [
+    const ALL: [ErrorCode; 5] = [
         ErrorCode::BadRequest,
         ErrorCode::Busy,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
     ];
 
     /// The wire spelling, e.g. `"bad-request"`.
@@ -224,6 +250,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 
@@ -330,13 +357,43 @@ pub fn parse_viewer_message(payload: &[u8]) -> Parsed<ViewerMessage> {
             check_offer_sdp(sdp)?;
             Ok(ViewerMessage::Offer {
                 sdp: sdp.to_owned(),
+                auth: parse_offer_auth(&fields)?,
             })
         }
         "candidate" => Ok(ViewerMessage::Candidate(parse_candidate_field(&object)?)),
         // A viewer may add a reason for its own logs; the camera does not need it.
-        "hangup" => Ok(ViewerMessage::Hangup),
+        "hangup" => Ok(ViewerMessage::Hangup {
+            mac: Fields::new("hangup", &object)
+                .optional_str("mac")?
+                .map(str::to_owned),
+        }),
         _ => Err(unknown_type(kind, "offer, candidate or hangup")),
     }
+}
+
+/// The optional `auth` object of an offer: `viewer` and `mac` strings, `exp` an integer.
+fn parse_offer_auth(fields: &Fields) -> Parsed<Option<OfferAuth>> {
+    let Some(auth) = fields.optional("auth") else {
+        return Ok(None);
+    };
+    let Some(object) = auth.as_object() else {
+        return Err(fields.invalid("auth", "must be an object with viewer, exp and mac".into()));
+    };
+    let auth_fields = Fields::new("offer auth", object);
+    let exp = auth_fields
+        .optional("exp")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            auth_fields.invalid(
+                "exp",
+                "must be the expiry in Unix seconds, an integer".into(),
+            )
+        })?;
+    Ok(Some(OfferAuth {
+        viewer: auth_fields.required_str("viewer")?.to_owned(),
+        exp,
+        mac: auth_fields.required_str("mac")?.to_owned(),
+    }))
 }
 
 /// Parses and validates a payload from a to-viewer topic (for test viewers).
@@ -348,13 +405,17 @@ pub fn parse_camera_message(payload: &[u8]) -> Parsed<CameraMessage> {
             validate_sdp("answer", sdp)?;
             Ok(CameraMessage::Answer {
                 sdp: sdp.to_owned(),
+                mac: Fields::new("answer", &object)
+                    .optional_str("mac")?
+                    .map(str::to_owned),
             })
         }
         "candidate" => Ok(CameraMessage::Candidate(parse_candidate_field(&object)?)),
         "hangup" => {
-            let reason = Fields::new("hangup", &object).required_str("reason")?;
+            let fields = Fields::new("hangup", &object);
             Ok(CameraMessage::Hangup {
-                reason: reason.to_owned(),
+                reason: fields.required_str("reason")?.to_owned(),
+                mac: fields.optional_str("mac")?.map(str::to_owned),
             })
         }
         "error" => {
@@ -364,7 +425,7 @@ pub fn parse_camera_message(payload: &[u8]) -> Parsed<CameraMessage> {
                 fields.invalid(
                     "code",
                     format!(
-                        "must be \"bad-request\", \"busy\", \"unavailable\" or \"internal\", found {}",
+                        "must be \"bad-request\", \"busy\", \"unavailable\", \"internal\" or \"unauthorized\", found {}",
                         quoted(code_text)
                     ),
                 )
@@ -382,11 +443,16 @@ pub fn parse_camera_message(payload: &[u8]) -> Parsed<CameraMessage> {
 impl ViewerMessage {
     pub fn to_json(&self) -> String {
         let wire = match self {
-            ViewerMessage::Offer { sdp } => Wire::Offer { sdp },
+            ViewerMessage::Offer { sdp, auth } => Wire::Offer {
+                sdp,
+                auth: auth.as_ref(),
+            },
             ViewerMessage::Candidate(candidate) => Wire::Candidate {
                 candidate: candidate.as_ref(),
             },
-            ViewerMessage::Hangup => Wire::ViewerHangup {},
+            ViewerMessage::Hangup { mac } => Wire::ViewerHangup {
+                mac: mac.as_deref(),
+            },
         };
         to_json_string(&wire)
     }
@@ -395,11 +461,17 @@ impl ViewerMessage {
 impl CameraMessage {
     pub fn to_json(&self) -> String {
         let wire = match self {
-            CameraMessage::Answer { sdp } => Wire::Answer { sdp },
+            CameraMessage::Answer { sdp, mac } => Wire::Answer {
+                sdp,
+                mac: mac.as_deref(),
+            },
             CameraMessage::Candidate(candidate) => Wire::Candidate {
                 candidate: candidate.as_ref(),
             },
-            CameraMessage::Hangup { reason } => Wire::CameraHangup { reason },
+            CameraMessage::Hangup { reason, mac } => Wire::CameraHangup {
+                reason,
+                mac: mac.as_deref(),
+            },
             CameraMessage::Error { code, message } => Wire::Error {
                 code: *code,
                 message,
@@ -415,18 +487,27 @@ impl CameraMessage {
 enum Wire<'a> {
     Offer {
         sdp: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth: Option<&'a OfferAuth>,
     },
     Answer {
         sdp: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mac: Option<&'a str>,
     },
     Candidate {
         candidate: Option<&'a IceCandidate>,
     },
     #[serde(rename = "hangup")]
-    ViewerHangup {},
+    ViewerHangup {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mac: Option<&'a str>,
+    },
     #[serde(rename = "hangup")]
     CameraHangup {
         reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mac: Option<&'a str>,
     },
     Error {
         code: ErrorCode,
@@ -521,6 +602,9 @@ pub struct Status {
     /// viewer should use, so it gathers candidates the camera can reach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ice_servers: Option<Vec<Value>>,
+    /// `keys`: offers must carry a valid access key; `open`: anyone may watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
 }
 
 impl Status {
@@ -546,6 +630,7 @@ impl Status {
             viewers: Some(viewers),
             max_viewers: Some(max_viewers),
             ice_servers: Some(ice_servers),
+            auth: None,
         }
     }
 
@@ -562,6 +647,7 @@ impl Status {
             viewers: None,
             max_viewers: None,
             ice_servers: None,
+            auth: None,
         }
     }
 
@@ -629,6 +715,17 @@ impl Status {
             viewers: fields.optional_u32("viewers")?,
             max_viewers: fields.optional_u32("max_viewers")?,
             ice_servers,
+            auth: match fields.optional_str("auth")? {
+                None => None,
+                Some("keys") => Some(AuthMode::Keys),
+                Some("open") => Some(AuthMode::Open),
+                Some(other) => {
+                    return Err(fields.invalid(
+                        "auth",
+                        format!("must be \"keys\" or \"open\", found {}", quoted(other)),
+                    ))
+                }
+            },
         })
     }
 }
@@ -1201,7 +1298,8 @@ mod tests {
         assert_eq!(
             message,
             Ok(ViewerMessage::Offer {
-                sdp: OFFER_SDP.to_owned()
+                sdp: OFFER_SDP.to_owned(),
+                auth: None,
             })
         );
     }
@@ -1212,7 +1310,7 @@ mod tests {
         let payload = serde_json::json!({"type": "offer", "sdp": sdp, "extra": [1, 2]});
         assert_eq!(
             parse_viewer_message(payload.to_string().as_bytes()),
-            Ok(ViewerMessage::Offer { sdp })
+            Ok(ViewerMessage::Offer { sdp, auth: None })
         );
     }
 
@@ -1445,11 +1543,11 @@ mod tests {
     fn parses_hangup_with_or_without_extra_fields() {
         assert_eq!(
             parse_viewer_message(br#"{"type":"hangup"}"#),
-            Ok(ViewerMessage::Hangup)
+            Ok(ViewerMessage::Hangup { mac: None })
         );
         assert_eq!(
             parse_viewer_message(br#"{"type":"hangup","reason":"tab closed"}"#),
-            Ok(ViewerMessage::Hangup)
+            Ok(ViewerMessage::Hangup { mac: None })
         );
     }
 
@@ -1531,7 +1629,7 @@ mod tests {
         assert_eq!(at_limit.len(), MAX_PAYLOAD_BYTES);
         assert_eq!(
             parse_viewer_message(at_limit.as_bytes()),
-            Ok(ViewerMessage::Hangup)
+            Ok(ViewerMessage::Hangup { mac: None })
         );
         let over = format!(
             r#"{{"type":"hangup","pad":"{}"}}"#,
@@ -1559,12 +1657,35 @@ mod tests {
     fn viewer_messages_serialize_to_the_documented_shape() {
         assert_eq!(
             ViewerMessage::Offer {
-                sdp: "v=0\r\n".to_owned()
+                sdp: "v=0\r\n".to_owned(),
+                auth: None,
             }
             .to_json(),
             r#"{"type":"offer","sdp":"v=0\r\n"}"#
         );
-        assert_eq!(ViewerMessage::Hangup.to_json(), r#"{"type":"hangup"}"#);
+        assert_eq!(
+            ViewerMessage::Hangup { mac: None }.to_json(),
+            r#"{"type":"hangup"}"#
+        );
+        let signed = ViewerMessage::Offer {
+            sdp: "v=0\r\n".to_owned(),
+            auth: Some(OfferAuth {
+                viewer: "alice".into(),
+                exp: 1_800_000_000,
+                mac: "bWFj".into(),
+            }),
+        };
+        assert_eq!(
+            signed.to_json(),
+            r#"{"type":"offer","sdp":"v=0\r\n","auth":{"viewer":"alice","exp":1800000000,"mac":"bWFj"}}"#
+        );
+        assert_eq!(
+            ViewerMessage::Hangup {
+                mac: Some("bWFj".into())
+            }
+            .to_json(),
+            r#"{"type":"hangup","mac":"bWFj"}"#
+        );
         assert_eq!(
             ViewerMessage::Candidate(None).to_json(),
             r#"{"type":"candidate","candidate":null}"#
@@ -1594,10 +1715,22 @@ mod tests {
         for message in [
             ViewerMessage::Offer {
                 sdp: OFFER_SDP.to_owned(),
+                auth: None,
+            },
+            ViewerMessage::Offer {
+                sdp: OFFER_SDP.to_owned(),
+                auth: Some(OfferAuth {
+                    viewer: "kitchen.tablet".into(),
+                    exp: 1_800_000_000,
+                    mac: "c2lnbmVk".into(),
+                }),
             },
             ViewerMessage::Candidate(Some(host_candidate())),
             ViewerMessage::Candidate(None),
-            ViewerMessage::Hangup,
+            ViewerMessage::Hangup { mac: None },
+            ViewerMessage::Hangup {
+                mac: Some("c2lnbmVk".into()),
+            },
         ] {
             assert_eq!(
                 parse_viewer_message(message.to_json().as_bytes()),
@@ -1612,14 +1745,16 @@ mod tests {
     fn camera_messages_serialize_to_the_documented_shape() {
         assert_eq!(
             CameraMessage::Answer {
-                sdp: "v=0\r\n".to_owned()
+                sdp: "v=0\r\n".to_owned(),
+                mac: None,
             }
             .to_json(),
             r#"{"type":"answer","sdp":"v=0\r\n"}"#
         );
         assert_eq!(
             CameraMessage::Hangup {
-                reason: "camera shutting down".to_owned()
+                reason: "camera shutting down".to_owned(),
+                mac: None,
             }
             .to_json(),
             r#"{"type":"hangup","reason":"camera shutting down"}"#
@@ -1657,6 +1792,7 @@ mod tests {
                 r#"{"type":"error","code":"busy","message":""}"#,
                 r#"{"type":"error","code":"unavailable","message":""}"#,
                 r#"{"type":"error","code":"internal","message":""}"#,
+                r#"{"type":"error","code":"unauthorized","message":""}"#,
             ]
         );
         for code in ErrorCode::ALL {
@@ -1670,11 +1806,13 @@ mod tests {
         let mut messages = vec![
             CameraMessage::Answer {
                 sdp: OFFER_SDP.to_owned(),
+                mac: None,
             },
             CameraMessage::Candidate(Some(host_candidate())),
             CameraMessage::Candidate(None),
             CameraMessage::Hangup {
                 reason: "ICE failed".to_owned(),
+                mac: None,
             },
         ];
         messages.extend(ErrorCode::ALL.map(|code| CameraMessage::Error {
@@ -1695,7 +1833,8 @@ mod tests {
         assert_eq!(
             parse_camera_message(payload.as_bytes()),
             Ok(CameraMessage::Answer {
-                sdp: AUDIO_ONLY_SDP.to_owned()
+                sdp: AUDIO_ONLY_SDP.to_owned(),
+                mac: None,
             })
         );
         assert_eq!(
@@ -1712,7 +1851,7 @@ mod tests {
             (br#"{"type":"hangup"}"#, "hangup message has no \"reason\" field"),
             (br#"{"type":"hangup","reason":false}"#, "field \"reason\" of hangup message must be a string, found a boolean"),
             (br#"{"type":"error","message":"x"}"#, "error message has no \"code\" field"),
-            (br#"{"type":"error","code":"bad_request","message":"x"}"#, "field \"code\" of error message must be \"bad-request\", \"busy\", \"unavailable\" or \"internal\", found \"bad_request\""),
+            (br#"{"type":"error","code":"bad_request","message":"x"}"#, "field \"code\" of error message must be \"bad-request\", \"busy\", \"unavailable\", \"internal\" or \"unauthorized\", found \"bad_request\""),
             (br#"{"type":"error","code":"busy"}"#, "error message has no \"message\" field"),
             (br#"{"type":"candidate","candidate":{"candidate":"x","sdpMid":"0"}}"#, "field \"candidate.candidate\" of candidate message must be empty or start with \"candidate:\""),
         ];

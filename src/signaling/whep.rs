@@ -43,12 +43,15 @@ pub struct WhepSettings {
     pub allow_origin: String,
     /// Announced to players in `Link: rel="ice-server"` headers.
     pub ice_servers: Vec<IceServer>,
+    /// Access keys are on: an offer without `Authorization: Bearer` gets 401.
+    pub require_token: bool,
 }
 
 #[derive(Clone)]
 struct Endpoint {
     signals: mpsc::Sender<Signal>,
     links: Vec<HeaderValue>,
+    require_token: bool,
 }
 
 /// The WHEP routes, to be merged into the HTTP server's router.
@@ -81,7 +84,11 @@ pub fn router(signals: mpsc::Sender<Signal>, settings: &WhepSettings) -> Router 
             header::RETRY_AFTER,
             ACCEPT_POST,
         ]);
-    let endpoint = Endpoint { signals, links };
+    let endpoint = Endpoint {
+        signals,
+        links,
+        require_token: settings.require_token,
+    };
     // tower-http answers every OPTIONS as a CORS preflight, so Accept-Post is added to
     // the endpoint's responses by a layer of its own.
     let offers = Router::new()
@@ -158,6 +165,8 @@ fn refusal_response(refusal: &Refusal) -> Response {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Busy | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // A token was given (none gets 401 before this) but is bad, expired or revoked.
+        ErrorCode::Unauthorized => StatusCode::FORBIDDEN,
     };
     let mut response = plain(status, &refusal.message);
     if refusal.code == ErrorCode::Busy {
@@ -168,6 +177,14 @@ fn refusal_response(refusal: &Refusal) -> Response {
     response
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| token.trim().to_owned())
+}
+
 /// The entity tag of a session's ICE state: stable for the session, unique across them.
 fn session_etag(sid: &SessionId) -> String {
     let mut hasher = DefaultHasher::new();
@@ -176,6 +193,17 @@ fn session_etag(sid: &SessionId) -> String {
 }
 
 async fn offer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = bearer_token(&headers);
+    if endpoint.require_token && token.is_none() {
+        let mut response = plain(
+            StatusCode::UNAUTHORIZED,
+            "this camera admits only viewers with an access key: send Authorization: Bearer VIEWER.EXP.MAC (peercam access --whep)",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     if !has_content_type(&headers, SDP) {
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -189,7 +217,7 @@ async fn offer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bytes
         return plain(StatusCode::BAD_REQUEST, &err.to_string());
     }
     let answer: Result<WhepAnswer, Refusal> = match endpoint
-        .ask(|reply| WhepRequest::Offer { sdp, reply })
+        .ask(|reply| WhepRequest::Offer { sdp, token, reply })
         .await
     {
         Ok(answer) => answer,
