@@ -43,6 +43,8 @@ pub struct ViewerStats {
     pub telemetry: Vec<Value>,
     pub camera_messages: Vec<Value>,
     pub connection_states: Vec<String>,
+    /// Answers dropped because their mac did not prove they came from the camera.
+    pub rejected_answers: u64,
 }
 
 /// Reads the documented latency stamp: 48 cells, MSB first, luma sampled at cell centres.
@@ -290,8 +292,48 @@ pub async fn receive_only_peer(
     (pc, data_channel)
 }
 
+/// A viewer's access key as `peercam access --json` prints it, and the macs the protocol
+/// asks for, computed here with hmac/sha2 independently of the agent's code.
+#[derive(Clone, Debug)]
+pub struct AccessKey {
+    pub viewer: String,
+    pub exp: u64,
+    pub key: Vec<u8>,
+}
+
+impl AccessKey {
+    /// From the JSON printed by `peercam access --json`.
+    pub fn from_json(grant: &Value) -> AccessKey {
+        use base64::Engine;
+        AccessKey {
+            viewer: grant["viewer"].as_str().unwrap().to_owned(),
+            exp: grant["exp"].as_u64().unwrap(),
+            key: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(grant["key"].as_str().unwrap())
+                .unwrap(),
+        }
+    }
+
+    pub fn mac(&self, message: &str) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).unwrap();
+        mac.update(message.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    pub fn offer_auth(&self, sid: &str, sdp: &str) -> Value {
+        json!({"viewer": self.viewer, "exp": self.exp, "mac": self.mac(&format!("offer\n{sid}\n{sdp}"))})
+    }
+
+    pub fn hangup(&self, sid: &str) -> Value {
+        json!({"type": "hangup", "mac": self.mac(&format!("hangup\n{sid}"))})
+    }
+}
+
 pub struct TestViewer {
     pub sid: String,
+    access: Option<AccessKey>,
     shared: Arc<Shared>,
     client: AsyncClient,
     pc: Arc<dyn PeerConnection>,
@@ -310,14 +352,29 @@ impl TestViewer {
     }
 
     pub async fn start_with_sid(mqtt_port: u16, device: &str, sid: &str) -> TestViewer {
+        Self::start_keyed(mqtt_port, device, sid, None).await
+    }
+
+    /// A viewer that signs its offer and hangups with `access` and accepts only an answer
+    /// signed with it (when given).
+    pub async fn start_keyed(
+        mqtt_port: u16,
+        device: &str,
+        sid: &str,
+        access: Option<AccessKey>,
+    ) -> TestViewer {
         let to_camera = format!("peercam/{device}/session/{sid}/to-camera");
         let to_viewer = format!("peercam/{device}/session/{sid}/to-viewer");
         let mut options = MqttOptions::new(format!("viewer-{sid}"), "127.0.0.1", mqtt_port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1 << 20, 1 << 20);
+        let goodbye = match &access {
+            Some(access) => access.hangup(sid),
+            None => json!({"type":"hangup"}),
+        };
         options.set_last_will(LastWill::new(
             &to_camera,
-            json!({"type":"hangup"}).to_string(),
+            goodbye.to_string(),
             QoS::AtLeastOnce,
             false,
         ));
@@ -338,6 +395,8 @@ impl TestViewer {
         let signaling_shared = Arc::clone(&shared);
         let subscribe_client = client.clone();
         let topic = to_viewer.clone();
+        let answer_access = access.clone();
+        let answer_sid = sid.to_owned();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -362,6 +421,15 @@ impl TestViewer {
                         match message["type"].as_str() {
                             Some("answer") => {
                                 let sdp = message["sdp"].as_str().unwrap_or_default().to_owned();
+                                if let Some(access) = &answer_access {
+                                    let expected =
+                                        access.mac(&format!("answer\n{answer_sid}\n{sdp}"));
+                                    if message["mac"].as_str() != Some(expected.as_str()) {
+                                        signaling_shared.stats.lock().unwrap().rejected_answers +=
+                                            1;
+                                        continue;
+                                    }
+                                }
                                 if let Ok(answer) = RTCSessionDescription::answer(sdp) {
                                     let _ = signaling_pc.set_remote_description(answer).await;
                                 }
@@ -400,12 +468,17 @@ impl TestViewer {
                 &to_camera,
                 QoS::AtLeastOnce,
                 false,
-                json!({"type": "offer", "sdp": offer.sdp}).to_string(),
+                match &access {
+                    Some(access) => json!({"type": "offer", "sdp": offer.sdp, "auth": access.offer_auth(sid, &offer.sdp)}),
+                    None => json!({"type": "offer", "sdp": offer.sdp}),
+                }
+                .to_string(),
             )
             .await
             .unwrap();
         TestViewer {
             sid: sid.to_owned(),
+            access,
             shared,
             client,
             pc,
@@ -458,8 +531,11 @@ impl TestViewer {
     }
 
     pub async fn hangup(&self) {
-        self.publish_raw(json!({"type": "hangup"}).to_string().into_bytes())
-            .await;
+        let goodbye = match &self.access {
+            Some(access) => access.hangup(&self.sid),
+            None => json!({"type": "hangup"}),
+        };
+        self.publish_raw(goodbye.to_string().into_bytes()).await;
         let _ = self.pc.close().await;
     }
 }
@@ -525,6 +601,14 @@ impl Observer {
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// Publishes a retained message, as a client that owns the topic would.
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
             .await
             .unwrap();
     }

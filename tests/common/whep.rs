@@ -113,6 +113,15 @@ impl WhepViewer {
     /// Gathers every candidate into an offer and POSTs it to `/whep`; a reply other than
     /// `201 Created` comes back as the error.
     pub async fn start(port: u16) -> Result<WhepViewer, HttpReply> {
+        Self::start_authorized(port, None).await
+    }
+
+    /// The same with `Authorization: Bearer token`.
+    pub async fn start_with_token(port: u16, token: &str) -> Result<WhepViewer, HttpReply> {
+        Self::start_authorized(port, Some(token)).await
+    }
+
+    async fn start_authorized(port: u16, token: Option<&str>) -> Result<WhepViewer, HttpReply> {
         let shared = Shared::new();
         let gathered = Arc::new(Notify::new());
         let handler = Arc::new(Handler {
@@ -127,14 +136,12 @@ impl WhepViewer {
             .expect("ICE gathering completes");
         let sdp = pc.local_description().await.unwrap().sdp;
         *shared.offer_sent.lock().unwrap() = Some(Instant::now());
-        let created = http(
-            port,
-            "POST",
-            "/whep",
-            &[("Content-Type", "application/sdp")],
-            &sdp,
-        )
-        .await;
+        let bearer = token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Content-Type", "application/sdp")];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer.as_str()));
+        }
+        let created = http(port, "POST", "/whep", &headers, &sdp).await;
         if created.status != 201 {
             let _ = pc.close().await;
             return Err(created);
