@@ -341,15 +341,15 @@ impl SessionCore {
             }
             ViewerInput::Candidate(candidate) => self.candidate(now, sid, candidate, out),
             ViewerInput::Hangup { mac } => {
+                // With access keys every session has its key: only its mac ends it.
                 if let Some((_, key)) = self.sessions.get(&sid).and_then(|s| s.key.as_ref()) {
                     if !mac.is_some_and(|mac| key.verify_hangup(sid.as_str(), mac.as_str())) {
                         tracing::debug!(%sid, "ignoring a hangup without the session's mac");
                         return;
                     }
-                } else if self.access.is_some() && self.sessions.contains_key(&sid) {
-                    return;
                 }
                 // Hangups for unknown sessions are normal (QoS 1 duplicates, last wills).
+                // Unsigned ones may not drop another viewer's early candidates.
                 if self.access.is_none() {
                     self.early.remove(&sid);
                 }

@@ -275,9 +275,6 @@ impl SessionManager {
                 if let Some(reply) = reply.take() {
                     let _ = reply.send(result);
                 }
-                if !self.core.has_session(&sid) {
-                    self.whep.remove(&sid);
-                }
             }
         }
     }
@@ -352,11 +349,16 @@ impl SessionManager {
             sid: sid.clone(),
             report: PeerReport::Ended { reason, refusal },
         });
-        if !self.core.has_session(&sid) {
-            self.whep.remove(&sid);
-        }
+        self.forget_whep_route_if_ended(&sid);
         tracing::info!(%sid, reason = logged.as_str(), viewers = self.core.viewer_count(), "session ended");
         debug_assert!(!self.peers.contains_key(&sid));
+    }
+
+    /// Drops a WHEP session's route once the core no longer holds the session.
+    fn forget_whep_route_if_ended(&mut self, sid: &SessionId) {
+        if !self.core.has_session(sid) {
+            self.whep.remove(sid);
+        }
     }
 
     fn signal(&mut self, signal: Signal) {
@@ -386,9 +388,8 @@ impl SessionManager {
                         credential: token.map(Credential::Bearer),
                     },
                 });
-                if !self.core.has_session(&sid) {
-                    self.whep.remove(&sid);
-                }
+                // A refused offer left no session: its route goes with it.
+                self.forget_whep_route_if_ended(&sid);
             }
             WhepRequest::Candidates {
                 sid,
@@ -421,10 +422,10 @@ impl SessionManager {
     }
 }
 
-/// An unguessable session id for a WHEP resource URL: 128 random bits, base64url-like.
+/// An unguessable session id for a WHEP resource URL: 24 random alphanumeric characters
+/// (about 143 bits), a valid protocol session id.
 fn new_whep_session_id() -> SessionId {
     use rand::distr::{Alphanumeric, SampleString};
-    // 24 alphanumeric characters carry about 143 bits.
     let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
     SessionId::parse(&id).expect("alphanumeric ids of 24 characters are valid session ids")
 }
