@@ -105,7 +105,13 @@ impl CameraSecret {
                     .create_new(true)
                     .mode(0o600)
                     .open(path)
-                    .map_err(|err| error(format!("cannot create it: {err}")))?;
+                    .map_err(|err| match err.kind() {
+                        std::io::ErrorKind::NotFound => error(format!(
+                            "cannot create it: {err} (the service creates its state directory when it starts; start it once, or make the directory)"
+                        )),
+                        _ => error(format!("cannot create it: {err}")),
+                    })?;
+                give_to_directory_owner(&file, path);
                 file.write_all(&secret)
                     .and_then(|()| file.sync_all())
                     .map_err(|err| error(format!("cannot write it: {err}")))?;
@@ -130,6 +136,21 @@ impl CameraSecret {
                 exp.as_bytes(),
             ],
         ))
+    }
+}
+
+/// A secret made by root (`sudo peercam access` before the service's first start) must
+/// still be readable by the service: it goes to whoever owns the directory it is in (the
+/// unit's `StateDirectory`). Best effort: only root can give files away, and only root needs to.
+fn give_to_directory_owner(file: &std::fs::File, path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let Some(owner) = directory.and_then(|dir| std::fs::metadata(dir).ok()) else {
+        return;
+    };
+    let created = file.metadata().map(|m| (m.uid(), m.gid())).ok();
+    if created.is_some_and(|ids| ids != (owner.uid(), owner.gid())) {
+        let _ = std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()));
     }
 }
 
@@ -534,5 +555,31 @@ mod tests {
             "Debug hides the secret"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_secret_made_by_root_belongs_to_the_owner_of_its_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("peercam-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        let _ = std::fs::remove_file(&path);
+        // The unit's StateDirectory belongs to the service user; `nobody` stands in for it.
+        let service_user = (65534, 65534);
+        let given = std::os::unix::fs::chown(&dir, Some(service_user.0), Some(service_user.1));
+        CameraSecret::load_or_create(&path).unwrap();
+        let created = std::fs::metadata(&path).unwrap();
+        if given.is_ok() {
+            assert_eq!((created.uid(), created.gid()), service_user);
+        } else {
+            // Not root: nothing to give away, and the creator keeps it.
+            assert_eq!(created.uid(), std::fs::metadata(&dir).unwrap().uid());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        let missing = dir.join("none").join("secret");
+        let err = CameraSecret::load_or_create(&missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("start it once"), "{err}");
     }
 }
