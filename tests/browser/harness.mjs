@@ -1,9 +1,11 @@
-// Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs,
-// security.test.mjs): paths, the loopback-only guard, port and wait helpers, the real peercam
-// agent with a generated config, headless Debian Chromium and a page that records CSP violations. Everything here must only ever talk to loopback (127.0.0.1):
+// Shared harness of the browser end-to-end tests (the *.test.mjs files here): paths, the
+// loopback-only guard, port and wait helpers, the real peercam agent with a generated config
+// (and its access links), headless Debian Chromium and a page that records CSP violations.
+// Everything here must only ever talk to loopback (127.0.0.1):
 // the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -59,16 +61,19 @@ export class Agent {
    * name: [device] name; prefix: temporary directory prefix; maxViewers: [webrtc] max_viewers;
    * source: "testsrc" or a V4L2 path; webSocket: also serve MQTT over WebSocket (else "off");
    * webRoot: directory the HTTP listener serves (default: the agent's empty temporary directory);
-   * iceServers: [{ urls, username?, credential? }]; extra: TOML appended at the end (e.g. a [whep] table).
+   * iceServers: [{ urls, username?, credential? }]; auth: "open" (default) or "keys" (a secret
+   * in the agent's directory; `revoked` lists revoked viewers); extra: TOML appended at the
+   * end (e.g. a [whep] table).
    */
   static async create({
     name = 'Browser test camera', prefix = 'peercam-browser-', maxViewers = 8, source = 'testsrc',
-    webSocket = false, webRoot, iceServers = [], extra = '',
+    webSocket = false, webRoot, iceServers = [], auth = 'open', revoked = [], extra = '',
   } = {}) {
     const agent = new Agent();
     agent.ports = { mqtt: await freePort(), ...(webSocket ? { ws: await freePort() } : {}), http: await freePort() };
     agent.dir = mkdtempSync(join(tmpdir(), prefix));
     agent.config = join(agent.dir, 'peercam.toml');
+    agent.secretFile = join(agent.dir, 'secret');
     const servers = iceServers.map((s) => `[[webrtc.ice_servers]]
 urls = ${JSON.stringify([s.urls])}
 ${s.username ? `username = ${JSON.stringify(s.username)}\ncredential = ${JSON.stringify(s.credential)}\n` : ''}`).join('');
@@ -91,6 +96,10 @@ listen = "127.0.0.1:${agent.ports.http}"
 web_root = ${JSON.stringify(webRoot ?? agent.dir)}
 [telemetry]
 interval_ms = 500
+[auth]
+mode = ${JSON.stringify(auth)}
+secret_file = ${JSON.stringify(agent.secretFile)}
+revoked = ${JSON.stringify(revoked)}
 ${extra}`);
     await agent.start();
     return agent;
@@ -98,6 +107,22 @@ ${extra}`);
 
   /** The page the HTTP listener serves. */
   get url() { return `http://127.0.0.1:${this.ports.http}/`; }
+
+  /** `peercam access --json` for `viewer`: { device, viewer, exp, key, url, whep_token }. */
+  access(viewer, expiresIn = '1d') {
+    const out = execFileSync(agentBinary, ['access', '--config', this.config, '--viewer', viewer,
+      '--expires-in', expiresIn, '--url', this.url, '--json'], { encoding: 'utf8' });
+    return JSON.parse(out);
+  }
+
+  /** An access link that expired a minute ago, derived here from the camera's secret the way
+   *  docs/signaling.md says (so it also checks the agent's derivation independently). */
+  expiredLink(viewer) {
+    const exp = Math.floor(Date.now() / 1000) - 60;
+    const secret = readFileSync(this.secretFile);
+    const key = createHmac('sha256', secret).update(`peercam-viewer-key-v1\ncam1\n${viewer}\n${exp}`).digest('base64url');
+    return `${this.url}#device=cam1&viewer=${viewer}&exp=${exp}&key=${key}`;
+  }
 
   /** The WHEP endpoint on the HTTP listener. */
   get endpoint() { return `http://127.0.0.1:${this.ports.http}/whep`; }

@@ -4,6 +4,7 @@
 import mqtt from 'mqtt';
 import { Chart } from './chart.js';
 import { readStamp } from './stamp.js';
+import { AccessKey, parseAccessFragment, refusalState, storeAccess, storedAccess } from './access.js';
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -19,7 +20,28 @@ const SENTENCES = {
   unreachable: 'The broker cannot be reached. Retrying…',
   failed: 'No network path to the camera (ICE failed). Retrying…',
   error: 'The camera refused the connection.',
+  'needs-key': 'This camera admits only invited viewers. Open the access link its admin sent you, or paste it below.',
+  expired: 'Your access link has expired. Ask the camera’s admin for a new one.',
+  revoked: 'Your access to this camera has been revoked.',
+  'invalid-key': 'This access link is not valid for this camera. Ask its admin for a new one.',
+  'bad-link': 'That access link is incomplete or damaged. Copy the whole link and try again.',
 };
+
+/** States in which trying again cannot help until the viewer brings another access link. */
+const NEEDS_NEW_LINK = new Set(['needs-key', 'expired', 'revoked', 'invalid-key', 'bad-link']);
+
+/** How long an unsigned refusal waits for a signed answer before it is believed: anyone on
+ *  the broker can publish `error` on a viewer's topic, but only the camera can sign. */
+const UNSIGNED_REFUSAL_GRACE_MS = 1500;
+
+/** Takes an access link's fields out of the address bar (a fragment never reaches a server,
+ *  but it does reach history and screenshots) into this tab's sessionStorage. */
+function takeAccessFromAddress() {
+  const { access, error } = parseAccessFragment(location.hash);
+  if (access || error) history.replaceState(null, '', location.pathname + location.search);
+  if (access) storeAccess(access);
+  return { access, error };
+}
 
 /** Where the broker and cameras are: query parameters, else what the agent serving us says. */
 async function discover() {
@@ -31,7 +53,9 @@ async function discover() {
   const host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname;
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const broker = params.get('broker') || (served.ws_port ? `${scheme}://${host || '127.0.0.1'}:${served.ws_port}` : null);
-  return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device: params.get('device') || null };
+  const { access, error: linkError } = takeAccessFromAddress();
+  const device = params.get('device') || access?.device || null;
+  return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device, linkError };
 }
 
 /** Options of every MQTT connection. The embedded broker's WebSocket listener speaks MQTT
@@ -88,7 +112,7 @@ function setBrokerState(state, text) {
 /** One watch attempt: its own MQTT connection (so its last will hangs up exactly this
  *  session), one RTCPeerConnection, one session id. Ends on hangup, error or failure. */
 class Session {
-  constructor({ broker, prefix, device, status, onEnd, ui }) {
+  constructor({ broker, prefix, device, status, key, onEnd, ui }) {
     this.sid = randomId();
     this.device = device;
     this.toCamera = `${prefix}/${device}/session/${this.sid}/to-camera`;
@@ -97,13 +121,16 @@ class Session {
     this.status = status;
     this.onEnd = onEnd;
     this.ui = ui;
+    this.key = key; // AccessKey, or null when the camera is open
+    this.answered = false;
     this.ended = false;
     this.remoteSet = false;
     this.pendingCandidates = [];
   }
 
   start() {
-    const hangup = JSON.stringify({ type: 'hangup' });
+    // The key and sid are known before connecting, so even the last will is signed.
+    const hangup = JSON.stringify(this.hangupMessage());
     this.client = mqtt.connect(this.broker, {
       ...MQTT_OPTIONS,
       clientId: `viewer-${this.sid}`,
@@ -121,6 +148,10 @@ class Session {
         else this.offer().catch((e) => { console.error(e); this.end('error'); });
       });
     });
+  }
+
+  hangupMessage() {
+    return this.key ? { type: 'hangup', mac: this.key.hangupMac(this.sid) } : { type: 'hangup' };
   }
 
   send(message) {
@@ -151,7 +182,8 @@ class Session {
     };
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    const sdp = pc.localDescription.sdp;
+    this.send(this.key ? { type: 'offer', sdp, auth: this.key.offerAuth(this.sid, sdp) } : { type: 'offer', sdp });
     // The camera drops sessions that do not connect; do the same here.
     this.connectTimer = setTimeout(() => { if (pc.connectionState !== 'connected') this.end('failed'); }, 20000);
   }
@@ -163,6 +195,17 @@ class Session {
     if (!pc || this.ended) return;
     try {
       if (message.type === 'answer') {
+        if (this.key && !this.key.answerIsSigned(this.sid, message.sdp, message.mac)) {
+          // Not the camera: wait for the real answer.
+          this.ui.stats.rejectedAnswers += 1;
+          if (!this.answered) this.ui.stats.rejectedBeforeAnswer += 1;
+          console.warn('signaling: dropped an answer that is not signed with this access key');
+          return;
+        }
+        if (this.answered) return;
+        this.answered = true;
+        clearTimeout(this.refusalTimer);
+        if (this.refusal) setState('connecting');
         await pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
         this.remoteSet = true;
         for (const c of this.pendingCandidates.splice(0)) await pc.addIceCandidate(c);
@@ -171,14 +214,35 @@ class Session {
         if (!this.remoteSet) this.pendingCandidates.push(candidate);
         else await pc.addIceCandidate(candidate);
       } else if (message.type === 'error') {
-        const state = { busy: 'busy', unavailable: 'unavailable' }[message.code] || 'error';
-        this.end(state, message.message);
+        this.onRefusal(message);
       } else if (message.type === 'hangup') {
-        this.end('reconnecting', `(${message.reason || 'hangup'})`);
+        if (this.key && !this.key.hangupIsSigned(this.sid, message.mac)) {
+          this.ui.stats.ignoredHangups += 1;
+          console.warn('signaling: ignored a hangup that is not signed with this access key');
+          return;
+        }
+        if (message.reason === 'revoked') this.end('revoked', '', { sendHangup: false });
+        else this.end('reconnecting', `(${message.reason || 'hangup'})`);
       }
     } catch (e) {
       console.warn('signaling:', e);
     }
+  }
+
+  /** An `error` from the camera, or from anyone who can publish on our topic. Errors are not
+   *  signed: with a key, one is shown at once but believed only if no signed answer follows
+   *  soon; after a signed answer, none can end the session (only a signed hangup can). */
+  onRefusal(message) {
+    if (this.answered) return;
+    const state = message.code === 'unauthorized'
+      ? refusalState(message.message)
+      : { busy: 'busy', unavailable: 'unavailable' }[message.code] || 'error';
+    if (!this.key) return this.end(state, message.message);
+    // The latest refusal is the one shown; a forger can change the words, not the outcome.
+    this.refusal = state;
+    setState(state, message.message);
+    clearTimeout(this.refusalTimer);
+    this.refusalTimer = setTimeout(() => this.end(state, message.message), UNSIGNED_REFUSAL_GRACE_MS);
   }
 
   /** Ends this session; `reason` is the state to show. Idempotent. */
@@ -186,7 +250,8 @@ class Session {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.connectTimer);
-    if (sendHangup) this.send({ type: 'hangup' });
+    clearTimeout(this.refusalTimer);
+    if (sendHangup) this.send(this.hangupMessage());
     try { this.pc?.close(); } catch { /* already closed */ }
     const client = this.client;
     if (client) setTimeout(() => client.end(true), 200); // let the hangup leave first
@@ -210,12 +275,15 @@ class App {
       cpu: new Chart($('chart-cpu'), '#f5b942', 100),
       temperature: new Chart($('chart-temperature'), '#ff6b6b'),
     };
-    this.stats = { telemetry: 0, latencyMs: null, framesDecoded: 0, presentedFrames: 0 };
+    this.stats = { telemetry: 0, latencyMs: null, framesDecoded: 0, presentedFrames: 0, rejectedAnswers: 0, rejectedBeforeAnswer: 0, ignoredHangups: 0 };
+    this.needsNewLink = false; // set by a refusal no retry can cure
     window.peercam = this.stats; // read by the browser test and handy in the console
   }
 
   start() {
     const { broker, prefix } = this.config;
+    $('access-form').onsubmit = (event) => { event.preventDefault(); this.useAccessLink($('access-link').value); };
+    if (this.config.linkError) this.showAccessPrompt('bad-link');
     if (!broker) {
       setBrokerState('unreachable', 'no broker: open this page with ?broker=ws://host:port');
       return;
@@ -266,6 +334,25 @@ class App {
     }
   }
 
+  /** Shows the access prompt with the sentence for `state`; `null` hides it. */
+  showAccessPrompt(state) {
+    $('access').hidden = !state;
+    $('access-reason').textContent = state ? SENTENCES[state] : '';
+    document.body.dataset.accessPrompt = state || '';
+  }
+
+  /** A link pasted into the prompt: kept like one opened from the address bar, then watched. */
+  useAccessLink(text) {
+    const trimmed = String(text).trim();
+    const { access } = parseAccessFragment(trimmed.includes('#') ? trimmed.slice(trimmed.indexOf('#')) : trimmed);
+    if (!access) return this.showAccessPrompt('bad-link');
+    storeAccess(access);
+    $('access-link').value = '';
+    this.showAccessPrompt(null);
+    this.stop();
+    this.watch(access.device);
+  }
+
   renderList() {
     const list = $('camera-list');
     list.replaceChildren();
@@ -296,6 +383,8 @@ class App {
     this.stop();
     this.watching = device;
     this.backoff = 1000;
+    this.needsNewLink = false;
+    this.showAccessPrompt(null);
     $('viewer').hidden = false;
     $('camera-title').textContent = this.cameras.get(device)?.name || device;
     this.renderList();
@@ -317,16 +406,22 @@ class App {
     if (!device) return;
     if (!status || status.state === 'offline') return setState('offline');
     if (status.state === 'unavailable') return setState('unavailable');
+    // A held key is always used, and then only signed answers count, whatever the status
+    // says: a forged status claiming "open" must not switch the checks off.
+    const access = storedAccess(device);
+    if (status.auth === 'keys' && !access) return this.refused(this.config.linkError ? 'bad-link' : 'needs-key');
     setState('connecting');
     const session = new Session({
       ...this.config,
       device,
       status,
+      key: access ? new AccessKey(access) : null,
       ui: this,
       onEnd: (reason, detail) => {
         if (this.session !== session) return;
         this.session = null;
         if (reason === 'idle') return;
+        if (NEEDS_NEW_LINK.has(reason)) return this.refused(reason, detail);
         setState(reason, detail);
         // Busy and refused sessions retry slowly; everything else with backoff.
         this.scheduleRetry(reason === 'busy' ? 10000 : this.backoff);
@@ -337,10 +432,17 @@ class App {
     session.start();
   }
 
+  /** The camera will not admit this viewer as it is: say why, ask for a link, stop retrying. */
+  refused(state, detail) {
+    this.needsNewLink = true;
+    setState(state, detail);
+    this.showAccessPrompt(state);
+  }
+
   scheduleRetry(delay) {
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => {
-      if (this.watching && !this.session && this.cameras.get(this.watching)?.state === 'online') this.connect();
+      if (this.watching && !this.session && !this.needsNewLink && this.cameras.get(this.watching)?.state === 'online') this.connect();
     }, delay);
   }
 
