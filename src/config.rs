@@ -197,8 +197,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            // Open until the viewer page signs its offers; then "keys" becomes the default.
-            mode: crate::signaling::protocol::AuthMode::Open,
+            mode: crate::signaling::protocol::AuthMode::Keys,
             secret_file: PathBuf::from("/var/lib/peercam/secret"),
             revoked: Vec::new(),
         }

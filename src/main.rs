@@ -236,7 +236,9 @@ fn access(
         println!("{}", grant.url);
     }
     if config.auth.mode == peercam::signaling::protocol::AuthMode::Open {
-        eprintln!("peercam access: note: auth.mode is \"open\", so the camera does not ask for this key yet");
+        eprintln!(
+            "peercam access: note: auth.mode is \"open\", so the camera does not ask for keys"
+        );
     }
     ExitCode::SUCCESS
 }

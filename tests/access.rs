@@ -15,7 +15,7 @@ fn keyed_agent() -> Agent {
     let secret = temp_dir("secret").join("secret");
     Agent::start(AgentOptions {
         http: true,
-        extra_sections: format!(
+        auth_section: format!(
             "[auth]\nmode = \"keys\"\nsecret_file = \"{}\"\nrevoked = [\"mallory\"]\n",
             secret.display()
         ),

@@ -32,6 +32,8 @@ udp_addrs = ["127.0.0.1:0"]
 listen = "off"
 [telemetry]
 interval_ms = 300
+[auth]
+mode = "open"
 "#
     )
 }

@@ -89,6 +89,9 @@ pub struct AgentOptions {
     pub http: bool,
     /// Extra lines for the `[webrtc]` section (e.g. ICE servers).
     pub webrtc_extra: String,
+    /// The `[auth]` section: open by default, so tests that are not about access keys need
+    /// none (tests/access.rs sets keys).
+    pub auth_section: String,
     /// Extra sections appended to the configuration (e.g. `[whep]`).
     pub extra_sections: String,
     /// Extra environment for the agent process.
@@ -111,6 +114,7 @@ impl Default for AgentOptions {
             broker: BrokerMode::Embedded,
             http: false,
             webrtc_extra: String::new(),
+            auth_section: "[auth]\nmode = \"open\"".into(),
             extra_sections: String::new(),
             env: Vec::new(),
         }
@@ -170,6 +174,7 @@ listen = "{http}"
 interval_ms = {ti}
 [log]
 level = "info"
+{auth_section}
 {extra_sections}
 "#,
             device = options.device,
@@ -183,6 +188,7 @@ level = "info"
             cto = options.connect_timeout_s,
             ti = options.telemetry_interval_ms,
             webrtc_extra = options.webrtc_extra,
+            auth_section = options.auth_section,
             extra_sections = options.extra_sections,
             http = if http_port == 0 {
                 "off".to_owned()
