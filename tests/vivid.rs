@@ -132,10 +132,12 @@ fn devices_lists_vivid_and_probe_captures_yuyv_and_nv12_at_25_fps() {
         );
         assert_eq!(probe_value(&report, "frames"), 75.0);
         assert_eq!(probe_value(&report, "bad_frames"), 0.0);
+        // Wall-clock rate in a VM on a loaded host: the bounds tell 25 fps from the modes
+        // next to it (15 below, none above), not how punctual the host is.
         let fps = probe_value(&report, "capture_fps");
         assert!(
-            (22.5..=27.5).contains(&fps),
-            "{format}: {fps} fps is not within 10% of 25"
+            (20.0..=27.5).contains(&fps),
+            "{format}: {fps} fps is not the 25 fps mode (next one down is 15)"
         );
         assert!(probe_value(&report, "keyframes") >= 1.0);
         assert!(probe_value(&report, "bitrate_kbps") > 10.0, "{report}");
