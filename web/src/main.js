@@ -19,6 +19,7 @@ const SENTENCES = {
   busy: 'The camera already has its maximum number of viewers. Try again later.',
   unreachable: 'The broker cannot be reached. Retrying…',
   failed: 'No network path to the camera (ICE failed). Retrying…',
+  'no-path': 'The camera could not be reached directly from this network: a TURN server is needed (see docs/nat.md in peercam). Trying again every 30 s.',
   error: 'The camera refused the connection.',
   'needs-key': 'This camera admits only invited viewers. Open the access link its admin sent you, or paste it below.',
   expired: 'Your access link has expired. Ask the camera’s admin for a new one.',
@@ -177,15 +178,23 @@ class Session {
       this.send({ type: 'candidate', candidate: c ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex } : null });
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'connected') setState('live');
-      if (pc.connectionState === 'failed') this.end('failed');
+      if (pc.connectionState === 'connected') { this.everConnected = true; setState('live'); }
+      if (pc.connectionState === 'failed') this.end(this.noPathOr('failed'));
     };
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const sdp = pc.localDescription.sdp;
     this.send(this.key ? { type: 'offer', sdp, auth: this.key.offerAuth(this.sid, sdp) } : { type: 'offer', sdp });
+    this.ui.stats.offerSentAt = performance.now();
+    this.ui.stats.offerToFirstFrameMs = null;
     // The camera drops sessions that do not connect; do the same here.
-    this.connectTimer = setTimeout(() => { if (pc.connectionState !== 'connected') this.end('failed'); }, 20000);
+    this.connectTimer = setTimeout(() => { if (pc.connectionState !== 'connected') this.end(this.noPathOr('failed')); }, 20000);
+  }
+
+  /** A session that never connected found no network path: say what would help, rather
+   *  than spin. One that did connect and then failed is a blip: reconnect. */
+  noPathOr(state) {
+    return this.everConnected ? state : 'no-path';
   }
 
   async onSignal(payload) {
@@ -222,6 +231,7 @@ class Session {
           return;
         }
         if (message.reason === 'revoked') this.end('revoked', '', { sendHangup: false });
+        else if (['connect-timeout', 'ice-failed'].includes(message.reason)) this.end(this.noPathOr('reconnecting'), `(${message.reason})`, { sendHangup: false });
         else this.end('reconnecting', `(${message.reason || 'hangup'})`);
       }
     } catch (e) {
@@ -328,7 +338,8 @@ class App {
       $('viewers').textContent = `${status.viewers ?? '–'} of ${status.max_viewers ?? '–'}`;
       if (status.state !== 'online') {
         this.session?.end(status.state === 'offline' ? 'offline' : 'unavailable', '', { sendHangup: false });
-      } else if (previous?.state !== 'online' || !this.session) {
+      } else if (previous?.state !== 'online' || (!this.session && this.lastEnd === 'busy' && status.viewers < status.max_viewers)) {
+        // Back online, or a busy camera freed a slot: try now. Other ends keep their backoff.
         this.scheduleRetry(0);
       }
     }
@@ -410,7 +421,8 @@ class App {
     // says: a forged status claiming "open" must not switch the checks off.
     const access = storedAccess(device);
     if (status.auth === 'keys' && !access) return this.refused(this.config.linkError ? 'bad-link' : 'needs-key');
-    setState('connecting');
+    // While retrying after "no path", keep saying what would help.
+    if ($('state').dataset.state !== 'no-path') setState('connecting');
     const session = new Session({
       ...this.config,
       device,
@@ -420,11 +432,12 @@ class App {
       onEnd: (reason, detail) => {
         if (this.session !== session) return;
         this.session = null;
+        this.lastEnd = reason;
         if (reason === 'idle') return;
         if (NEEDS_NEW_LINK.has(reason)) return this.refused(reason, detail);
         setState(reason, detail);
-        // Busy and refused sessions retry slowly; everything else with backoff.
-        this.scheduleRetry(reason === 'busy' ? 10000 : this.backoff);
+        // Busy sessions retry slowly, ones that found no path slower; the rest with backoff.
+        this.scheduleRetry({ busy: 10000, 'no-path': 30000 }[reason] ?? this.backoff);
         this.backoff = Math.min(this.backoff * 2, 5000);
       },
     });
@@ -477,7 +490,12 @@ class App {
     let lastSample = 0;
     const onFrame = () => {
       const now = Date.now();
-      if (video.videoWidth && !video.paused) this.stats.presentedFrames += 1;
+      if (video.videoWidth && !video.paused) {
+        this.stats.presentedFrames += 1;
+        if (this.stats.offerToFirstFrameMs == null && this.stats.offerSentAt != null) {
+          this.stats.offerToFirstFrameMs = Math.round(performance.now() - this.stats.offerSentAt);
+        }
+      }
       if (video.videoWidth && now - lastSample >= 100) {
         lastSample = now;
         const stamp = readStamp(video, canvas, context);
@@ -517,6 +535,7 @@ class App {
       const local = byId.get(pair.localCandidateId);
       const remote = byId.get(pair.remoteCandidateId);
       $('path').textContent = `${local?.candidateType ?? '?'} ↔ ${remote?.candidateType ?? '?'} (${local?.protocol ?? 'udp'})`;
+      this.stats.pair = { local: local?.candidateType, remote: remote?.candidateType, protocol: local?.protocol, relayProtocol: local?.relayProtocol };
       if (pair.currentRoundTripTime != null) $('rtt').textContent = `${(pair.currentRoundTripTime * 1000).toFixed(0)} ms`;
     }
     report.forEach((s) => {
