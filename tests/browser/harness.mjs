@@ -1,8 +1,9 @@
 // Shared harness of the browser end-to-end tests (the *.test.mjs files here): paths, the
 // loopback-only guard, port and wait helpers, the real peercam agent with a generated config
 // (and its access links), headless Debian Chromium and a page that records CSP violations.
-// Everything here must only ever talk to loopback (127.0.0.1):
-// the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
+// Everything here must only ever talk to loopback (127.0.0.1) or to the NAT lab's own
+// namespaces: the tests run inside scripts/in-loopback-netns or tests/natlab/lab, and
+// requireLoopbackOnly() refuses anywhere else.
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
@@ -63,14 +64,19 @@ export class Agent {
    * webRoot: directory the HTTP listener serves (default: the agent's empty temporary directory);
    * iceServers: [{ urls, username?, credential? }]; auth: "open" (default) or "keys" (a secret
    * in the agent's directory; `revoked` lists revoked viewers); extra: TOML appended at the
-   * end (e.g. a [whep] table).
+   * end (e.g. a [whep] table). For the NAT lab: `host` is the address the listeners bind,
+   * `publicHost` the one viewers use, `ports` fixed ports, `udpAddrs` [webrtc] udp_addrs and
+   * `exec` a command prefix the agent runs under (e.g. ['lab-exec', 'cam']).
    */
   static async create({
     name = 'Browser test camera', prefix = 'peercam-browser-', maxViewers = 8, source = 'testsrc',
     webSocket = false, webRoot, iceServers = [], auth = 'open', revoked = [], extra = '',
+    host = '127.0.0.1', publicHost = host, ports, udpAddrs = ['127.0.0.1:0'], exec = [],
   } = {}) {
     const agent = new Agent();
-    agent.ports = { mqtt: await freePort(), ...(webSocket ? { ws: await freePort() } : {}), http: await freePort() };
+    agent.exec = exec;
+    agent.publicHost = publicHost;
+    agent.ports = ports ?? { mqtt: await freePort(), ...(webSocket ? { ws: await freePort() } : {}), http: await freePort() };
     agent.dir = mkdtempSync(join(tmpdir(), prefix));
     agent.config = join(agent.dir, 'peercam.toml');
     agent.secretFile = join(agent.dir, 'secret');
@@ -86,13 +92,13 @@ width = 640
 height = 480
 fps = 30
 [broker]
-listen = "127.0.0.1:${agent.ports.mqtt}"
-ws_listen = ${JSON.stringify(webSocket ? `127.0.0.1:${agent.ports.ws}` : 'off')}
+listen = "${host}:${agent.ports.mqtt}"
+ws_listen = ${JSON.stringify(webSocket ? `${host}:${agent.ports.ws}` : 'off')}
 [webrtc]
 max_viewers = ${maxViewers}
-udp_addrs = ["127.0.0.1:0"]
+udp_addrs = ${JSON.stringify(udpAddrs)}
 ${servers}[http]
-listen = "127.0.0.1:${agent.ports.http}"
+listen = "${host}:${agent.ports.http}"
 web_root = ${JSON.stringify(webRoot ?? agent.dir)}
 [telemetry]
 interval_ms = 500
@@ -106,7 +112,7 @@ ${extra}`);
   }
 
   /** The page the HTTP listener serves. */
-  get url() { return `http://127.0.0.1:${this.ports.http}/`; }
+  get url() { return `http://${this.publicHost}:${this.ports.http}/`; }
 
   /** `peercam access --json` for `viewer`: { device, viewer, exp, key, url, whep_token }. */
   access(viewer, expiresIn = '1d') {
@@ -125,12 +131,13 @@ ${extra}`);
   }
 
   /** The WHEP endpoint on the HTTP listener. */
-  get endpoint() { return `http://127.0.0.1:${this.ports.http}/whep`; }
+  get endpoint() { return `http://${this.publicHost}:${this.ports.http}/whep`; }
 
   /** Spawns the agent (again) and waits for 'peercam ready'; its output collects in this.log. */
   async start() {
     this.log = '';
-    this.process = spawn(agentBinary, ['--config', this.config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, ...args] = [...this.exec, agentBinary, '--config', this.config];
+    this.process = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const child = this.process;
     this.spawnError = null;
     child.once('error', (error) => { this.spawnError = error; });
@@ -164,9 +171,9 @@ ${extra}`);
 }
 
 /** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback only. */
-export function launchChromium() {
+export function launchChromium({ executablePath = process.env.CHROMIUM || '/usr/bin/chromium' } = {}) {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    executablePath,
     timeout: 30000,
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',

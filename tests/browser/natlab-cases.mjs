@@ -1,0 +1,20 @@
+// The NAT lab's matrix (docs/nat.md): for each case, the NAT of the camera's and the viewer's
+// routers (tests/natlab/lab --cam/--view), the ICE servers, and the pair the viewer must select.
+// Read by tests/natlab/run (to build each case's lab) and by natlab.test.mjs (to run it).
+export const WAN = '198.51.100.1';
+export const TURN_USER = 'peercam';
+export const TURN_PASSWORD = 'lab-only-password';
+const stun = { urls: `stun:${WAN}:3478` };
+const turnUdp = { urls: `turn:${WAN}:3478`, username: TURN_USER, credential: TURN_PASSWORD };
+const turnTcp = { urls: `turn:${WAN}:3478?transport=tcp`, username: TURN_USER, credential: TURN_PASSWORD };
+
+/** Each case: the lab it needs (tests/natlab/run passes --cam/--view), the ICE servers, and
+ *  what the selected pair must be. */
+export const CASES = {
+  a: { title: '(a) same LAN, no NAT', cam: 'cone', view: 'lan', iceServers: [], pair: ['host', 'host'] },
+  b: { title: '(b) cone NAT both sides, STUN', cam: 'cone', view: 'cone', iceServers: [stun], pair: ['srflx', 'srflx'] },
+  c: { title: '(c) symmetric NAT both sides, TURN over UDP', cam: 'symmetric', view: 'symmetric', iceServers: [turnUdp], relay: 'udp' },
+  d: { title: '(d) viewer\'s router lets only TCP out, TURN over TCP', cam: 'symmetric', view: 'tcp-only', iceServers: [turnUdp, turnTcp], relay: 'tcp' },
+  e: { title: '(e) symmetric NAT both sides, no TURN', cam: 'symmetric', view: 'symmetric', iceServers: [stun], noPath: true },
+};
+

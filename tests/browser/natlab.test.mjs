@@ -1,0 +1,94 @@
+// One case of the NAT lab matrix (docs/nat.md), run by tests/natlab/run inside tests/natlab/lab:
+// the real agent in the camera's namespace behind its router, coturn on the wan, and the
+// viewer page in headless Chromium in the viewer's namespace behind its own router. Asserts
+// frames decoded and the selected candidate pair from getStats(); case (e) asserts the
+// camera's hangup, the freed slot and the page's sentence. NATLAB_CASE picks the case.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { writeFileSync, chmodSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { repo, artifacts, waitFor, sleep, Agent, launchChromium, openPage, requireLoopbackOnly } from './harness.mjs';
+
+import { CASES, WAN, TURN_USER, TURN_PASSWORD } from './natlab-cases.mjs';
+
+const which = process.env.NATLAB_CASE;
+const spec = CASES[which];
+const children = [];
+after(() => { for (const child of children) child.kill('SIGKILL'); });
+
+/** coturn on the wan: STUN for everyone, TURN for the lab user (UDP and TCP on 3478). */
+async function startCoturn() {
+  const dir = mkdtempSync(join(tmpdir(), 'peercam-lab-coturn-'));
+  const child = spawn('lab-exec', ['wan', 'turnserver', '-n', `--pidfile=${join(dir, 'pid')}`, `--userdb=${join(dir, 'turndb')}`, `--listening-ip=${WAN}`, `--relay-ip=${WAN}`,
+    '--listening-port=3478', '--lt-cred-mech', `--user=${TURN_USER}:${TURN_PASSWORD}`, '--realm=peercam-lab',
+    '--no-tls', '--no-dtls', '--no-cli', '--fingerprint', '--log-file=stdout', '--simple-log'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let log = '';
+  child.stdout.on('data', (d) => { log += d; });
+  child.stderr.on('data', (d) => { log += d; });
+  await waitFor('coturn listening', 10000, () => /listener opened on|Total General servers/i.test(log) || child.exitCode !== null);
+  assert.equal(child.exitCode, null, `coturn exited:\n${log}`);
+  return { log: () => log };
+}
+
+/** Chromium inside the viewer's namespace (playwright talks to it over a pipe, which crosses). */
+function chromiumInViewerNamespace() {
+  const dir = mkdtempSync(join(tmpdir(), 'peercam-lab-chromium-'));
+  const wrapper = join(dir, 'chromium');
+  writeFileSync(wrapper, `#!/bin/sh\nexec lab-exec view ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  return launchChromium({ executablePath: wrapper });
+}
+
+const median = (values) => { const v = [...values].sort((x, y) => x - y); return v[Math.floor(v.length / 2)]; };
+
+test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCAM_LAB && 'run through tests/natlab/run' }, async () => {
+  assert.ok(spec, `NATLAB_CASE must be one of ${Object.keys(CASES)}`);
+  requireLoopbackOnly(); // the lab's own namespace: its other namespaces are reached only through lab-exec
+  const turn = await startCoturn();
+  const agent = await Agent.create({
+    prefix: 'peercam-lab-', webSocket: true, webRoot: join(repo, 'web', 'dist'), auth: 'keys',
+    exec: ['lab-exec', 'cam'], host: '10.1.0.2', publicHost: spec.view === 'lan' ? '10.1.0.2' : '198.51.100.10',
+    ports: { mqtt: 1883, ws: 8083, http: 8080 }, udpAddrs: ['0.0.0.0:0'], iceServers: spec.iceServers,
+  });
+  const browser = await chromiumInViewerNamespace();
+  try {
+    const { page } = await openPage(browser, agent.access('lab').url);
+    const shot = join(artifacts, `natlab-${which}.png`);
+    if (spec.noPath) {
+      // The camera gives up after connect_timeout_s (15 s), hangs up and frees the slot; the
+      // page says what would help instead of spinning.
+      const ended = await waitFor('the camera to end the session', 25000, () => agent.log.match(/(\S+)Z +INFO session ended sid=\S+ reason="(connect-timeout|ice-failed)"/));
+      const started = agent.log.match(/(\S+)Z +INFO new viewer session/);
+      const hungUpAfter = Date.parse(`${ended[1]}Z`) - Date.parse(`${started[1]}Z`);
+      assert.ok(hungUpAfter <= 16500, `the camera ended the session ${hungUpAfter} ms after the offer, within connect_timeout_s = 15`);
+      await waitFor('the page to say a TURN server is needed', 10000, async () => (await page.evaluate(() => document.getElementById('state').dataset.state)) === 'no-path');
+      assert.match(await page.textContent('#state'), /TURN server is needed.*docs\/nat\.md/);
+      await waitFor('the status to count 0 viewers', 5000, async () => (await page.textContent('#viewers')).startsWith('0 of'));
+      await page.screenshot({ path: shot });
+      console.log(`figures: case ${which}: camera hung up (${ended[2]}) ${hungUpAfter} ms after the offer, page says no-path, viewers 0, screenshot ${shot}`);
+      return;
+    }
+    await waitFor('60 decoded frames', 20000, async () => (await page.evaluate(() => document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames)) >= 60);
+    await waitFor('the selected pair', 5000, async () => page.evaluate(() => window.peercam.pair?.local));
+    const latencies = [];
+    for (let i = 0; i < 10; i += 1) {
+      const latency = await page.evaluate(() => window.peercam.latencyMs);
+      if (latency != null) latencies.push(latency);
+      await sleep(200);
+    }
+    const stats = await page.evaluate(() => ({ pair: window.peercam.pair, firstFrame: window.peercam.offerToFirstFrameMs }));
+    await page.screenshot({ path: shot });
+    console.log(`figures: case ${which}: pair ${stats.pair.local}/${stats.pair.remote} (${stats.pair.protocol}${stats.pair.relayProtocol ? `, relay over ${stats.pair.relayProtocol}` : ''}), offer → first frame ${stats.firstFrame} ms, stamp latency p50 ${median(latencies)} ms`);
+    if (spec.pair) assert.deepEqual([stats.pair.local, stats.pair.remote], spec.pair);
+    if (spec.relay) {
+      assert.ok(stats.pair.local === 'relay' || stats.pair.remote === 'relay', `a relay pair: ${JSON.stringify(stats.pair)}`);
+      if (stats.pair.local === 'relay') assert.equal(stats.pair.relayProtocol, spec.relay, turn.log());
+    }
+  } finally {
+    await browser.close();
+    await agent.stop();
+  }
+});
