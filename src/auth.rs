@@ -81,15 +81,8 @@ impl CameraSecret {
             reason,
         };
         match std::fs::metadata(path) {
-            Ok(metadata) => {
-                let mode = metadata.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(error(format!(
-                        "is readable by group or others (mode {mode:03o}); run chmod 600 on it"
-                    )));
-                }
-                let bytes =
-                    std::fs::read(path).map_err(|err| error(format!("cannot read it: {err}")))?;
+            Ok(_) => {
+                let bytes = read_private_file(path).map_err(error)?;
                 let bytes: [u8; SECRET_BYTES] = bytes.try_into().map_err(|bytes: Vec<u8>| {
                     error(format!(
                         "holds {} bytes, a secret is {SECRET_BYTES}; remove it to make a new one (this revokes every viewer)",
@@ -137,6 +130,19 @@ impl CameraSecret {
             ],
         ))
     }
+}
+
+/// The contents of a file holding a secret, refused when group or others may read it; the
+/// error says why, for the caller to prefix with the configuration key naming the file.
+pub fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
+    let metadata = std::fs::metadata(path).map_err(|err| format!("cannot read it: {err}"))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "is readable by group or others (mode {mode:03o}); run chmod 600 on it"
+        ));
+    }
+    std::fs::read(path).map_err(|err| format!("cannot read it: {err}"))
 }
 
 /// A secret made by root (`sudo peercam access` before the service's first start) must

@@ -162,8 +162,9 @@ pub struct WebrtcConfig {
     pub udp_addrs: Vec<String>,
 }
 
-/// A STUN or TURN server, published to viewers in RTCIceServer shape.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// A STUN or TURN server, serialized in RTCIceServer shape (what viewers are told; see
+/// [`crate::ice`] for which entries and credentials they get).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IceServer {
     pub urls: Vec<String>,
@@ -171,6 +172,13 @@ pub struct IceServer {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The TURN server's shared secret (coturn `static-auth-secret`): the camera mints
+    /// short-lived credentials from it instead of a static username and credential.
+    #[serde(default, skip_serializing)]
+    pub secret_file: Option<PathBuf>,
+    /// Lifetime of minted credentials (default one day).
+    #[serde(default, skip_serializing)]
+    pub credential_ttl_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -533,11 +541,28 @@ impl Config {
                 )?;
                 if url.starts_with("turn") {
                     check(
-                        server.username.is_some() && server.credential.is_some(),
+                        server.secret_file.is_some()
+                            || (server.username.is_some() && server.credential.is_some()),
                         &format!("webrtc.ice_servers[{i}]"),
-                        format!("TURN server {url:?} needs username and credential"),
+                        format!("TURN server {url:?} needs secret_file (short-lived credentials) or username and credential"),
                     )?;
                 }
+            }
+            if server.secret_file.is_some() {
+                check(
+                    server.username.is_none() && server.credential.is_none(),
+                    &format!("webrtc.ice_servers[{i}].secret_file"),
+                    "cannot be combined with a static username or credential: the camera mints both from the secret".into(),
+                )?;
+            }
+            if let Some(ttl) = server.credential_ttl_s {
+                let key = format!("webrtc.ice_servers[{i}].credential_ttl_s");
+                check(
+                    server.secret_file.is_some(),
+                    &key,
+                    "applies only to an entry with secret_file".into(),
+                )?;
+                in_range(&key, ttl, 60..=30 * 86_400)?;
             }
         }
         check(
@@ -863,7 +888,7 @@ mod tests {
             ),
             (
                 "[webrtc]\nice_servers = [{ urls = [\"stun:x\"] }, { urls = [\"stun:y\"], user = \"u\" }]\n",
-                "config:2:60: webrtc.ice_servers[1].user: unknown key (expected one of: urls, username, credential)",
+                "config:2:60: webrtc.ice_servers[1].user: unknown key (expected one of: urls, username, credential, secret_file, credential_ttl_s)",
             ),
             (
                 "[device]\n[device.extra]\nx = 1\n",
@@ -917,6 +942,18 @@ mod tests {
             (
                 "[[webrtc.ice_servers]]\nurls = [\"turn:turn.example.lan:3478\"]",
                 "webrtc.ice_servers[0]",
+            ),
+            (
+                "[[webrtc.ice_servers]]\nurls = [\"turn:t.lan\"]\nsecret_file = \"/s\"\nusername = \"u\"",
+                "webrtc.ice_servers[0].secret_file",
+            ),
+            (
+                "[[webrtc.ice_servers]]\nurls = [\"turn:t.lan\"]\nusername = \"u\"\ncredential = \"p\"\ncredential_ttl_s = 600",
+                "webrtc.ice_servers[0].credential_ttl_s",
+            ),
+            (
+                "[[webrtc.ice_servers]]\nurls = [\"turn:t.lan\"]\nsecret_file = \"/s\"\ncredential_ttl_s = 5",
+                "webrtc.ice_servers[0].credential_ttl_s",
             ),
             ("[telemetry]\ninterval_ms = 5", "telemetry.interval_ms"),
             ("[log]\nlevel = \"=[\"", "log.level"),

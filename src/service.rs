@@ -3,11 +3,13 @@
 //! cancellation tree. It must never hold media or session logic itself; it only connects
 //! the parts and stops them in order.
 
-use crate::auth::{AccessPolicy, CameraSecret};
+use crate::auth::{read_private_file, AccessPolicy, CameraSecret};
+use crate::clock;
 use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::http::{self, PageConfig};
+use crate::ice::IceServers;
 use crate::notify;
 use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::core::Limits;
@@ -27,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use webrtc::peer_connection::RTCIceServer;
 
 /// Signaling messages waiting for the session manager before new ones are dropped.
 const SIGNAL_QUEUE: usize = 1024;
@@ -99,23 +100,44 @@ fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
     }
 }
 
-fn ice_servers(config: &Config) -> Vec<RTCIceServer> {
-    config
-        .webrtc
-        .ice_servers
-        .iter()
-        .map(|server| RTCIceServer {
-            urls: server.urls.clone(),
-            username: server.username.clone().unwrap_or_default(),
-            credential: server.credential.clone().unwrap_or_default(),
-        })
-        .collect()
+/// The ICE servers with their shared secrets read (each from a private file); static TURN
+/// passwords are announced as the camera's own, never published.
+pub fn load_ice_servers(config: &Config) -> anyhow::Result<IceServers> {
+    let ice = IceServers::load(
+        &config.device.id,
+        &config.webrtc.ice_servers,
+        |i, server| {
+            let Some(path) = &server.secret_file else {
+                return Ok(Vec::new());
+            };
+            let mut secret = read_private_file(path).map_err(|reason| {
+                format!(
+                    "webrtc.ice_servers[{i}].secret_file: {}: {reason}",
+                    path.display()
+                )
+            })?;
+            // A secret written with `echo` ends in a newline coturn's config line does not have.
+            while secret.last().is_some_and(u8::is_ascii_whitespace) {
+                secret.pop();
+            }
+            Ok(secret)
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    for urls in ice.unpublished() {
+        tracing::warn!(
+            ?urls,
+            "a TURN server with a static username and credential is used by the camera only and not announced to viewers; give it secret_file for short-lived credentials viewers can use (docs/nat.md)"
+        );
+    }
+    Ok(ice)
 }
 
 /// The retained status document for the current viewer count and camera state;
 /// `streamed` is the mode being streamed, once known (else the configured one).
 pub fn status_json(
     config: &Config,
+    ice: &IceServers,
     viewers: usize,
     camera_available: bool,
     streamed: Option<StreamedMode>,
@@ -125,9 +147,8 @@ pub fn status_json(
         Some(mode) => (mode.width, mode.height, mode.fps.round() as u32),
         None => (config.video.width, config.video.height, config.video.fps),
     };
-    let ice_servers = config
-        .webrtc
-        .ice_servers
+    let ice_servers = ice
+        .for_viewers(clock::unix_ms() / 1000)
         .iter()
         .filter_map(|server| serde_json::to_value(server).ok())
         .collect();
@@ -237,8 +258,10 @@ pub fn os_signals() -> anyhow::Result<Control> {
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Keeps the retained status (and systemd's STATUS line) true to the viewer count, the
-/// camera, the streamed size and the live configuration, until `stop`.
+/// camera, the streamed size and the live configuration, and its minted TURN credentials
+/// fresh (renewed at half their lifetime), until `stop`.
 async fn publish_status(
+    ice: Arc<IceServers>,
     mut live: watch::Receiver<Config>,
     mut viewers: watch::Receiver<usize>,
     mut camera: watch::Receiver<bool>,
@@ -246,8 +269,11 @@ async fn publish_status(
     status: watch::Sender<String>,
     stop: CancellationToken,
 ) {
+    // Without minted credentials nothing expires: renewing never comes.
+    let renewal = Duration::from_secs(ice.renewal_interval_s().unwrap_or(u64::MAX / 4));
     loop {
         tokio::select! {
+            _ = tokio::time::sleep(renewal) => {}
             changed = viewers.changed() => if changed.is_err() { break },
             changed = live.changed() => if changed.is_err() { break },
             changed = camera.changed() => if changed.is_err() { break },
@@ -257,7 +283,7 @@ async fn publish_status(
         let count = *viewers.borrow_and_update();
         let available = *camera.borrow_and_update();
         let mode = *streamed.borrow_and_update();
-        let json = status_json(&live.borrow_and_update(), count, available, mode);
+        let json = status_json(&live.borrow_and_update(), &ice, count, available, mode);
         // Republish (retained, to every subscriber) only what really changed.
         status.send_if_modified(|published| {
             let changed = *published != json;
@@ -392,6 +418,7 @@ async fn start_broker(config: &Config) -> anyhow::Result<()> {
 /// The HTTP server: the viewer page, and WHEP when it is served.
 async fn start_http(
     config: &Config,
+    ice: &Arc<IceServers>,
     signals: mpsc::Sender<Signal>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -409,7 +436,7 @@ async fn start_http(
     let whep_routes = config.whep.is_served(&config.http).then(|| {
         let settings = WhepSettings {
             allow_origin: config.whep.allow_origin.clone(),
-            ice_servers: config.webrtc.ice_servers.clone(),
+            ice_servers: Arc::clone(ice),
             require_token: config.auth.mode == AuthMode::Keys,
         };
         tracing::info!("WHEP endpoint at http://{listen}{}", whep::WHEP_PATH);
@@ -431,6 +458,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Control { stop, mut reloads } = control;
     let access = access_policy(&config)?;
+    let ice = Arc::new(load_ice_servers(&config)?);
     start_broker(&config).await?;
 
     let counters = Arc::new(PipelineCounters::default());
@@ -450,13 +478,13 @@ pub async fn run(
     let (to_viewers_tx, to_viewers) = mpsc::unbounded_channel();
     let (viewers_tx, viewers) = watch::channel(0usize);
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
-    let (status_tx, status) = watch::channel(status_json(&config, 0, true, None));
+    let (status_tx, status) = watch::channel(status_json(&config, &ice, 0, true, None));
     let (live_tx, live) = watch::channel(config.clone());
     let (max_viewers_tx, max_viewers) = watch::channel(config.webrtc.max_viewers);
 
     let ctx = Arc::new(SessionContext {
         peer_settings: PeerSettings {
-            ice_servers: ice_servers(&config),
+            ice_servers: Arc::clone(&ice),
             udp_addrs: config.webrtc.udp_addrs.clone(),
         },
         fanout: Arc::clone(&fanout),
@@ -486,6 +514,7 @@ pub async fn run(
     ));
     let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(publish_status(
+        Arc::clone(&ice),
         live.clone(),
         viewers.clone(),
         camera_available.clone(),
@@ -510,7 +539,7 @@ pub async fn run(
             stop.child_token(),
         ));
     }
-    let http = start_http(&config, signals_tx, stop.child_token()).await;
+    let http = start_http(&config, &ice, signals_tx, stop.child_token()).await;
     let http = match http {
         Ok(http) => http,
         Err(err) => {
@@ -571,7 +600,8 @@ mod tests {
     fn status_reports_the_streamed_mode_once_known() {
         let config = Config::default();
         let configured: serde_json::Value =
-            serde_json::from_str(&status_json(&config, 2, true, None)).unwrap();
+            serde_json::from_str(&status_json(&config, &IceServers::default(), 2, true, None))
+                .unwrap();
         assert_eq!(configured["video"]["width"], config.video.width);
         assert_eq!(configured["video"]["height"], config.video.height);
         assert_eq!(configured["video"]["fps"], config.video.fps);
@@ -583,8 +613,14 @@ mod tests {
             height: 480,
             fps: 25.0,
         };
-        let negotiated: serde_json::Value =
-            serde_json::from_str(&status_json(&config, 0, false, Some(nearest))).unwrap();
+        let negotiated: serde_json::Value = serde_json::from_str(&status_json(
+            &config,
+            &IceServers::default(),
+            0,
+            false,
+            Some(nearest),
+        ))
+        .unwrap();
         assert_eq!(negotiated["video"]["width"], 640);
         assert_eq!(negotiated["video"]["height"], 480);
         assert_eq!(negotiated["video"]["fps"], 25);
@@ -600,8 +636,14 @@ mod tests {
                 height: 720,
                 fps,
             };
-            let status: serde_json::Value =
-                serde_json::from_str(&status_json(&config, 0, true, Some(mode))).unwrap();
+            let status: serde_json::Value = serde_json::from_str(&status_json(
+                &config,
+                &IceServers::default(),
+                0,
+                true,
+                Some(mode),
+            ))
+            .unwrap();
             status["video"]["fps"].clone()
         };
         assert_eq!(fps(12.5), 13, "vivid's nearest 720p mode");

@@ -124,24 +124,51 @@ async fn a_whep_player_decodes_frames_and_deleting_frees_its_slot() {
 async fn link_headers_announce_the_ice_servers_and_dead_ones_do_not_hang_the_answer() {
     require_loopback_only_network();
     // Servers nobody answers on closed loopback ports: gathering is capped, not endless.
+    // The static TURN password is the camera's own; the shared-secret entry is announced
+    // with minted short-lived credentials.
+    let secret = common::temp_dir("turn-secret").join("secret");
+    std::fs::write(&secret, "lab-turn-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let agent = whep_agent(AgentOptions {
-        webrtc_extra: concat!(
+        webrtc_extra: format!(
+            "{}{}{}",
             "[[webrtc.ice_servers]]\nurls = [\"stun:127.0.0.1:9\"]\n",
-            "[[webrtc.ice_servers]]\nurls = [\"turn:127.0.0.1:7?transport=udp\"]\n",
-            "username = \"cam\"\ncredential = \"pw\"\n",
-        )
-        .into(),
+            "[[webrtc.ice_servers]]\nurls = [\"turn:127.0.0.1:7?transport=udp\"]\nusername = \"cam\"\ncredential = \"long-term-pw\"\n",
+            format_args!(
+                "[[webrtc.ice_servers]]\nurls = [\"turn:127.0.0.1:8?transport=udp\"]\nsecret_file = \"{}\"\ncredential_ttl_s = 600\n",
+                secret.display()
+            ),
+        ),
         ..Default::default()
     });
     let posted = Instant::now();
     let viewer = WhepViewer::start(agent.http_port).await.expect("201");
     let answered = posted.elapsed();
+    let links = viewer.created.all("link");
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert_eq!(links[0], "<stun:127.0.0.1:9>; rel=\"ice-server\"");
+    let minted = &links[1];
+    let username = minted
+        .split("username=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a username");
+    let expiry: u64 = username.strip_suffix(":cam1").unwrap().parse().unwrap();
+    let now = peercam::clock::unix_ms() / 1000;
+    assert!(
+        (now + 590..=now + 610).contains(&expiry),
+        "expires in credential_ttl_s: {expiry} vs now {now}"
+    );
+    let (_, credential) = peercam::ice::minted_credential(b"lab-turn-secret", "cam1", expiry);
     assert_eq!(
-        viewer.created.all("link"),
-        vec![
-            "<stun:127.0.0.1:9>; rel=\"ice-server\"",
-            "<turn:127.0.0.1:7?transport=udp>; rel=\"ice-server\"; username=\"cam\"; credential=\"pw\"; credential-type=\"password\"",
-        ]
+        minted,
+        &format!("<turn:127.0.0.1:8?transport=udp>; rel=\"ice-server\"; username=\"{username}\"; credential=\"{credential}\"; credential-type=\"password\"")
+    );
+    assert!(
+        !links
+            .iter()
+            .any(|l| l.contains("long-term-pw") || l.contains(":7?")),
+        "a static TURN password is never announced: {links:?}"
     );
     viewer.wait_for_frames(15, Duration::from_secs(20)).await;
     println!("figures: whep answer after POST with two dead ICE servers {answered:?}");

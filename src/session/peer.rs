@@ -3,8 +3,10 @@
 //! It must never encode or copy frames: it only wraps shared RTP payloads in headers.
 
 use super::keyframe_requests::{KeyframeRequestForwarder, SLOT};
+use crate::clock;
 use crate::encode::H264_FMTP;
 use crate::fanout::PacketizedFrame;
+use crate::ice::IceServers;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
@@ -96,7 +98,8 @@ pub fn h264_codec() -> RTCRtpCodec {
 /// Settings shared by every viewer's connection.
 #[derive(Clone)]
 pub struct PeerSettings {
-    pub ice_servers: Vec<RTCIceServer>,
+    /// Resolved for each connection, so minted TURN credentials are fresh.
+    pub ice_servers: Arc<IceServers>,
     pub udp_addrs: Vec<String>,
 }
 
@@ -156,7 +159,18 @@ async fn build_peer_with(
         )
         .build();
     let configuration = RTCConfigurationBuilder::new()
-        .with_ice_servers(settings.ice_servers.clone())
+        .with_ice_servers(
+            settings
+                .ice_servers
+                .for_camera(clock::unix_ms() / 1000)
+                .into_iter()
+                .map(|server| RTCIceServer {
+                    urls: server.urls,
+                    username: server.username.unwrap_or_default(),
+                    credential: server.credential.unwrap_or_default(),
+                })
+                .collect(),
+        )
         .build();
     let connection = PeerConnectionBuilder::new()
         .with_configuration(configuration)

@@ -3,7 +3,9 @@
 //! candidates, DELETE ends the session. It translates HTTP to and from the session
 //! manager's requests and decides nothing about sessions; it must never carry media.
 
+use crate::clock;
 use crate::config::IceServer;
+use crate::ice::IceServers;
 use crate::session::core::Refusal;
 use crate::session::{Signal, WhepAnswer, WhepRequest};
 use crate::signaling::protocol::{check_offer_sdp, ErrorCode, IceCandidate, SessionId};
@@ -15,6 +17,7 @@ use axum::routing::post;
 use axum::Router;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -41,8 +44,9 @@ const ACCEPT_PATCH: HeaderName = HeaderName::from_static("accept-patch");
 pub struct WhepSettings {
     /// `Access-Control-Allow-Origin`: `*` or one origin.
     pub allow_origin: String,
-    /// Announced to players in `Link: rel="ice-server"` headers.
-    pub ice_servers: Vec<IceServer>,
+    /// Announced to players in `Link: rel="ice-server"` headers (what viewers may see,
+    /// credentials minted per answer).
+    pub ice_servers: Arc<IceServers>,
     /// Access keys are on: an offer without `Authorization: Bearer` gets 401.
     pub require_token: bool,
 }
@@ -50,16 +54,12 @@ pub struct WhepSettings {
 #[derive(Clone)]
 struct Endpoint {
     signals: mpsc::Sender<Signal>,
-    links: Vec<HeaderValue>,
+    ice_servers: Arc<IceServers>,
     require_token: bool,
 }
 
 /// The WHEP routes, to be merged into the HTTP server's router.
 pub fn router(signals: mpsc::Sender<Signal>, settings: &WhepSettings) -> Router {
-    let links = ice_server_links(&settings.ice_servers)
-        .into_iter()
-        .filter_map(|link| HeaderValue::from_str(&link).ok())
-        .collect();
     let origin = if settings.allow_origin == "*" {
         AllowOrigin::any()
     } else {
@@ -86,7 +86,7 @@ pub fn router(signals: mpsc::Sender<Signal>, settings: &WhepSettings) -> Router 
         ]);
     let endpoint = Endpoint {
         signals,
-        links,
+        ice_servers: Arc::clone(&settings.ice_servers),
         require_token: settings.require_token,
     };
     // tower-http answers every OPTIONS as a CORS preflight, so Accept-Post is added to
@@ -235,8 +235,11 @@ async fn offer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bytes
                 sdp,
             )
                 .into_response();
-            for link in &endpoint.links {
-                response.headers_mut().append(header::LINK, link.clone());
+            let servers = endpoint.ice_servers.for_viewers(clock::unix_ms() / 1000);
+            for link in ice_server_links(&servers) {
+                if let Ok(link) = HeaderValue::from_str(&link) {
+                    response.headers_mut().append(header::LINK, link);
+                }
             }
             response
         }
@@ -458,13 +461,13 @@ mod tests {
         let servers = vec![
             IceServer {
                 urls: vec!["stun:stun.example.test:3478".into()],
-                username: None,
-                credential: None,
+                ..IceServer::default()
             },
             IceServer {
                 urls: vec!["turn:turn.example.test:3478?transport=udp".into()],
                 username: Some("cam\"1".into()),
                 credential: Some("s3cret".into()),
+                ..IceServer::default()
             },
         ];
         assert_eq!(

@@ -62,7 +62,7 @@ export class Agent {
    * name: [device] name; prefix: temporary directory prefix; maxViewers: [webrtc] max_viewers;
    * source: "testsrc" or a V4L2 path; webSocket: also serve MQTT over WebSocket (else "off");
    * webRoot: directory the HTTP listener serves (default: the agent's empty temporary directory);
-   * iceServers: [{ urls, username?, credential? }]; auth: "open" (default) or "keys" (a secret
+   * iceServers: [{ urls, username?, credential?, secretFile? }]; auth: "open" (default) or "keys" (a secret
    * in the agent's directory; `revoked` lists revoked viewers); extra: TOML appended at the
    * end (e.g. a [whep] table). For the NAT lab: `host` is the address the listeners bind,
    * `publicHost` the one viewers use, `ports` fixed ports, `udpAddrs` [webrtc] udp_addrs and
@@ -82,7 +82,7 @@ export class Agent {
     agent.secretFile = join(agent.dir, 'secret');
     const servers = iceServers.map((s) => `[[webrtc.ice_servers]]
 urls = ${JSON.stringify([s.urls])}
-${s.username ? `username = ${JSON.stringify(s.username)}\ncredential = ${JSON.stringify(s.credential)}\n` : ''}`).join('');
+${s.username ? `username = ${JSON.stringify(s.username)}\ncredential = ${JSON.stringify(s.credential)}\n` : ''}${s.secretFile ? `secret_file = ${JSON.stringify(s.secretFile)}\n` : ''}`).join('');
     writeFileSync(agent.config, `[device]
 id = "cam1"
 name = ${JSON.stringify(name)}

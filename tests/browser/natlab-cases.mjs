@@ -2,14 +2,14 @@
 // routers (tests/natlab/lab --cam/--view), the ICE servers, and the pair the viewer must select.
 // Read by tests/natlab/run (to build each case's lab) and by natlab.test.mjs (to run it).
 export const WAN = '198.51.100.1';
-export const TURN_USER = 'peercam';
-export const TURN_PASSWORD = 'lab-only-password';
+/** coturn's `static-auth-secret`: the camera mints short-lived credentials from it. */
+export const TURN_SECRET = 'lab-only-shared-secret';
 const stun = { urls: `stun:${WAN}:3478` };
-const turnUdp = { urls: `turn:${WAN}:3478`, username: TURN_USER, credential: TURN_PASSWORD };
-const turnTcp = { urls: `turn:${WAN}:3478?transport=tcp`, username: TURN_USER, credential: TURN_PASSWORD };
+const turnUdp = { urls: `turn:${WAN}:3478`, secret: true };
+const turnTcp = { urls: `turn:${WAN}:3478?transport=tcp`, secret: true };
 
-/** Each case: the lab it needs (tests/natlab/run passes --cam/--view), the ICE servers, and
- *  what the selected pair must be. */
+/** Each case: the lab it needs (tests/natlab/run passes --cam/--view), the ICE servers (an
+ *  entry with `secret` gets the TURN secret's file), and what the selected pair must be. */
 export const CASES = {
   a: { title: '(a) same LAN, no NAT', cam: 'cone', view: 'lan', iceServers: [], pair: ['host', 'host'] },
   b: { title: '(b) cone NAT both sides, STUN', cam: 'cone', view: 'cone', iceServers: [stun], pair: ['srflx', 'srflx'] },

@@ -5,24 +5,26 @@
 // camera's hangup, the freed slot and the page's sentence. NATLAB_CASE picks the case.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { writeFileSync, chmodSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { repo, artifacts, waitFor, sleep, Agent, launchChromium, openPage, requireLoopbackOnly } from './harness.mjs';
 
-import { CASES, WAN, TURN_USER, TURN_PASSWORD } from './natlab-cases.mjs';
+import { CASES, WAN, TURN_SECRET } from './natlab-cases.mjs';
 
 const which = process.env.NATLAB_CASE;
 const spec = CASES[which];
 const children = [];
 after(() => { for (const child of children) child.kill('SIGKILL'); });
 
-/** coturn on the wan: STUN for everyone, TURN for the lab user (UDP and TCP on 3478). */
+/** coturn on the wan: STUN for everyone, TURN (UDP and TCP on 3478) for credentials minted
+ *  from TURN_SECRET (the TURN REST scheme, `use-auth-secret`). */
 async function startCoturn() {
   const dir = mkdtempSync(join(tmpdir(), 'peercam-lab-coturn-'));
   const child = spawn('lab-exec', ['wan', 'turnserver', '-n', `--pidfile=${join(dir, 'pid')}`, `--userdb=${join(dir, 'turndb')}`, `--listening-ip=${WAN}`, `--relay-ip=${WAN}`,
-    '--listening-port=3478', '--lt-cred-mech', `--user=${TURN_USER}:${TURN_PASSWORD}`, '--realm=peercam-lab',
+    '--listening-port=3478', '--use-auth-secret', `--static-auth-secret=${TURN_SECRET}`, '--realm=peercam-lab',
     '--no-tls', '--no-dtls', '--no-cli', '--fingerprint', '--log-file=stdout', '--simple-log'], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let log = '';
@@ -42,16 +44,30 @@ function chromiumInViewerNamespace() {
   return launchChromium({ executablePath: wrapper });
 }
 
+/** A TURN allocation from the viewer's namespace (over `transport`) with a credential minted
+ *  for `expiry`, by coturn's own test client; returns whether coturn granted it. */
+function allocates(expiry, transport) {
+  const username = `${expiry}:cam1`;
+  const password = createHmac('sha1', TURN_SECRET).update(username).digest('base64');
+  const run = spawnSync('lab-exec', ['view', 'turnutils_uclient', ...(transport === 'tcp' ? ['-t'] : []), '-u', username, '-w', password, '-n', '1', '-m', '1',
+    '-e', WAN, '-r', '3480', WAN], { encoding: 'utf8', timeout: 6000 });
+  const out = `${run.stdout}${run.stderr}`;
+  return !/Cannot complete Allocation/.test(out) && /Total connect time/.test(out);
+}
+
 const median = (values) => { const v = [...values].sort((x, y) => x - y); return v[Math.floor(v.length / 2)]; };
 
 test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCAM_LAB && 'run through tests/natlab/run' }, async () => {
   assert.ok(spec, `NATLAB_CASE must be one of ${Object.keys(CASES)}`);
   requireLoopbackOnly(); // the lab's own namespace: its other namespaces are reached only through lab-exec
   const turn = await startCoturn();
+  const secretFile = join(mkdtempSync(join(tmpdir(), 'peercam-lab-turn-')), 'secret');
+  writeFileSync(secretFile, `${TURN_SECRET}\n`, { mode: 0o600 });
+  const iceServers = spec.iceServers.map(({ urls, secret }) => (secret ? { urls, secretFile } : { urls }));
   const agent = await Agent.create({
     prefix: 'peercam-lab-', webSocket: true, webRoot: join(repo, 'web', 'dist'), auth: 'keys',
     exec: ['lab-exec', 'cam'], host: '10.1.0.2', publicHost: spec.view === 'lan' ? '10.1.0.2' : '198.51.100.10',
-    ports: { mqtt: 1883, ws: 8083, http: 8080 }, udpAddrs: ['0.0.0.0:0'], iceServers: spec.iceServers,
+    ports: { mqtt: 1883, ws: 8083, http: 8080 }, udpAddrs: ['0.0.0.0:0'], iceServers,
   });
   const browser = await chromiumInViewerNamespace();
   try {
@@ -86,6 +102,9 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
     if (spec.relay) {
       assert.ok(stats.pair.local === 'relay' || stats.pair.remote === 'relay', `a relay pair: ${JSON.stringify(stats.pair)}`);
       if (stats.pair.local === 'relay') assert.equal(stats.pair.relayProtocol, spec.relay, turn.log());
+      const now = Math.floor(Date.now() / 1000);
+      assert.equal(allocates(now + 600, spec.relay), true, 'coturn grants a credential minted from the secret');
+      assert.equal(allocates(now - 60, spec.relay), false, 'coturn refuses one past its expiry');
     }
   } finally {
     await browser.close();

@@ -5,7 +5,9 @@
 // Endpoint behaviour under test: docs/whep.md (draft-ietf-wish-whep).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, mkdirSync } from 'node:fs';
+import { readFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { createServer as createHttpServer } from 'node:http';
 import { join } from 'node:path';
 import { artifacts, requireLoopbackOnly, freePort, sleep, waitFor, Agent, launchChromium } from './harness.mjs';
@@ -214,9 +216,10 @@ test('the 201 carries Location, ETag and one Link per ICE server; PATCH and DELE
   const [stunPort, turnPort] = [await freePort(), await freePort()];
   const stun = `stun:127.0.0.1:${stunPort}`;
   const turn = `turn:127.0.0.1:${turnPort}?transport=udp`;
-  const agent = await startAgent({
-    iceServers: [{ urls: stun }, { urls: turn, username: 'whep-user', credential: 'whep-secret' }],
-  });
+  // TURN with a shared secret: players get credentials minted from it (TURN REST scheme).
+  const secretFile = join(mkdtempSync(join(tmpdir(), 'peercam-whep-turn-')), 'secret');
+  writeFileSync(secretFile, 'whep-shared-secret\n', { mode: 0o600 });
+  const agent = await startAgent({ iceServers: [{ urls: stun }, { urls: turn, secretFile }] });
   const offer = await browserOffer(agent);
   try {
     await requireWhepEndpoint(agent, pages.origin);
@@ -240,8 +243,11 @@ test('the 201 carries Location, ETag and one Link per ICE server; PATCH and DELE
     assert.ok(links.some((l) => l.startsWith(`<${stun}>`)), `a Link for ${stun}: ${links}`);
     const turnLink = links.find((l) => l.startsWith(`<${turn}>`));
     assert.ok(turnLink, `a Link for ${turn}: ${links}`);
-    assert.match(turnLink, /username="?whep-user"?/);
-    assert.match(turnLink, /credential="?whep-secret"?/);
+    const username = /username="?(\d+):cam1"?/.exec(turnLink);
+    assert.ok(username, `a minted username <expiry>:cam1: ${turnLink}`);
+    assert.ok(Number(username[1]) > Date.now() / 1000 + 3600, 'valid for the default day');
+    const minted = createHmac('sha1', 'whep-shared-secret').update(`${username[1]}:cam1`).digest('base64');
+    assert.ok(turnLink.includes(`credential="${minted}"`), `credential = base64(HMAC-SHA1(secret, username)): ${turnLink}`);
 
     const resource = new URL(location, agent.endpoint).href;
     const ufrag = /^a=ice-ufrag:(.*)$/m.exec(offer.sdp)[1].trim();
