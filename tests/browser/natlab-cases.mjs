@@ -16,5 +16,6 @@ export const CASES = {
   c: { title: '(c) symmetric NAT both sides, TURN over UDP', cam: 'symmetric', view: 'symmetric', iceServers: [turnUdp], relay: 'udp' },
   d: { title: '(d) viewer\'s router lets only TCP out, TURN over TCP', cam: 'symmetric', view: 'tcp-only', iceServers: [turnUdp, turnTcp], relay: 'tcp' },
   e: { title: '(e) symmetric NAT both sides, no TURN', cam: 'symmetric', view: 'symmetric', iceServers: [stun], noPath: true },
+  f: { title: '(f) cone NAT both sides, an 8 s network blip mid-stream', cam: 'cone', view: 'cone', iceServers: [stun], pair: ['srflx', 'srflx'], blipMs: 8000 },
 };
 

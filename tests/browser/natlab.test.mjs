@@ -99,6 +99,27 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
     await page.screenshot({ path: shot });
     console.log(`figures: case ${which}: pair ${stats.pair.local}/${stats.pair.remote} (${stats.pair.protocol}${stats.pair.relayProtocol ? `, relay over ${stats.pair.relayProtocol}` : ''}), offer → first frame ${stats.firstFrame} ms, stamp latency p50 ${median(latencies)} ms`);
     if (spec.pair) assert.deepEqual([stats.pair.local, stats.pair.remote], spec.pair);
+    if (spec.blipMs) {
+      // Everything between the viewer and the rest of the world is dropped, then let through.
+      const frames = () => page.evaluate(() => document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames);
+      const block = (op) => spawnSync('lab-exec', ['rview', 'iptables', op, 'FORWARD', ...(op === '-I' ? ['1'] : []), '-j', 'DROP']);
+      assert.equal(block('-I').status, 0);
+      await sleep(spec.blipMs);
+      const frozen = await frames();
+      assert.equal(block('-D').status, 0);
+      const restoredAt = Date.now();
+      await waitFor('30 new frames after the blip', 30000, async () => (await frames()) >= frozen + 30);
+      const playingAgainMs = Date.now() - restoredAt;
+      const again = await page.evaluate(() => ({ state: document.getElementById('state').dataset.state, sessions: window.peercam.sessions }));
+      console.log(`figures: case ${which}: after a ${spec.blipMs} ms blip, 30 new frames ${playingAgainMs} ms after the restore (page state ${again.state})`);
+      assert.equal(again.state, 'live');
+      assert.doesNotMatch(agent.log, /session ended/, 'the same session carried on');
+      // A viewer that never comes back: the camera frees its slot by itself.
+      assert.equal(block('-I').status, 0);
+      const goneAt = Date.now();
+      await waitFor('the camera to free the vanished viewer', 30000, () => /session ended.*reason="ice-failed".*viewers=0/.test(agent.log));
+      console.log(`figures: case ${which}: a viewer that vanished was freed ${Date.now() - goneAt} ms later (ice-failed, viewers=0)`);
+    }
     if (spec.relay) {
       assert.ok(stats.pair.local === 'relay' || stats.pair.remote === 'relay', `a relay pair: ${JSON.stringify(stats.pair)}`);
       if (stats.pair.local === 'relay') assert.equal(stats.pair.relayProtocol, spec.relay, turn.log());
