@@ -58,6 +58,13 @@ pub struct SecretFileError {
     pub reason: String,
 }
 
+/// Why a file holding a secret is not trusted, if group or others can read it.
+pub(crate) fn readable_by_others(metadata: &std::fs::Metadata) -> Option<String> {
+    let mode = metadata.permissions().mode() & 0o777;
+    (mode & 0o077 != 0)
+        .then(|| format!("is readable by group or others (mode {mode:03o}); run chmod 600 on it"))
+}
+
 /// The camera's 32 random bytes. Its `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CameraSecret([u8; SECRET_BYTES]);
@@ -82,11 +89,8 @@ impl CameraSecret {
         };
         match std::fs::metadata(path) {
             Ok(metadata) => {
-                let mode = metadata.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(error(format!(
-                        "is readable by group or others (mode {mode:03o}); run chmod 600 on it"
-                    )));
+                if let Some(reason) = readable_by_others(&metadata) {
+                    return Err(error(reason));
                 }
                 let bytes =
                     std::fs::read(path).map_err(|err| error(format!("cannot read it: {err}")))?;

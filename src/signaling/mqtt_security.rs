@@ -10,7 +10,6 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{AlertDescription, CertificateError, RootCertStore};
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -58,11 +57,8 @@ pub fn read_password_file(path: &Path) -> Result<Password, FileError> {
     let error = |reason: String| FileError::new("mqtt.password_file", path, reason);
     let metadata =
         std::fs::metadata(path).map_err(|err| error(format!("cannot read it: {err}")))?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(error(format!(
-            "is readable by group or others (mode {mode:03o}); run chmod 600 on it"
-        )));
+    if let Some(reason) = crate::auth::readable_by_others(&metadata) {
+        return Err(error(reason));
     }
     let bytes = std::fs::read(path).map_err(|err| error(format!("cannot read it: {err}")))?;
     let text = String::from_utf8(bytes).map_err(|_| error("is not UTF-8 text".into()))?;
@@ -321,6 +317,7 @@ fn ago(seconds: u64) -> String {
 mod tests {
     use super::*;
     use rustls::pki_types::{ServerName, UnixTime};
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     fn ctx() -> FailureContext {
