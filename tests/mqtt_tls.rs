@@ -172,24 +172,20 @@ async fn a_camera_and_a_viewer_stream_through_mosquitto_over_mutual_tls_with_pas
     let (forger, mut forger_loop) = rumqttc::v5::AsyncClient::new(options, 8);
     let forged = r#"{"type":"status","state":"offline","device":"cam1"}"#;
     let other_session = format!("peercam/{}/session/{}/to-viewer", agent.device, viewer.sid);
-    forger
-        .publish(
-            &status,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            true,
-            forged,
-        )
-        .await
-        .unwrap();
-    forger
-        .publish(
-            &other_session,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-            r#"{"type":"hangup"}"#,
-        )
-        .await
-        .unwrap();
+    for (topic, retain, payload) in [
+        (&status, true, forged),
+        (&other_session, false, r#"{"type":"hangup"}"#),
+    ] {
+        forger
+            .publish(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                retain,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
     let mut refusals = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while refusals.len() < 2 && Instant::now() < deadline {
@@ -299,26 +295,15 @@ async fn each_tls_or_credential_failure_is_logged_once_naming_its_key_and_the_ag
     let (port, expired_port) = (mosquitto.port, expired.port);
 
     // All at once: each agent retries on its own.
-    let mut unknown_ca = agent_on(
-        url("localhost", port),
-        mqtt_lines(&secret, None, &camera_cert),
-    );
-    let mut wrong_name = agent_on(
-        url("127.0.0.1", port),
-        mqtt_lines(&secret, Some(&pki.ca), &camera_cert),
-    );
-    let mut expired_cert = agent_on(
-        url("localhost", expired_port),
-        mqtt_lines(&secret, Some(&pki.ca), &camera_cert),
-    );
-    let mut rejected = agent_on(
-        url("localhost", port),
-        mqtt_lines(&secret, Some(&pki.ca), &rogue_cert),
-    );
-    let mut bad_password = agent_on(
-        url("localhost", port),
-        mqtt_lines(&wrong, Some(&pki.ca), &camera_cert),
-    );
+    let ca = Some(pki.ca.as_path());
+    let agent = |host: &str, port: u16, ca: Option<&Path>, password: &Path, client| {
+        agent_on(url(host, port), mqtt_lines(password, ca, client))
+    };
+    let mut unknown_ca = agent("localhost", port, None, &secret, &camera_cert);
+    let mut wrong_name = agent("127.0.0.1", port, ca, &secret, &camera_cert);
+    let mut expired_cert = agent("localhost", expired_port, ca, &secret, &camera_cert);
+    let mut rejected = agent("localhost", port, ca, &secret, &rogue_cert);
+    let mut bad_password = agent("localhost", port, ca, &wrong, &camera_cert);
 
     let cases = [
         (&mut unknown_ca, "mqtt.ca_file: the broker's certificate is signed by an unknown CA".to_owned()),
