@@ -58,6 +58,13 @@ pub struct SecretFileError {
     pub reason: String,
 }
 
+/// Why a file holding a secret is not trusted, if group or others can read it.
+pub(crate) fn readable_by_others(metadata: &std::fs::Metadata) -> Option<String> {
+    let mode = metadata.permissions().mode() & 0o777;
+    (mode & 0o077 != 0)
+        .then(|| format!("is readable by group or others (mode {mode:03o}); run chmod 600 on it"))
+}
+
 /// The camera's 32 random bytes. Its `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CameraSecret([u8; SECRET_BYTES]);
@@ -136,11 +143,8 @@ impl CameraSecret {
 /// error says why, for the caller to prefix with the configuration key naming the file.
 pub fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
     let metadata = std::fs::metadata(path).map_err(|err| format!("cannot read it: {err}"))?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "is readable by group or others (mode {mode:03o}); run chmod 600 on it"
-        ));
+    if let Some(reason) = readable_by_others(&metadata) {
+        return Err(reason);
     }
     std::fs::read(path).map_err(|err| format!("cannot read it: {err}"))
 }

@@ -78,6 +78,13 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// A file (mode 0600) holding the password, to keep it out of this file.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for an `mqtts://` broker besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and its key, for brokers that require mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub keepalive_s: u16,
 }
 
@@ -87,6 +94,23 @@ impl MqttConfig {
         self.client_id
             .clone()
             .unwrap_or_else(|| format!("peercam-{}", device.id))
+    }
+
+    /// The PEM files of a TLS broker connection (none for a plain one).
+    pub fn tls_files(&self) -> crate::signaling::mqtt_security::TlsFiles {
+        crate::signaling::mqtt_security::TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client: self.cert_file.clone().zip(self.key_file.clone()),
+        }
+    }
+
+    /// The key the broker password comes from.
+    pub fn password_key(&self) -> &'static str {
+        if self.password_file.is_some() {
+            "mqtt.password_file"
+        } else {
+            "mqtt.password"
+        }
     }
 }
 
@@ -99,7 +123,16 @@ pub enum BrokerTarget {
     External {
         host: String,
         port: u16,
+        /// `mqtts://`: TLS with certificate and host-name verification.
+        tls: bool,
     },
+}
+
+impl BrokerTarget {
+    /// True for an `mqtts://` broker.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, BrokerTarget::External { tls: true, .. })
+    }
 }
 
 impl<'de> Deserialize<'de> for BrokerTarget {
@@ -113,12 +146,16 @@ fn parse_broker(text: &str) -> Result<BrokerTarget, String> {
     if text == "embedded" {
         return Ok(BrokerTarget::Embedded);
     }
-    let Some(rest) = text.strip_prefix("mqtt://") else {
-        if text.starts_with("mqtts://") || text.starts_with("ws://") || text.starts_with("wss://") {
-            return Err(format!("{text:?}: only \"embedded\" or mqtt://host:port are supported (TLS and WebSocket brokers are not yet)"));
+    let (rest, tls, default_port) = if let Some(rest) = text.strip_prefix("mqtt://") {
+        (rest, false, 1883)
+    } else if let Some(rest) = text.strip_prefix("mqtts://") {
+        (rest, true, 8883)
+    } else {
+        if text.starts_with("ws://") || text.starts_with("wss://") {
+            return Err(format!("{text:?}: WebSocket brokers are not supported; use mqtt://host[:port] or mqtts://host[:port]"));
         }
         return Err(format!(
-            "{text:?} is neither \"embedded\" nor mqtt://host[:port]"
+            "{text:?} is neither \"embedded\" nor mqtt://host[:port] nor mqtts://host[:port]"
         ));
     };
     let rest = rest.trim_end_matches('/');
@@ -129,17 +166,18 @@ fn parse_broker(text: &str) -> Result<BrokerTarget, String> {
                 .map_err(|_| format!("{text:?}: port {port:?} is not a number from 1 to 65535"))?;
             (host, port)
         }
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 || host.contains('/') || host.contains('@') {
         return Err(format!(
-            "{text:?} is not of the form mqtt://host[:port] with a port from 1 to 65535"
+            "{text:?} is not of the form mqtt[s]://host[:port] with a port from 1 to 65535"
         ));
     }
     Ok(BrokerTarget::External {
         host: host.to_owned(),
         port,
+        tls,
     })
 }
 
@@ -304,6 +342,10 @@ impl Default for MqttConfig {
             client_id: None,
             username: None,
             password: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             keepalive_s: 15,
         }
     }
@@ -521,6 +563,7 @@ impl Config {
             "mqtt.keepalive_s",
             format!("must be at least 5 (got {})", self.mqtt.keepalive_s),
         )?;
+        self.validate_mqtt_security()?;
         let w = &self.webrtc;
         in_range("webrtc.max_viewers", w.max_viewers, 1..=64)?;
         in_range("webrtc.connect_timeout_s", w.connect_timeout_s, 1..=300)?;
@@ -621,6 +664,57 @@ impl Config {
 }
 
 impl Config {
+    /// The broker credentials and TLS files: which go together, and that each file is
+    /// there, private where it holds a secret, and parses.
+    fn validate_mqtt_security(&self) -> Result<(), ConfigError> {
+        use crate::signaling::mqtt_security;
+        let mqtt = &self.mqtt;
+        if mqtt.password.is_some() && mqtt.password_file.is_some() {
+            return Err(ConfigError::new(
+                "mqtt.password_file",
+                "set either mqtt.password or mqtt.password_file, not both",
+            ));
+        }
+        if (mqtt.password.is_some() || mqtt.password_file.is_some()) && mqtt.username.is_none() {
+            return Err(ConfigError::new(
+                "mqtt.username",
+                format!("{} needs a username to go with it", mqtt.password_key()),
+            ));
+        }
+        if let Some(path) = &mqtt.password_file {
+            mqtt_security::read_password_file(path)
+                .map_err(|err| ConfigError::new(err.key, err.reason))?;
+        }
+        let files = [
+            ("mqtt.ca_file", &mqtt.ca_file),
+            ("mqtt.cert_file", &mqtt.cert_file),
+            ("mqtt.key_file", &mqtt.key_file),
+        ];
+        if !mqtt.broker.is_tls() {
+            if let Some((key, _)) = files.iter().find(|(_, path)| path.is_some()) {
+                return Err(ConfigError::new(
+                    key,
+                    "applies to TLS brokers only: set mqtt.broker to \"mqtts://host[:port]\"",
+                ));
+            }
+            return Ok(());
+        }
+        match (&mqtt.cert_file, &mqtt.key_file) {
+            (Some(_), None) => Err(ConfigError::new(
+                "mqtt.key_file",
+                "mqtt.cert_file needs the key of its certificate",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "mqtt.cert_file",
+                "mqtt.key_file needs the certificate it is the key of",
+            )),
+            _ => Ok(()),
+        }?;
+        mqtt_security::client_config(&mqtt.tls_files())
+            .map(drop)
+            .map_err(|err| ConfigError::new(err.key, err.reason))
+    }
+
     /// The agent's TCP listeners: each on its own port, and the embedded broker's on a
     /// fixed one (the agent and the page are told the port; 0 would be a random one).
     fn validate_listeners(&self) -> Result<(), ConfigError> {
@@ -997,19 +1091,40 @@ mod tests {
             broker("mqtt://broker.lan").unwrap(),
             BrokerTarget::External {
                 host: "broker.lan".into(),
-                port: 1883
+                port: 1883,
+                tls: false
             }
         );
         assert_eq!(
             broker("mqtt://10.0.0.2:1884").unwrap(),
             BrokerTarget::External {
                 host: "10.0.0.2".into(),
-                port: 1884
+                port: 1884,
+                tls: false
             }
         );
-        let e = broker("mqtts://broker.lan").unwrap_err();
+        assert_eq!(
+            broker("mqtts://broker.example.net").unwrap(),
+            BrokerTarget::External {
+                host: "broker.example.net".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(
+            broker("mqtts://[::1]:8884").unwrap(),
+            BrokerTarget::External {
+                host: "::1".into(),
+                port: 8884,
+                tls: true
+            }
+        );
+        let e = broker("wss://broker.lan/mqtt").unwrap_err();
         assert_eq!(e.key(), Some("mqtt.broker"));
-        assert!(e.reason().contains("not yet"), "{e}");
+        assert!(
+            e.reason().contains("WebSocket brokers are not supported"),
+            "{e}"
+        );
         assert!(broker("mqtt://host:99999").is_err());
         assert!(broker("tcp://host").is_err());
     }
@@ -1148,6 +1263,107 @@ mod tests {
             error("[auth]\nrevoked = [\"alice\", \"bob smith\"]").key(),
             Some("auth.revoked[1]")
         );
+    }
+
+    #[test]
+    fn broker_credentials_and_tls_files_are_checked_and_name_their_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("peercam-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, contents: &str, mode: u32| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path.display().to_string()
+        };
+        let issued = rcgen::generate_simple_self_signed(vec!["broker.lan".to_owned()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other.lan".to_owned()]).unwrap();
+        let ca = write("ca.pem", &issued.cert.pem(), 0o644);
+        let cert = write("cert.pem", &issued.cert.pem(), 0o644);
+        let key = write("key.pem", &issued.signing_key.serialize_pem(), 0o600);
+        let other_key = write("other-key.pem", &other.signing_key.serialize_pem(), 0o600);
+        let password = write("password", "s3cret\n", 0o600);
+        let readable = write("readable", "s3cret\n", 0o640);
+        let garbage = write("garbage.pem", "not PEM\n", 0o644);
+        let tls = "[mqtt]\nbroker = \"mqtts://broker.lan\"\nusername = \"camera\"\n";
+
+        let good = format!("{tls}password_file = {password:?}\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n");
+        let config = Config::from_toml_str(&good).unwrap();
+        assert!(config.mqtt.broker.is_tls());
+        assert_eq!(config.mqtt.password_key(), "mqtt.password_file");
+        let cases = [
+            (
+                format!("{tls}password_file = {readable:?}"),
+                "mqtt.password_file",
+                "mode 640",
+            ),
+            (
+                format!("{tls}password_file = \"/nonexistent/password\""),
+                "mqtt.password_file",
+                "cannot read it",
+            ),
+            (
+                format!("{tls}password = \"x\"\npassword_file = {password:?}"),
+                "mqtt.password_file",
+                "not both",
+            ),
+            (
+                format!("[mqtt]\nbroker = \"mqtts://broker.lan\"\npassword_file = {password:?}"),
+                "mqtt.username",
+                "needs a username",
+            ),
+            (
+                format!("{tls}ca_file = {garbage:?}"),
+                "mqtt.ca_file",
+                "holds no PEM certificate",
+            ),
+            (
+                format!("{tls}ca_file = \"/nonexistent/ca.pem\""),
+                "mqtt.ca_file",
+                "cannot read it",
+            ),
+            (
+                format!("{tls}cert_file = {cert:?}"),
+                "mqtt.key_file",
+                "needs the key",
+            ),
+            (
+                format!("{tls}key_file = {key:?}"),
+                "mqtt.cert_file",
+                "needs the certificate",
+            ),
+            (
+                format!("{tls}cert_file = {garbage:?}\nkey_file = {key:?}"),
+                "mqtt.cert_file",
+                "holds no PEM certificate",
+            ),
+            (
+                format!("{tls}cert_file = {cert:?}\nkey_file = {garbage:?}"),
+                "mqtt.key_file",
+                "holds no PEM private key",
+            ),
+            (
+                format!("{tls}cert_file = {cert:?}\nkey_file = {other_key:?}"),
+                "mqtt.key_file",
+                "cannot be used with mqtt.cert_file",
+            ),
+            (
+                format!("[mqtt]\nbroker = \"mqtt://broker.lan\"\nca_file = {ca:?}"),
+                "mqtt.ca_file",
+                "TLS brokers only",
+            ),
+            (
+                format!("[mqtt]\ncert_file = {cert:?}\nkey_file = {key:?}"),
+                "mqtt.cert_file",
+                "TLS brokers only",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let e = error(&text);
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.reason().contains(reason), "{text}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::session::peer::PeerSettings;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
 use crate::signaling::mqtt::{self, MqttSettings};
+use crate::signaling::mqtt_security::{self, FailureContext, Password};
 use crate::signaling::protocol::{AuthMode, CameraState, Status, Topics, VideoInfo};
 use crate::signaling::whep::{self, WhepSettings};
 use crate::source::testsrc::TestSource;
@@ -74,8 +75,11 @@ pub fn v4l2_options(config: &Config, path: &str) -> V4l2Options {
     }
 }
 
-fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
-    let (host, port) = match &config.mqtt.broker {
+/// Where and how the agent connects to its broker. Reads the password file and the TLS
+/// files, so a file changed since validation is still reported by its key.
+fn mqtt_settings(config: &Config, topics: Topics) -> anyhow::Result<MqttSettings> {
+    let mqtt = &config.mqtt;
+    let (host, port, tls) = match &mqtt.broker {
         BrokerTarget::Embedded => {
             let listen = config.broker.listen;
             // A wildcard listener is reached through loopback from the same machine.
@@ -84,20 +88,39 @@ fn mqtt_settings(config: &Config, topics: Topics) -> MqttSettings {
             } else {
                 listen.ip().to_string()
             };
-            (host, listen.port())
+            (host, listen.port(), false)
         }
-        BrokerTarget::External { host, port } => (host.clone(), *port),
+        BrokerTarget::External { host, port, tls } => (host.clone(), *port, *tls),
     };
-    MqttSettings {
+    let password = match (&mqtt.password_file, &mqtt.password) {
+        (Some(path), _) => Some(mqtt_security::read_password_file(path)?),
+        (None, Some(password)) => Some(Password::new(password.clone())),
+        (None, None) => None,
+    };
+    let tls = if tls {
+        Some(mqtt_security::client_config(&mqtt.tls_files())?)
+    } else {
+        None
+    };
+    let failure_context = FailureContext {
+        broker: format!("{host}:{port}"),
+        ca_file: mqtt.ca_file.clone(),
+        client_cert: mqtt.cert_file.is_some(),
+        username: mqtt.username.clone(),
+        password_key: mqtt.password_key(),
+    };
+    Ok(MqttSettings {
         host,
         port,
-        client_id: config.mqtt.client_id(&config.device),
-        username: config.mqtt.username.clone(),
-        password: config.mqtt.password.clone(),
-        keepalive: Duration::from_secs(u64::from(config.mqtt.keepalive_s)),
+        tls,
+        client_id: mqtt.client_id(&config.device),
+        username: mqtt.username.clone(),
+        password,
+        keepalive: Duration::from_secs(u64::from(mqtt.keepalive_s)),
         topics,
         device: config.device.id.clone(),
-    }
+        failure_context,
+    })
 }
 
 /// The ICE servers with their shared secrets read (each from a private file); static TURN
@@ -459,6 +482,8 @@ pub async fn run(
     let Control { stop, mut reloads } = control;
     let access = access_policy(&config)?;
     let ice = Arc::new(load_ice_servers(&config)?);
+    let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
+    let mqtt_settings = mqtt_settings(&config, topics)?;
     start_broker(&config).await?;
 
     let counters = Arc::new(PipelineCounters::default());
@@ -505,9 +530,8 @@ pub async fn run(
         }),
     );
     // MQTT ends after the manager, once its last hangup is out (its inbox closes).
-    let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
     let signaling = tokio::spawn(mqtt::run(
-        mqtt_settings(&config, topics),
+        mqtt_settings,
         status,
         signals_tx.clone(),
         to_viewers,

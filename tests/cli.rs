@@ -1,6 +1,7 @@
 //! The command line as an admin uses it: `check-config` accepts the reference file and
 //! rejects mistakes with the key and the reason, and a bad config never starts the agent.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 fn peercam(args: &[&str]) -> (i32, String) {
@@ -49,6 +50,35 @@ fn check_config_names_the_key_and_the_reason() {
         "{out}"
     );
 
+    // The files the broker connection needs are read: there, private, and parsable.
+    let password =
+        std::env::temp_dir().join(format!("peercam-cli-{}-password", std::process::id()));
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let tls = |extra: &str| {
+        format!("[mqtt]\nbroker = \"mqtts://broker.lan\"\nusername = \"cam\"\npassword_file = {:?}\n{extra}", password.display().to_string())
+    };
+    for (name, mode, text, message) in [
+        (
+            "password-mode",
+            0o644,
+            tls(""),
+            "is readable by group or others (mode 644)",
+        ),
+        (
+            "ca-missing",
+            0o600,
+            tls("ca_file = \"/nonexistent/ca.pem\"\n"),
+            "mqtt.ca_file: /nonexistent/ca.pem: cannot read it",
+        ),
+    ] {
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
+        let path = write_config(name, &text);
+        let (code, out) = peercam(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(message), "{out}");
+        assert!(!out.contains("s3cret"), "{out}");
+    }
+
     let range = write_config("range", "[webrtc]\nmax_viewers = 0\n");
     let (code, out) = peercam(&["check-config", "--config", range.to_str().unwrap()]);
     assert_eq!(code, 2);
@@ -60,7 +90,7 @@ fn check_config_names_the_key_and_the_reason() {
 
 #[test]
 fn the_agent_refuses_to_start_on_a_bad_config() {
-    let bad = write_config("bad", "[mqtt]\nbroker = \"mqtts://broker.lan\"\n");
+    let bad = write_config("bad", "[mqtt]\nbroker = \"wss://broker.lan/mqtt\"\n");
     let (code, out) = peercam(&["--config", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(out.contains("mqtt.broker"), "{out}");

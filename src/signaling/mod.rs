@@ -1,9 +1,11 @@
 //! Signaling: the v1 protocol (pure), its transports — MQTT (trickle, through any broker)
-//! and WHEP (HTTP, answer with every candidate) — and the embedded broker. Transports
+//! and WHEP (HTTP, answer with every candidate), the MQTT client's transport security
+//! (TLS, credentials, failure lines naming the key to fix) — and the embedded broker. Transports
 //! translate their wire formats for the session core; they must never carry media or
 //! decide anything about a session.
 
 pub mod broker;
 pub mod mqtt;
+pub mod mqtt_security;
 pub mod protocol;
 pub mod whep;

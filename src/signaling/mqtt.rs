@@ -6,8 +6,12 @@
 
 use crate::session::core::{Credential, Refusal, ViewerInput};
 use crate::session::{Signal, ToViewer};
+use crate::signaling::mqtt_security::{describe_failure, FailureContext, Password};
 use crate::signaling::protocol::{parse_viewer_message, Status, TopicError, Topics, ViewerMessage};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -25,16 +29,25 @@ const STATUS_CORRECTION_INTERVAL: Duration = Duration::from_secs(1);
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
+    /// TLS (`mqtts://`): verifies the broker's certificate and host name.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Password>,
     pub keepalive: Duration,
     pub topics: Topics,
     pub device: String,
+    /// What a failed connection's log line names.
+    pub failure_context: FailureContext,
 }
 
 fn options(settings: &MqttSettings) -> MqttOptions {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    if let Some(tls) = &settings.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::clone(tls),
+        )));
+    }
     options
         .set_keep_alive(settings.keepalive)
         .set_clean_session(true)
@@ -46,7 +59,8 @@ fn options(settings: &MqttSettings) -> MqttOptions {
             true,
         ));
     if let Some(username) = &settings.username {
-        options.set_credentials(username, settings.password.clone().unwrap_or_default());
+        let password = settings.password.as_ref().map_or("", Password::expose);
+        options.set_credentials(username, password);
     }
     options
 }
@@ -88,7 +102,8 @@ pub async fn run(
     let session_filter = settings.topics.to_camera_filter();
     let mut backoff = MIN_BACKOFF;
     let mut connected = false;
-    let mut failures_logged = false;
+    // The line last logged for a failed attempt: each distinct failure is logged once.
+    let mut last_failure: Option<String> = None;
     // While waiting to reconnect, the event loop is not polled (polling reconnects).
     let mut retry_at: Option<tokio::time::Instant> = None;
     // When the next correction of an overwritten retained status is due, and the last one.
@@ -111,7 +126,7 @@ pub async fn run(
                     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port),
                         client_id = %settings.client_id, "MQTT connected");
                     connected = true;
-                    failures_logged = false;
+                    last_failure = None;
                     backoff = MIN_BACKOFF;
                     // A clean session forgets subscriptions: subscribe on every connect. The
                     // camera also watches its own status, to put back the truth when anyone
@@ -145,11 +160,16 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    if connected || !failures_logged {
+                    if connected {
                         tracing::warn!("MQTT connection to {}:{} lost or refused: {err}; retrying", settings.host, settings.port);
-                        failures_logged = true;
                     } else {
-                        tracing::debug!("MQTT reconnect failed: {err}");
+                        let line = describe_failure(&err, &settings.failure_context);
+                        if last_failure.as_deref() == Some(line.as_str()) {
+                            tracing::debug!("{line}; retrying");
+                        } else {
+                            tracing::warn!("{line}; retrying with backoff");
+                            last_failure = Some(line);
+                        }
                     }
                     connected = false;
                     retry_at = Some(tokio::time::Instant::now() + backoff);

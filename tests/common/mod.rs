@@ -3,6 +3,7 @@
 //! Networked tests must run inside a loopback-only network namespace (see scripts/).
 #![allow(dead_code)]
 
+pub mod tls;
 pub mod viewer;
 pub mod whep;
 
@@ -68,6 +69,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub enum BrokerMode {
     Embedded,
     External(u16),
+    /// `mqtt.broker` as given, e.g. "mqtts://localhost:PORT" (its port is `Agent::mqtt_port`).
+    Url(String),
 }
 
 /// Knobs the tests turn; everything else keeps the product defaults.
@@ -85,6 +88,8 @@ pub struct AgentOptions {
     pub connect_timeout_s: u64,
     pub telemetry_interval_ms: u64,
     pub broker: BrokerMode,
+    /// Extra lines for the `[mqtt]` section (e.g. credentials and TLS files).
+    pub mqtt_extra: String,
     /// Serve HTTP (the page and WHEP) on a free loopback port.
     pub http: bool,
     /// Extra lines for the `[webrtc]` section (e.g. ICE servers).
@@ -112,6 +117,7 @@ impl Default for AgentOptions {
             connect_timeout_s: 15,
             telemetry_interval_ms: 500,
             broker: BrokerMode::Embedded,
+            mqtt_extra: String::new(),
             http: false,
             webrtc_extra: String::new(),
             auth_section: "[auth]\nmode = \"open\"".into(),
@@ -134,7 +140,15 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts the agent and waits until it is connected to its broker.
     pub fn start(options: AgentOptions) -> Agent {
+        let agent = Self::start_unconnected(options);
+        agent.wait_for_log("MQTT connected", Duration::from_secs(20));
+        agent
+    }
+
+    /// Starts the agent without waiting for its broker connection.
+    pub fn start_unconnected(options: AgentOptions) -> Agent {
         let dir = temp_dir("agent");
         let http_port = if options.http { free_port() } else { 0 };
         let (mqtt_port, ws_port, broker_line) = match options.broker {
@@ -144,6 +158,14 @@ impl Agent {
             }
             BrokerMode::External(port) => {
                 (port, 0, format!("broker = \"mqtt://127.0.0.1:{port}\""))
+            }
+            BrokerMode::Url(url) => {
+                let port = url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                (port, 0, format!("broker = {url:?}"))
             }
         };
         let config = format!(
@@ -160,6 +182,7 @@ bitrate_kbps = 1500
 keyframe_interval_s = {kf}
 [mqtt]
 {broker_line}
+{mqtt_extra}
 [broker]
 listen = "127.0.0.1:{mqtt_port}"
 ws_listen = "{ws}"
@@ -189,6 +212,7 @@ level = "info"
             ti = options.telemetry_interval_ms,
             webrtc_extra = options.webrtc_extra,
             auth_section = options.auth_section,
+            mqtt_extra = options.mqtt_extra,
             extra_sections = options.extra_sections,
             http = if http_port == 0 {
                 "off".to_owned()
@@ -248,7 +272,7 @@ level = "info"
                 }
             });
         }
-        let agent = Agent {
+        Agent {
             child,
             mqtt_port,
             ws_port,
@@ -256,9 +280,37 @@ level = "info"
             device,
             config_path,
             log,
-        };
-        agent.wait_for_log("MQTT connected", Duration::from_secs(20));
-        agent
+        }
+    }
+
+    /// Stops this agent and starts it again with the same configuration file (as it is
+    /// now), without waiting for its broker connection.
+    pub fn restart(mut self) -> Agent {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (config_path, device) = (self.config_path.clone(), self.device.clone());
+        Self::spawn(
+            config_path,
+            self.mqtt_port,
+            self.ws_port,
+            device,
+            Vec::new(),
+        )
+    }
+
+    /// True while the agent process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn log_lines(&self) -> Vec<String> {
@@ -334,6 +386,14 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Mosquitto {
+        Self::start_with(
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+    }
+
+    /// A broker with the given listener and security lines (persistence off, errors only).
+    pub fn start_with(port: u16, config: &str) -> Mosquitto {
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -342,7 +402,7 @@ impl Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"),
+            format!("{config}persistence false\nlog_dest stderr\nlog_type error\n"),
         )
         .unwrap();
         let child = Command::new(binary)

@@ -10,7 +10,9 @@ use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,46 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
     SettingEngineBuilder,
 };
+
+/// How a test client reaches its broker: plain MQTT on a loopback port, or TLS with a
+/// client certificate and a username and password.
+#[derive(Clone)]
+pub struct MqttEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub credentials: Option<(String, String)>,
+    /// Connect with the session id as the client id (what the mosquitto ACL recipe's
+    /// `%c` patterns need), instead of `viewer-{sid}`.
+    pub sid_is_client_id: bool,
+}
+
+impl MqttEndpoint {
+    pub fn plain(port: u16) -> MqttEndpoint {
+        MqttEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+            credentials: None,
+            sid_is_client_id: false,
+        }
+    }
+
+    fn options(&self, client_id: String) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::clone(tls),
+            )));
+        }
+        if let Some((username, password)) = &self.credentials {
+            options.set_credentials(username, password);
+        }
+        options
+    }
+}
 
 /// What the viewer has seen so far.
 #[derive(Default, Debug, Clone)]
@@ -363,11 +405,23 @@ impl TestViewer {
         sid: &str,
         access: Option<AccessKey>,
     ) -> TestViewer {
+        Self::start_on(&MqttEndpoint::plain(mqtt_port), device, sid, access).await
+    }
+
+    /// A viewer that reaches its broker through `endpoint`.
+    pub async fn start_on(
+        endpoint: &MqttEndpoint,
+        device: &str,
+        sid: &str,
+        access: Option<AccessKey>,
+    ) -> TestViewer {
         let to_camera = format!("peercam/{device}/session/{sid}/to-camera");
         let to_viewer = format!("peercam/{device}/session/{sid}/to-viewer");
-        let mut options = MqttOptions::new(format!("viewer-{sid}"), "127.0.0.1", mqtt_port);
-        options.set_keep_alive(Duration::from_secs(5));
-        options.set_max_packet_size(1 << 20, 1 << 20);
+        let mut options = endpoint.options(if endpoint.sid_is_client_id {
+            sid.to_owned()
+        } else {
+            format!("viewer-{sid}")
+        });
         let goodbye = match &access {
             Some(access) => access.hangup(sid),
             None => json!({"type":"hangup"}),
@@ -549,13 +603,12 @@ pub struct Observer {
 
 impl Observer {
     pub async fn start(mqtt_port: u16, filters: &[String]) -> Observer {
-        let mut options = MqttOptions::new(
-            format!("observer-{:08x}", rand::random::<u32>()),
-            "127.0.0.1",
-            mqtt_port,
-        );
-        options.set_keep_alive(Duration::from_secs(5));
-        options.set_max_packet_size(1 << 20, 1 << 20);
+        Self::start_on(&MqttEndpoint::plain(mqtt_port), filters).await
+    }
+
+    /// An observer that reaches its broker through `endpoint`.
+    pub async fn start_on(endpoint: &MqttEndpoint, filters: &[String]) -> Observer {
+        let options = endpoint.options(format!("observer-{:08x}", rand::random::<u32>()));
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();

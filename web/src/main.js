@@ -134,7 +134,7 @@ class Session {
     const hangup = JSON.stringify(this.hangupMessage());
     this.client = mqtt.connect(this.broker, {
       ...MQTT_OPTIONS,
-      clientId: `viewer-${this.sid}`,
+      clientId: this.sid, // brokers with per-session ACLs match it (%c in mosquitto)
       clean: true,
       reconnectPeriod: 0,
       connectTimeout: 8000,
