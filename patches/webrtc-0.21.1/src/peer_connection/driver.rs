@@ -1949,7 +1949,15 @@ where
             }
         }
 
-        // 1.b turn_relayer poll_write()
+        // 1.b peer_connection poll_write() (peercam patch: before the TURN relayer's queue,
+        // because relayed core writes only enter that queue here; draining it first left the
+        // last packet of each burst waiting for the next wake-up, about a frame interval).
+        // Send all outgoing packets, coalescing
+        // consecutive same-destination datagrams into single UDP GSO syscalls.
+        let writes = Self::drain_core_writes(self.inner.clone()).await;
+        self.flush_writes(writes).await;
+
+        // 1.c turn_relayer poll_write()
         while let Some(msg) = self.turn_relayer.poll_write() {
             let four_tuple: FourTuple = FourTuple::from(&msg.transport);
             if let Err(err) = self.handle_write(msg).await {
@@ -1968,11 +1976,6 @@ where
                 }
             }
         }
-
-        // 1.c peer_connection poll_write() - Send all outgoing packets, coalescing
-        // consecutive same-destination datagrams into single UDP GSO syscalls.
-        let writes = Self::drain_core_writes(self.inner.clone()).await;
-        self.flush_writes(writes).await;
 
         Ok(())
     }
