@@ -1,9 +1,12 @@
 //! Signaling: the v1 protocol (pure), its transports — MQTT (trickle, through any broker)
 //! and WHEP (HTTP, answer with every candidate) — and the embedded broker. Transports
 //! translate their wire formats for the session core; they must never carry media or
-//! decide anything about a session.
+//! decide anything about a session. The embedded broker has its users (`broker_users`) and
+//! doors over WebSocket and TLS (`relay`).
 
 pub mod broker;
+pub mod broker_users;
 pub mod mqtt;
 pub mod protocol;
+pub mod relay;
 pub mod whep;
