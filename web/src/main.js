@@ -30,7 +30,10 @@ async function discover() {
   } catch { /* hosted elsewhere: query parameters only */ }
   const host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname;
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const broker = params.get('broker') || (served.ws_port ? `${scheme}://${host || '127.0.0.1'}:${served.ws_port}` : null);
+  // The agent's own origin first (one port, one certificate), then its WebSocket listener.
+  const sameOrigin = served.mqtt_path ? `${scheme}://${location.host}${served.mqtt_path}` : null;
+  const listener = served.ws_port ? `${scheme}://${host || '127.0.0.1'}:${served.ws_port}` : null;
+  const broker = params.get('broker') || sameOrigin || listener;
   return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device: params.get('device') || null };
 }
 
