@@ -89,6 +89,8 @@ pub struct AgentOptions {
     pub http: bool,
     /// Extra lines for the `[webrtc]` section (e.g. ICE servers).
     pub webrtc_extra: String,
+    /// Extra lines for the `[broker]` section (e.g. `tls_listen`).
+    pub broker_extra: String,
     /// Extra sections appended to the configuration (e.g. `[whep]`).
     pub extra_sections: String,
     /// Extra environment for the agent process.
@@ -111,6 +113,7 @@ impl Default for AgentOptions {
             broker: BrokerMode::Embedded,
             http: false,
             webrtc_extra: String::new(),
+            broker_extra: String::new(),
             extra_sections: String::new(),
             env: Vec::new(),
         }
@@ -159,6 +162,7 @@ keyframe_interval_s = {kf}
 [broker]
 listen = "127.0.0.1:{mqtt_port}"
 ws_listen = "{ws}"
+{broker_extra}
 [webrtc]
 max_viewers = {max}
 connect_timeout_s = {cto}
@@ -183,6 +187,7 @@ level = "info"
             cto = options.connect_timeout_s,
             ti = options.telemetry_interval_ms,
             webrtc_extra = options.webrtc_extra,
+            broker_extra = options.broker_extra,
             extra_sections = options.extra_sections,
             http = if http_port == 0 {
                 "off".to_owned()

@@ -363,9 +363,27 @@ impl TestViewer {
         sid: &str,
         access: Option<AccessKey>,
     ) -> TestViewer {
+        Self::start_with(mqtt_port, device, sid, access, None).await
+    }
+
+    /// A viewer that logs in to the broker as `login` (user, password).
+    pub async fn start_logged_in(mqtt_port: u16, device: &str, login: (&str, &str)) -> TestViewer {
+        Self::start_with(mqtt_port, device, &new_session_id(), None, Some(login)).await
+    }
+
+    async fn start_with(
+        mqtt_port: u16,
+        device: &str,
+        sid: &str,
+        access: Option<AccessKey>,
+        login: Option<(&str, &str)>,
+    ) -> TestViewer {
         let to_camera = format!("peercam/{device}/session/{sid}/to-camera");
         let to_viewer = format!("peercam/{device}/session/{sid}/to-viewer");
         let mut options = MqttOptions::new(format!("viewer-{sid}"), "127.0.0.1", mqtt_port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1 << 20, 1 << 20);
         let goodbye = match &access {
