@@ -1,5 +1,5 @@
 // Shared harness of the browser end-to-end tests (viewer.test.mjs, whep.test.mjs,
-// security.test.mjs): paths, the loopback-only guard, port and wait helpers, the real peercam
+// security.test.mjs, https.test.mjs): paths, the loopback-only guard, port and wait helpers, the real peercam
 // agent with a generated config, headless Debian Chromium and a page that records CSP violations. Everything here must only ever talk to loopback (127.0.0.1):
 // the tests run inside scripts/in-loopback-netns and requireLoopbackOnly() refuses anywhere else.
 import assert from 'node:assert/strict';
@@ -138,8 +138,15 @@ ${extra}`);
   }
 }
 
-/** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback only. */
-export function launchChromium() {
+/** Decoded frames as the page's video element reports them. */
+export const decodedFrames = (page) => page.evaluate(() => {
+  const v = document.getElementById('video');
+  return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : (window.peercam?.framesDecoded ?? 0);
+});
+
+/** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback
+ *  only; `extraArgs` for one test file's needs. */
+export function launchChromium(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     timeout: 30000,
@@ -149,6 +156,7 @@ export function launchChromium() {
       '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
       // mDNS cannot resolve in the loopback-only namespace: expose host candidates.
       '--disable-features=WebRtcHideLocalIpsWithMdns',
+      ...extraArgs,
     ],
   });
 }
@@ -157,12 +165,12 @@ export function launchChromium() {
  * Sets up a test file: before its tests, the loopback guard, the artifacts folder and one
  * Chromium for them all (closed after them). Returns a function that gives that browser.
  */
-export function useChromium() {
+export function useChromium(extraArgs = []) {
   let browser;
   before(async () => {
     requireLoopbackOnly();
     mkdirSync(artifacts, { recursive: true });
-    browser = await launchChromium();
+    browser = await launchChromium(extraArgs);
   });
   after(async () => { await browser?.close(); });
   return () => browser;

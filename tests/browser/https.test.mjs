@@ -1,0 +1,42 @@
+// Browser end-to-end test over HTTPS on one port: the agent serves the page with a
+// certificate `peercam cert` makes for this test, and relays MQTT at /mqtt on the same port.
+// Chromium (told to accept certificate errors, in this file only: the certificate is
+// self-signed) opens https://127.0.0.1:PORT/; the page must pick wss://127.0.0.1:PORT/mqtt
+// by itself and play. Must run in a loopback-only network namespace.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { repo, agentBinary, waitFor, Agent, useChromium, decodedFrames } from './harness.mjs';
+
+const browser = useChromium(['--ignore-certificate-errors']);
+
+test('the page over HTTPS reaches the broker at wss://…/mqtt on its own port and plays', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'peercam-https-'));
+  const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+  execFileSync(agentBinary, ['cert', '--host', '127.0.0.1', '--cert', cert, '--key', key]);
+  const agent = await Agent.create({
+    webRoot: join(repo, 'web', 'dist'),
+    extra: `[tls]\ncert_file = ${JSON.stringify(cert)}\nkey_file = ${JSON.stringify(key)}\n[auth]\nmode = "open"\n`,
+  });
+  try {
+    const origin = `https://127.0.0.1:${agent.ports.http}`;
+    const context = await browser().newContext();
+    const page = await context.newPage();
+    const sockets = [];
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    const response = await page.goto(`${origin}/`);
+    assert.equal(response.status(), 200);
+    const csp = response.headers()['content-security-policy'];
+    assert.match(csp, /connect-src 'self' ws: wss:/, 'security headers over HTTPS too');
+    await waitFor('90 decoded frames', 20000, async () => (await decodedFrames(page)) >= 90);
+    assert.ok(sockets.length > 0, 'the page opened WebSockets');
+    assert.ok(sockets.every((url) => url === `wss://127.0.0.1:${agent.ports.http}/mqtt`), `sockets: ${sockets}`);
+    console.log(`figures: decoded ${await decodedFrames(page)} frames over ${sockets.length} WebSocket(s) to ${sockets[0]}`);
+    await context.close();
+  } finally {
+    await agent.stop();
+  }
+});
