@@ -13,13 +13,18 @@ import { repo, agentBinary, waitFor, Agent, useChromium, decodedFrames } from '.
 
 const browser = useChromium(['--ignore-certificate-errors']);
 
-test('the page over HTTPS reaches the broker at wss://…/mqtt on its own port and plays', async () => {
+/** A certificate for 127.0.0.1 from `peercam cert`, in a fresh directory: [tls] lines. */
+function tlsSection() {
   const dir = mkdtempSync(join(tmpdir(), 'peercam-https-'));
   const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
   execFileSync(agentBinary, ['cert', '--host', '127.0.0.1', '--cert', cert, '--key', key]);
+  return `[tls]\ncert_file = ${JSON.stringify(cert)}\nkey_file = ${JSON.stringify(key)}\n`;
+}
+
+test('the page over HTTPS reaches the broker at wss://…/mqtt on its own port and plays', async () => {
   const agent = await Agent.create({
     webRoot: join(repo, 'web', 'dist'),
-    extra: `[tls]\ncert_file = ${JSON.stringify(cert)}\nkey_file = ${JSON.stringify(key)}\n[auth]\nmode = "open"\n`,
+    extra: `${tlsSection()}[auth]\nmode = "open"\n`,
   });
   try {
     const origin = `https://127.0.0.1:${agent.ports.http}`;
@@ -35,6 +40,30 @@ test('the page over HTTPS reaches the broker at wss://…/mqtt on its own port a
     assert.ok(sockets.length > 0, 'the page opened WebSockets');
     assert.ok(sockets.every((url) => url === `wss://127.0.0.1:${agent.ports.http}/mqtt`), `sockets: ${sockets}`);
     console.log(`figures: decoded ${await decodedFrames(page)} frames over ${sockets.length} WebSocket(s) to ${sockets[0]}`);
+    await context.close();
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('with broker users, the page logs in with the user and password in its broker URL', async () => {
+  const users = `[broker.users]\n${execFileSync(agentBinary, ['passwd', 'alice'], { input: 'pa55 word\n', stdio: ['pipe', 'pipe', 'ignore'] })}`;
+  const agent = await Agent.create({
+    webRoot: join(repo, 'web', 'dist'),
+    extra: `${tlsSection()}[auth]\nmode = "open"\n${users}`,
+  });
+  try {
+    const origin = `https://127.0.0.1:${agent.ports.http}`;
+    const context = await browser().newContext();
+    const anonymous = await context.newPage();
+    await anonymous.goto(`${origin}/`);
+    await waitFor('the anonymous page is refused', 10000, async () =>
+      (await anonymous.getAttribute('#broker-state', 'data-state')) === 'unreachable');
+    const page = await context.newPage();
+    const broker = encodeURIComponent(`wss://alice:${encodeURIComponent('pa55 word')}@127.0.0.1:${agent.ports.http}/mqtt`);
+    await page.goto(`${origin}/?broker=${broker}`);
+    await waitFor('30 decoded frames', 20000, async () => (await decodedFrames(page)) >= 30);
+    assert.ok(!agent.log.includes('pa55 word'), 'no password in the log');
     await context.close();
   } finally {
     await agent.stop();
