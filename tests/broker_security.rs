@@ -1,8 +1,8 @@
 //! The embedded broker with users and TLS, against the real agent: anonymous and
 //! wrong-password logins are refused, the right password works and a viewer logged in with
 //! it watches; MQTT over TLS on broker.tls_listen presents the certificate `peercam cert`
-//! wrote, and a client that never finishes its handshake holds up no one. Secrets stay out
-//! of the log. Certificates and hashes are made by the peercam binary during the test.
+//! wrote (re-read on SIGHUP), and a client that never finishes its handshake holds up no
+//! one. Secrets stay out of the log. Certificates and hashes are made by the peercam binary during the test.
 
 mod common;
 
@@ -138,6 +138,7 @@ async fn mqtt_over_tls_presents_the_peercam_certificate_and_a_stalled_handshake_
     require_loopback_only_network();
     let dir = temp_dir("broker-tls");
     let (cert_file, key_file) = cert(&dir);
+    std::fs::copy(&cert_file, dir.join("cert.pem.old")).unwrap();
     let tls_port = common::free_port();
     let line = passwd("viewer", PASSWORD);
     let agent = Agent::start(AgentOptions {
@@ -201,5 +202,25 @@ async fn mqtt_over_tls_presents_the_peercam_certificate_and_a_stalled_handshake_
         untrusted.to_lowercase().contains("certificate"),
         "{untrusted}"
     );
+
+    // SIGHUP re-reads the files: the other certificate takes over for new connections.
+    std::fs::copy(&other_cert, &cert_file).unwrap();
+    std::fs::copy(other.join("key.pem"), &key_file).unwrap();
+    agent.signal("HUP");
+    agent.wait_for_log("TLS certificate re-read", Duration::from_secs(5));
+    connect(
+        tls_port,
+        Some(("viewer", PASSWORD)),
+        Some(trusting(&other_cert)),
+    )
+    .await
+    .expect("the reloaded certificate");
+    let stale = connect(
+        tls_port,
+        Some(("viewer", PASSWORD)),
+        Some(trusting(&dir.join("cert.pem.old"))),
+    )
+    .await;
+    assert!(stale.is_err(), "the old certificate is gone");
     drop(agent);
 }
