@@ -2,13 +2,14 @@
 // certificate `peercam cert` makes for this test, and relays MQTT at /mqtt on the same port.
 // Chromium (told to accept certificate errors, in this file only: the certificate is
 // self-signed) opens https://127.0.0.1:PORT/; the page must pick wss://127.0.0.1:PORT/mqtt
-// by itself and play. Must run in a loopback-only network namespace.
+// by itself and play. The broker's own WebSocket listener speaks WSS as well. Must run in a loopback-only network namespace.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import mqtt from 'mqtt';
 import { repo, agentBinary, waitFor, Agent, useChromium, decodedFrames } from './harness.mjs';
 
 const browser = useChromium(['--ignore-certificate-errors']);
@@ -21,12 +22,21 @@ function tlsSection() {
   return `[tls]\ncert_file = ${JSON.stringify(cert)}\nkey_file = ${JSON.stringify(key)}\n`;
 }
 
-test('the page over HTTPS reaches the broker at wss://…/mqtt on its own port and plays', async () => {
+test('the page over HTTPS reaches the broker at wss://…/mqtt on its own port and plays; ws_listen speaks WSS', async () => {
   const agent = await Agent.create({
     webRoot: join(repo, 'web', 'dist'),
+    webSocket: true,
     extra: `${tlsSection()}[auth]\nmode = "open"\n`,
   });
   try {
+    // The broker's own WebSocket listener speaks WSS too (for other clients).
+    const other = await mqtt.connectAsync(`wss://127.0.0.1:${agent.ports.ws}/`,
+      { protocolVersion: 4, reconnectPeriod: 0, rejectUnauthorized: false });
+    const status = new Promise((resolve) => other.on('message', (_topic, payload) => resolve(JSON.parse(payload))));
+    await other.subscribeAsync('peercam/cam1/status');
+    assert.equal((await status).state, 'online', 'the retained status over WSS on ws_listen');
+    await other.endAsync();
+
     const origin = `https://127.0.0.1:${agent.ports.http}`;
     const context = await browser().newContext();
     const page = await context.newPage();
