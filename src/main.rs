@@ -40,7 +40,7 @@ enum Command {
         /// How long the link works: 30d, 12h, 90m, 3600s.
         #[arg(long, default_value = "30d")]
         expires_in: String,
-        /// The viewer page's address. Default: http://127.0.0.1:PORT/ from http.listen.
+        /// The viewer page's address. Default: http(s)://127.0.0.1:PORT/ from http.listen and [tls].
         #[arg(long)]
         url: Option<String>,
         /// Print the WHEP bearer token (Authorization: Bearer ...) instead of the link.
@@ -266,12 +266,17 @@ fn access(
             return ExitCode::FAILURE;
         }
     };
+    let scheme = if config.tls.files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let page = url.unwrap_or_else(|| match config.http.listen {
         Some(listen) if listen.ip().is_unspecified() => {
-            format!("http://127.0.0.1:{}/", listen.port())
+            format!("{scheme}://127.0.0.1:{}/", listen.port())
         }
-        Some(listen) => format!("http://{listen}/"),
-        None => "http://127.0.0.1:8080/".to_owned(),
+        Some(listen) => format!("{scheme}://{listen}/"),
+        None => format!("{scheme}://127.0.0.1:8080/"),
     });
     let exp = peercam::clock::unix_ms() / 1000 + lifetime;
     let grant = AccessGrant::new(&secret, &config.device.id, viewer, exp, &page);
