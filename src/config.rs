@@ -19,6 +19,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub whep: WhepConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
 }
@@ -185,9 +186,53 @@ fn parse_broker(text: &str) -> Result<BrokerTarget, String> {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
-    /// WebSocket MQTT listener for browsers (MQTT 3.1.1); "off" disables it.
+    /// WebSocket MQTT listener for browsers (MQTT 3.1.1); "off" disables it. WSS when
+    /// `[tls]` is set.
     #[serde(deserialize_with = "optional_addr")]
     pub ws_listen: Option<SocketAddr>,
+    /// MQTT over TLS (with `[tls]`'s certificate) for other cameras and clients; "off" by
+    /// default.
+    #[serde(deserialize_with = "optional_addr")]
+    pub tls_listen: Option<SocketAddr>,
+    /// User name → argon2 PHC hash (`peercam passwd`). With any user, every connection
+    /// must authenticate.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Lets the broker listen beyond loopback without users (protected mode off).
+    pub allow_anonymous: bool,
+}
+
+impl BrokerConfig {
+    /// Where the agent (and the relays in front of the broker) reach its TCP listener: a
+    /// wildcard listener through loopback on the same machine.
+    pub fn local_addr(&self) -> SocketAddr {
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            });
+        }
+        addr
+    }
+}
+
+/// The certificate every TLS listener presents: HTTPS on `http.listen`, WSS on
+/// `broker.ws_listen` and MQTT over TLS on `broker.tls_listen`. Unset: plain listeners.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first. Re-read on SIGHUP.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate. Re-read on SIGHUP.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Both files, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -356,6 +401,9 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: addr("127.0.0.1:1883"),
             ws_listen: Some(addr("127.0.0.1:8083")),
+            tls_listen: None,
+            users: Default::default(),
+            allow_anonymous: false,
         }
     }
 }
@@ -642,6 +690,7 @@ impl Config {
             "WHEP is served by the HTTP server; set http.listen to turn it on".into(),
         )?;
         self.validate_listeners()?;
+        self.validate_security()?;
         check(
             (100..=60_000).contains(&self.telemetry.interval_ms),
             "telemetry.interval_ms",
@@ -718,43 +767,168 @@ impl Config {
     /// The agent's TCP listeners: each on its own port, and the embedded broker's on a
     /// fixed one (the agent and the page are told the port; 0 would be a random one).
     fn validate_listeners(&self) -> Result<(), ConfigError> {
-        let (broker, http) = (&self.broker, self.http.listen);
-        let clash = |key: &str, addr: SocketAddr, other_key: &str, other: SocketAddr| {
-            if listeners_clash(addr, other) {
-                Err(ConfigError::new(
-                    key,
-                    format!("{addr} takes the port of {other_key} ({other})"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let broker = &self.broker;
         if self.mqtt.broker != BrokerTarget::Embedded {
             // [broker] is not started; only the page listens.
             return Ok(());
         }
-        if broker.listen.port() == 0 {
-            return Err(ConfigError::new(
+        let fixed = [
+            (
                 "broker.listen",
-                "needs a fixed port: the agent connects to it (got port 0)",
-            ));
-        }
-        if let Some(ws) = broker.ws_listen {
-            if ws.port() == 0 {
+                Some(broker.listen),
+                "the agent connects to it",
+            ),
+            (
+                "broker.ws_listen",
+                broker.ws_listen,
+                "the viewer page is told it",
+            ),
+            (
+                "broker.tls_listen",
+                broker.tls_listen,
+                "clients are told it",
+            ),
+        ];
+        for (key, addr, why) in fixed {
+            if addr.is_some_and(|addr| addr.port() == 0) {
+                let off = if key == "broker.listen" {
+                    ""
+                } else {
+                    "; \"off\" disables it"
+                };
                 return Err(ConfigError::new(
-                    "broker.ws_listen",
-                    "needs a fixed port: the viewer page is told it (got port 0; \"off\" disables it)",
+                    key,
+                    format!("needs a fixed port: {why} (got port 0{off})"),
                 ));
             }
-            clash("broker.ws_listen", ws, "broker.listen", broker.listen)?;
         }
-        if let Some(http) = http {
-            clash("http.listen", http, "broker.listen", broker.listen)?;
-            if let Some(ws) = broker.ws_listen {
-                clash("http.listen", http, "broker.ws_listen", ws)?;
+        if broker.tls_listen.is_some() && self.tls.files().is_none() {
+            return Err(ConfigError::new(
+                "broker.tls_listen",
+                "needs the certificate of [tls] (tls.cert_file and tls.key_file)",
+            ));
+        }
+        let listeners: Vec<(&str, SocketAddr)> = fixed
+            .iter()
+            .map(|(key, addr, _)| (*key, *addr))
+            .chain([("http.listen", self.http.listen)])
+            .filter_map(|(key, addr)| Some((key, addr?)))
+            .collect();
+        for (i, &(key, addr)) in listeners.iter().enumerate() {
+            for &(other_key, other) in &listeners[..i] {
+                if listeners_clash(addr, other) {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{addr} takes the port of {other_key} ({other})"),
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    /// `[tls]` names both files or neither; `[broker.users]` holds plain names and argon2
+    /// hashes; and the embedded broker is not open to the network without users unless
+    /// `broker.allow_anonymous` says so (protected mode, as mosquitto 2 does).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "tls.key_file",
+                    "is needed with tls.cert_file",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tls.cert_file",
+                    "is needed with tls.key_file",
+                ))
+            }
+            _ => {}
+        }
+        for (name, hash) in &self.broker.users {
+            let key = format!("broker.users.{name}");
+            if !crate::signaling::broker_users::is_valid_user_name(name) {
+                return Err(ConfigError::new(
+                    &key,
+                    format!(
+                        "user names are 1 to 64 of A-Z a-z 0-9 _ . - (and not {:?})",
+                        crate::signaling::broker_users::INTERNAL_USER
+                    ),
+                ));
+            }
+            crate::signaling::broker_users::check_hash(hash)
+                .map_err(|reason| ConfigError::new(&key, reason))?;
+        }
+        let exposed = self.exposed_broker_listeners();
+        if let Some((key, addr)) = exposed.first() {
+            if self.broker.users.is_empty() && !self.broker.allow_anonymous {
+                let via = if *key == "http.listen" {
+                    " (it relays MQTT to the embedded broker at /mqtt)"
+                } else {
+                    ""
+                };
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{addr} is reachable beyond this machine{via} and broker.users is empty, so anyone on the network could use the embedded broker; add users to [broker.users] (peercam passwd), bind to 127.0.0.1, or set broker.allow_anonymous = true to accept it"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners through which the embedded broker can be reached from other machines:
+    /// its own, and the page's server, which relays MQTT at `/mqtt`.
+    pub fn exposed_broker_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        if self.mqtt.broker != BrokerTarget::Embedded {
+            return Vec::new();
+        }
+        [
+            ("broker.listen", Some(self.broker.listen)),
+            ("broker.ws_listen", self.broker.ws_listen),
+            ("broker.tls_listen", self.broker.tls_listen),
+            ("http.listen", self.http.listen),
+        ]
+        .into_iter()
+        .filter_map(|(key, addr)| Some((key, addr?)))
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .collect()
+    }
+
+    /// What a valid configuration still risks, one sentence each, for `check-config` and
+    /// the log at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let exposed = self.exposed_broker_listeners();
+        let list = |listeners: &[(&str, SocketAddr)]| {
+            listeners
+                .iter()
+                .map(|(key, addr)| format!("{key} {addr}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut warnings = Vec::new();
+        if !exposed.is_empty() && self.broker.users.is_empty() {
+            warnings.push(format!(
+                "broker.allow_anonymous = true: anyone who reaches {} can use the embedded broker without a password",
+                list(&exposed)
+            ));
+        }
+        if !self.broker.users.is_empty() {
+            let tls = self.tls.files().is_some();
+            let clear: Vec<(&str, SocketAddr)> = exposed
+                .into_iter()
+                .filter(|(key, _)| *key == "broker.listen" || !tls)
+                .collect();
+            if !clear.is_empty() {
+                warnings.push(format!(
+                    "broker.users: passwords cross the network unencrypted on {}; set [tls] and bind plain listeners to 127.0.0.1",
+                    list(&clear)
+                ));
+            }
+        }
+        warnings
     }
 }
 
@@ -827,6 +1001,7 @@ impl Config {
             http,
             whep,
             auth,
+            tls,
             telemetry,
             log,
         } = &self.with_live_keys_from(new);
@@ -840,6 +1015,8 @@ impl Config {
             (*http != new.http, "http"),
             (*whep != new.whep, "whep"),
             (*auth != new.auth, "auth"),
+            // The files' contents are re-read on every reload; their paths need a restart.
+            (*tls != new.tls, "tls"),
             (*telemetry != new.telemetry, "telemetry"),
             (*log != new.log, "log"),
         ];
@@ -1186,6 +1363,88 @@ mod tests {
         .unwrap();
         Config::from_toml_str("[broker]\nws_listen = \"off\"\n[http]\nlisten = \"127.0.0.1:8083\"")
             .unwrap();
+    }
+
+    #[test]
+    fn protected_mode_refuses_an_open_broker_beyond_loopback_naming_the_keys() {
+        let e = error("[broker]\nlisten = \"0.0.0.0:1883\"");
+        assert_eq!(e.key(), Some("broker.listen"));
+        assert!(e.reason().contains("broker.users"), "{e}");
+        assert!(e.reason().contains("broker.allow_anonymous = true"), "{e}");
+        assert_eq!(
+            error("[broker]\nws_listen = \"192.168.1.20:8083\"").key(),
+            Some("broker.ws_listen")
+        );
+        // The page's server relays MQTT at /mqtt: a door to the broker too.
+        let e = error("[http]\nlisten = \"0.0.0.0:8080\"");
+        assert_eq!(e.key(), Some("http.listen"));
+        assert!(e.reason().contains("/mqtt"), "{e}");
+
+        let anonymous =
+            Config::from_toml_str("[broker]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true")
+                .unwrap();
+        let warnings = anonymous.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("broker.allow_anonymous = true"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[0].contains("broker.listen 0.0.0.0:1883"),
+            "{warnings:?}"
+        );
+
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$9sTbSlTio3Biev89thdrlKKiCaYsjjYVJxGAL3swxpQ";
+        let users = Config::from_toml_str(&format!(
+            "[broker]\nlisten = \"0.0.0.0:1883\"\n[broker.users]\nalice = \"{hash}\""
+        ))
+        .unwrap();
+        assert!(
+            users.warnings()[0].contains("unencrypted on broker.listen"),
+            "{:?}",
+            users.warnings()
+        );
+        // Loopback needs nothing (the Quick start); an external broker opens no door.
+        assert!(Config::default().warnings().is_empty());
+        Config::from_toml_str(
+            "[mqtt]\nbroker = \"mqtt://broker.lan\"\n[http]\nlisten = \"0.0.0.0:8080\"",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn broker_users_and_tls_name_their_keys() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$9sTbSlTio3Biev89thdrlKKiCaYsjjYVJxGAL3swxpQ";
+        let cases = [
+            ("[broker.users]\nalice = \"hunter2\"".to_owned(), "broker.users.alice"),
+            (format!("[broker.users]\n\"a b\" = \"{hash}\""), "broker.users.a b"),
+            (format!("[broker.users]\npeercam-internal = \"{hash}\""), "broker.users.peercam-internal"),
+            ("[tls]\ncert_file = \"/etc/peercam/cert.pem\"".to_owned(), "tls.key_file"),
+            ("[tls]\nkey_file = \"/etc/peercam/key.pem\"".to_owned(), "tls.cert_file"),
+            ("[broker]\ntls_listen = \"127.0.0.1:8883\"".to_owned(), "broker.tls_listen"),
+            (
+                "[broker]\ntls_listen = \"127.0.0.1:8080\"\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"".to_owned(),
+                "http.listen",
+            ),
+            (
+                "[broker]\ntls_listen = \"127.0.0.1:0\"\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"".to_owned(),
+                "broker.tls_listen",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(error(&text).key(), Some(key), "{text}");
+        }
+        let tls = Config::from_toml_str(
+            "[broker]\ntls_listen = \"127.0.0.1:8883\"\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"",
+        )
+        .unwrap();
+        assert_eq!(tls.tls.files(), Some((Path::new("c"), Path::new("k"))));
+        assert_eq!(tls.broker.local_addr(), addr("127.0.0.1:1883"));
+        let wildcard = Config::from_toml_str(&format!(
+            "[broker]\nlisten = \"[::]:1884\"\n[broker.users]\nalice = \"{hash}\""
+        ))
+        .unwrap();
+        assert_eq!(wildcard.broker.local_addr(), addr("[::1]:1884"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The `peercam` command line: run the agent, check a configuration file, list cameras,
-//! probe one. It must never start the agent on a configuration that failed validation.
+//! probe one, and make the secrets admins paste (broker password hashes, a self-signed
+//! certificate). It must never start the agent on a configuration that failed validation,
+//! nor print a password.
 
 use clap::{Parser, Subcommand};
 use peercam::config::Config;
@@ -38,7 +40,7 @@ enum Command {
         /// How long the link works: 30d, 12h, 90m, 3600s.
         #[arg(long, default_value = "30d")]
         expires_in: String,
-        /// The viewer page's address. Default: http://127.0.0.1:PORT/ from http.listen.
+        /// The viewer page's address. Default: http(s)://127.0.0.1:PORT/ from http.listen and [tls].
         #[arg(long)]
         url: Option<String>,
         /// Print the WHEP bearer token (Authorization: Bearer ...) instead of the link.
@@ -47,6 +49,27 @@ enum Command {
         /// Print {"device","viewer","exp","key","url","whep_token"} for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Read a password (no echo on a terminal; else one line of stdin) and print the
+    /// `[broker.users]` line with its argon2id hash.
+    Passwd {
+        /// The broker user: 1 to 64 of A-Z a-z 0-9 _ . -
+        user: String,
+    },
+    /// Write a self-signed certificate and its key (PEM) for the `[tls]` listeners.
+    Cert {
+        /// A DNS name or IP address viewers use to reach this camera (repeat for several).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where to write the certificate. Default: tls.cert_file, else ./peercam-cert.pem.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Where to write the key (mode 0600). Default: tls.key_file, else ./peercam-key.pem.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
     /// Capture and encode N frames; print the mode, achieved fps and per-frame costs.
     /// Unset options come from the configuration.
@@ -131,8 +154,32 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "built-in defaults".into());
+            if let Some((cert, key)) = config.tls.files() {
+                if let Err(err) = peercam::tls::ServerTls::load(cert, key) {
+                    eprintln!("peercam: invalid configuration: {what}: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+            for warning in config.warnings() {
+                eprintln!("peercam check-config: warning: {warning}");
+            }
             println!("{what}: configuration is valid");
             ExitCode::SUCCESS
+        }
+        Command::Passwd { user } => passwd(&user),
+        Command::Cert {
+            hosts,
+            cert,
+            key,
+            force,
+        } => {
+            let cert = cert
+                .or(config.tls.cert_file.clone())
+                .unwrap_or_else(|| "peercam-cert.pem".into());
+            let key = key
+                .or(config.tls.key_file.clone())
+                .unwrap_or_else(|| "peercam-key.pem".into());
+            write_certificate(&hosts, &cert, &key, force)
         }
         Command::Devices => devices(),
         Command::Access {
@@ -219,12 +266,17 @@ fn access(
             return ExitCode::FAILURE;
         }
     };
+    let scheme = if config.tls.files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let page = url.unwrap_or_else(|| match config.http.listen {
         Some(listen) if listen.ip().is_unspecified() => {
-            format!("http://127.0.0.1:{}/", listen.port())
+            format!("{scheme}://127.0.0.1:{}/", listen.port())
         }
-        Some(listen) => format!("http://{listen}/"),
-        None => "http://127.0.0.1:8080/".to_owned(),
+        Some(listen) => format!("{scheme}://{listen}/"),
+        None => format!("{scheme}://127.0.0.1:8080/"),
     });
     let exp = peercam::clock::unix_ms() / 1000 + lifetime;
     let grant = AccessGrant::new(&secret, &config.device.id, viewer, exp, &page);
@@ -240,6 +292,96 @@ fn access(
             "peercam access: note: auth.mode is \"open\", so the camera does not ask for keys"
         );
     }
+    ExitCode::SUCCESS
+}
+
+fn passwd(user: &str) -> ExitCode {
+    use peercam::signaling::broker_users::{hash_line, is_valid_user_name};
+    use std::io::IsTerminal;
+    if !is_valid_user_name(user) {
+        eprintln!("peercam passwd: {user:?} must be 1 to 64 of A-Z a-z 0-9 _ . - (and not the internal user's name)");
+        return ExitCode::from(2);
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {user}: "));
+        let again = rpassword::prompt_password("Again: ");
+        match (first, again) {
+            (Ok(first), Ok(again)) if first == again => Ok(first),
+            (Ok(_), Ok(_)) => Err("the two passwords differ".to_owned()),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        }
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map(|_| line.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| e.to_string())
+    };
+    let password = match password {
+        Ok(password) if !password.is_empty() => password,
+        Ok(_) => {
+            eprintln!("peercam passwd: the password is empty");
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("peercam passwd: cannot read the password: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match hash_line(user, &password) {
+        Ok(line) => {
+            eprintln!("# paste under [broker.users]:");
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("peercam passwd: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_certificate(
+    hosts: &[String],
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    force: bool,
+) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pair = match peercam::tls::self_signed(hosts) {
+        Ok(pair) => pair,
+        Err(err) => {
+            eprintln!("peercam cert: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let write = |path: &std::path::Path, text: &str, mode: u32| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(mode);
+        if force {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        options
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    let written =
+        write(key, &pair.key_pem, 0o600).and_then(|()| write(cert, &pair.cert_pem, 0o644));
+    if let Err(err) = written {
+        eprintln!("peercam cert: {err} (--force replaces existing files)");
+        return ExitCode::FAILURE;
+    }
+    println!("wrote {} and {}", cert.display(), key.display());
+    println!("SHA-256 fingerprint: {}", pair.fingerprint);
+    println!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
     ExitCode::SUCCESS
 }
 

@@ -10,20 +10,24 @@ use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::http::{self, PageConfig};
 use crate::ice::IceServers;
+use crate::listener::Incoming;
 use crate::notify;
 use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::core::Limits;
 use crate::session::peer::PeerSettings;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
+use crate::signaling::broker_users::{Credential, Gate};
 use crate::signaling::mqtt::{self, MqttSettings};
 use crate::signaling::mqtt_security::{self, FailureContext, Password};
 use crate::signaling::protocol::{AuthMode, CameraState, Status, Topics, VideoInfo};
+use crate::signaling::relay;
 use crate::signaling::whep::{self, WhepSettings};
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
 use crate::source::{StreamedMode, VideoSource};
 use crate::telemetry::TelemetrySampler;
+use crate::tls::ServerTls;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,26 +80,34 @@ pub fn v4l2_options(config: &Config, path: &str) -> V4l2Options {
 }
 
 /// Where and how the agent connects to its broker. Reads the password file and the TLS
-/// files, so a file changed since validation is still reported by its key.
-fn mqtt_settings(config: &Config, topics: Topics) -> anyhow::Result<MqttSettings> {
+/// files, so a file changed since validation is still reported by its key. `internal`: the
+/// agent's own login to the embedded broker when it has users.
+fn mqtt_settings(
+    config: &Config,
+    topics: Topics,
+    internal: Option<&Credential>,
+) -> anyhow::Result<MqttSettings> {
     let mqtt = &config.mqtt;
     let (host, port, tls) = match &mqtt.broker {
         BrokerTarget::Embedded => {
-            let listen = config.broker.listen;
-            // A wildcard listener is reached through loopback from the same machine.
-            let host = if listen.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                listen.ip().to_string()
-            };
-            (host, listen.port(), false)
+            let local = config.broker.local_addr();
+            (local.ip().to_string(), local.port(), false)
         }
         BrokerTarget::External { host, port, tls } => (host.clone(), *port, *tls),
     };
-    let password = match (&mqtt.password_file, &mqtt.password) {
-        (Some(path), _) => Some(mqtt_security::read_password_file(path)?),
-        (None, Some(password)) => Some(Password::new(password.clone())),
-        (None, None) => None,
+    let (username, password) = match internal {
+        Some(login) => (
+            Some(login.username.clone()),
+            Some(Password::new(login.password.clone())),
+        ),
+        None => (
+            mqtt.username.clone(),
+            match (&mqtt.password_file, &mqtt.password) {
+                (Some(path), _) => Some(mqtt_security::read_password_file(path)?),
+                (None, Some(password)) => Some(Password::new(password.clone())),
+                (None, None) => None,
+            },
+        ),
     };
     let tls = if tls {
         Some(mqtt_security::client_config(&mqtt.tls_files())?)
@@ -106,7 +118,7 @@ fn mqtt_settings(config: &Config, topics: Topics) -> anyhow::Result<MqttSettings
         broker: format!("{host}:{port}"),
         ca_file: mqtt.ca_file.clone(),
         client_cert: mqtt.cert_file.is_some(),
-        username: mqtt.username.clone(),
+        username: username.clone(),
         password_key: mqtt.password_key(),
     };
     Ok(MqttSettings {
@@ -114,7 +126,7 @@ fn mqtt_settings(config: &Config, topics: Topics) -> anyhow::Result<MqttSettings
         port,
         tls,
         client_id: mqtt.client_id(&config.device),
-        username: mqtt.username.clone(),
+        username,
         password,
         keepalive: Duration::from_secs(u64::from(mqtt.keepalive_s)),
         topics,
@@ -356,11 +368,19 @@ struct LiveSettings {
     max_viewers: watch::Sender<usize>,
     revoked: watch::Sender<Vec<String>>,
     set_log_level: LogLevelSetter,
+    /// The certificate, re-read from its files on every reload.
+    tls: Option<ServerTls>,
 }
 
 impl LiveSettings {
     /// Re-reads `path` and applies its live keys; a bad file keeps the running config.
     fn reload(&self, path: &std::path::Path) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate re-read"),
+                Err(err) => tracing::error!("SIGHUP: keeping the TLS certificate in use: {err}"),
+            }
+        }
         let new = match Config::load(path) {
             Ok(new) => new,
             Err(err) => {
@@ -429,11 +449,30 @@ fn access_policy(config: &Config) -> anyhow::Result<Option<AccessPolicy>> {
     }
 }
 
-/// Starts the embedded broker when the configuration uses it.
-async fn start_broker(config: &Config) -> anyhow::Result<()> {
-    if config.mqtt.broker == BrokerTarget::Embedded {
-        let (listen, ws) = (config.broker.listen, config.broker.ws_listen);
-        tokio::task::spawn_blocking(move || broker::start(listen, ws)).await??;
+/// Starts the embedded broker when the configuration uses it, with its WebSocket and TLS
+/// doors (relays, stopped by `stop`); `gate` holds its users.
+async fn start_broker(
+    config: &Config,
+    gate: Option<Arc<Gate>>,
+    tls: Option<&ServerTls>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if config.mqtt.broker != BrokerTarget::Embedded {
+        return Ok(());
+    }
+    let listen = config.broker.listen;
+    tokio::task::spawn_blocking(move || broker::start(listen, gate)).await??;
+    let target = config.broker.local_addr();
+    if let Some(ws) = config.broker.ws_listen {
+        let incoming = Incoming::bind(ws, "broker.ws_listen", tls.cloned()).await?;
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        tracing::info!("MQTT over WebSocket at {scheme}://{ws}/");
+        tokio::spawn(relay::serve_websocket(incoming, target, stop.child_token()));
+    }
+    if let (Some(addr), Some(tls)) = (config.broker.tls_listen, tls) {
+        let incoming = Incoming::bind(addr, "broker.tls_listen", Some(tls.clone())).await?;
+        tracing::info!("MQTT over TLS at mqtts://{addr}");
+        tokio::spawn(relay::serve_tls(incoming, target, stop.child_token()));
     }
     Ok(())
 }
@@ -442,17 +481,21 @@ async fn start_broker(config: &Config) -> anyhow::Result<()> {
 async fn start_http(
     config: &Config,
     ice: &Arc<IceServers>,
+    tls: Option<ServerTls>,
     signals: mpsc::Sender<Signal>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(listen) = config.http.listen else {
         return Ok(None);
     };
+    let embedded = config.mqtt.broker == BrokerTarget::Embedded;
     let page = PageConfig {
-        ws_port: match config.mqtt.broker {
-            BrokerTarget::Embedded => config.broker.ws_listen.map(|a| a.port()),
-            BrokerTarget::External { .. } => None,
-        },
+        ws_port: config
+            .broker
+            .ws_listen
+            .filter(|_| embedded)
+            .map(|a| a.port()),
+        mqtt_path: embedded.then_some(relay::MQTT_PATH),
         device: config.device.id.clone(),
         topic_prefix: config.mqtt.topic_prefix.clone(),
     };
@@ -462,12 +505,18 @@ async fn start_http(
             ice_servers: Arc::clone(ice),
             require_token: config.auth.mode == AuthMode::Keys,
         };
-        tracing::info!("WHEP endpoint at http://{listen}{}", whep::WHEP_PATH);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("WHEP endpoint at {scheme}://{listen}{}", whep::WHEP_PATH);
         whep::router(signals, &settings)
     });
-    let app = http::router(config.http.web_root.clone(), page, whep_routes);
+    let mqtt_relay = embedded.then(|| relay::mqtt_route(config.broker.local_addr()));
+    let extra = match (whep_routes, mqtt_relay) {
+        (Some(whep), Some(mqtt)) => Some(whep.merge(mqtt)),
+        (whep, mqtt) => whep.or(mqtt),
+    };
+    let app = http::router(config.http.web_root.clone(), page, extra);
     Ok(Some(
-        http::serve(listen, &config.http.web_root, app, stop).await?,
+        http::serve(listen, tls, &config.http.web_root, app, stop).await?,
     ))
 }
 
@@ -480,11 +529,25 @@ pub async fn run(
     control: Control,
 ) -> anyhow::Result<()> {
     let Control { stop, mut reloads } = control;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let access = access_policy(&config)?;
     let ice = Arc::new(load_ice_servers(&config)?);
+    let tls = match config.tls.files() {
+        Some((cert, key)) => Some(ServerTls::load(cert, key)?),
+        None => None,
+    };
+    let gate = (config.mqtt.broker == BrokerTarget::Embedded && !config.broker.users.is_empty())
+        .then(|| {
+            Arc::new(Gate::new(
+                config.broker.users.clone(),
+                Credential::internal(),
+            ))
+        });
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
-    let mqtt_settings = mqtt_settings(&config, topics)?;
-    start_broker(&config).await?;
+    let mqtt_settings = mqtt_settings(&config, topics, gate.as_ref().map(|gate| gate.internal()))?;
+    start_broker(&config, gate.clone(), tls.as_ref(), &stop).await?;
 
     let counters = Arc::new(PipelineCounters::default());
     let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
@@ -563,7 +626,7 @@ pub async fn run(
             stop.child_token(),
         ));
     }
-    let http = start_http(&config, &ice, signals_tx, stop.child_token()).await;
+    let http = start_http(&config, &ice, tls.clone(), signals_tx, stop.child_token()).await;
     let http = match http {
         Ok(http) => http,
         Err(err) => {
@@ -582,6 +645,7 @@ pub async fn run(
         max_viewers: max_viewers_tx,
         revoked: revoked_tx,
         set_log_level,
+        tls,
     };
     loop {
         tokio::select! {

@@ -101,3 +101,80 @@ fn the_agent_refuses_to_start_on_a_bad_config() {
         "{out}"
     );
 }
+
+#[test]
+fn protected_mode_refuses_an_open_broker_beyond_loopback_and_allow_anonymous_warns() {
+    let open = write_config("open", "[broker]\nlisten = \"0.0.0.0:1883\"\n");
+    let (code, out) = peercam(&["check-config", "--config", open.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("broker.listen: 0.0.0.0:1883"), "{out}");
+    assert!(out.contains("broker.users is empty"), "{out}");
+    // `run` refuses the same file before starting anything.
+    let (code, out) = peercam(&["--config", open.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("broker.listen") && out.contains("broker.users"),
+        "{out}"
+    );
+
+    let anonymous = write_config(
+        "anonymous",
+        "[broker]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true\n",
+    );
+    let (code, out) = peercam(&["check-config", "--config", anonymous.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "warning: broker.allow_anonymous = true: anyone who reaches broker.listen 0.0.0.0:1883"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("configuration is valid"), "{out}");
+}
+
+#[test]
+fn cert_writes_a_pair_check_config_loads_and_a_mismatched_key_is_named() {
+    let dir = std::env::temp_dir().join(format!("peercam-cli-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let make = |cert: &str, key: &str| {
+        peercam(&[
+            "cert",
+            "--host",
+            "camera.lan",
+            "--host",
+            "192.168.1.20",
+            "--cert",
+            cert,
+            "--key",
+            key,
+        ])
+    };
+    let (code, out) = make(&path("a.pem"), &path("a.key"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SHA-256 fingerprint: "), "{out}");
+    let (code, out) = make(&path("a.pem"), &path("a.key"));
+    assert_ne!(code, 0, "existing files stay unless --force: {out}");
+    assert_eq!(make(&path("b.pem"), &path("b.key")).0, 0);
+
+    let tls = |cert: &str, key: &str| {
+        let config = write_config(
+            "tls",
+            &format!("[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n"),
+        );
+        peercam(&["check-config", "--config", config.to_str().unwrap()])
+    };
+    let (code, out) = tls(&path("a.pem"), &path("a.key"));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = tls(&path("a.pem"), &path("b.key"));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("tls.key_file: "), "{out}");
+    assert!(
+        out.contains("is not a key for the certificate in tls.cert_file"),
+        "{out}"
+    );
+    let (code, out) = tls(&path("missing.pem"), &path("a.key"));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("tls.cert_file: "), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,9 +1,13 @@
 //! The embedded MQTT broker (rumqttd), so a camera works on a LAN with nothing else
-//! installed. TCP for agents, WebSocket for browsers (MQTT 3.1.1 only on that listener).
-//! It must never start half-way silently: a port it cannot take is a clear startup error.
+//! installed. rumqttd serves plain TCP (`broker.listen`) and checks every login through its
+//! auth hook against [`Gate`]; the WebSocket and TLS doors are relays in front of it
+//! (`relay`). It must never start half-way silently: a port it cannot take is a clear
+//! startup error.
 
+use crate::signaling::broker_users::Gate;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +29,14 @@ fn ensure_free(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
         .map_err(|source| BrokerError::Bind { addr, key, source })
 }
 
-fn server(name: &str, listen: SocketAddr) -> rumqttd::ServerSettings {
+fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::ServerSettings {
+    // rumqttd calls the hook on its listener's one thread: argon2 runs elsewhere.
+    let external_auth: Option<rumqttd::AuthHandler> = gate.map(|gate| {
+        Arc::new(move |_client_id, username, password| {
+            let check = Arc::clone(&gate).check_async(username, password);
+            Box::pin(check) as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        }) as rumqttd::AuthHandler
+    });
     rumqttd::ServerSettings {
         name: name.to_owned(),
         listen,
@@ -36,18 +47,17 @@ fn server(name: &str, listen: SocketAddr) -> rumqttd::ServerSettings {
             max_payload_size: 1024 * 1024,
             max_inflight_count: 256,
             auth: None,
-            external_auth: None,
+            external_auth,
             dynamic_filters: true,
         },
     }
 }
 
 /// Starts the broker on its own threads and returns once it accepts TCP connections.
-pub fn start(listen: SocketAddr, ws_listen: Option<SocketAddr>) -> Result<(), BrokerError> {
+/// With a `gate`, every connection must log in.
+pub fn start(listen: SocketAddr, gate: Option<Arc<Gate>>) -> Result<(), BrokerError> {
     ensure_free(listen, "broker.listen")?;
-    if let Some(ws) = ws_listen {
-        ensure_free(ws, "broker.ws_listen")?;
-    }
+    let users = gate.is_some();
     let config = rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
@@ -61,10 +71,10 @@ pub fn start(listen: SocketAddr, ws_listen: Option<SocketAddr>) -> Result<(), Br
         },
         v4: Some(HashMap::from([(
             "tcp".to_owned(),
-            server("v4-tcp", listen),
+            server("v4-tcp", listen, gate),
         )])),
         v5: None,
-        ws: ws_listen.map(|ws| HashMap::from([("ws".to_owned(), server("v4-ws", ws))])),
+        ws: None,
         cluster: None,
         console: None,
         bridge: None,
@@ -85,7 +95,7 @@ pub fn start(listen: SocketAddr, ws_listen: Option<SocketAddr>) -> Result<(), Br
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if TcpListener::bind(listen).is_err() {
-            tracing::info!(%listen, ws_listen = ?ws_listen, "embedded MQTT broker listening");
+            tracing::info!(%listen, users, "embedded MQTT broker listening");
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
-import { repo, artifacts, waitFor, sleep, Agent, useChromium, openPage } from './harness.mjs';
+import { repo, artifacts, waitFor, sleep, Agent, useChromium, openPage, decodedFrames } from './harness.mjs';
 
 const startAgent = () => Agent.create({
   prefix: 'peercam-access-', webSocket: true, webRoot: join(repo, 'web', 'dist'), auth: 'keys', revoked: ['mallory'],
@@ -14,7 +14,6 @@ const startAgent = () => Agent.create({
 
 const browser = useChromium();
 
-const decodedFrames = (page) => page.evaluate(() => document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames);
 const viewerState = (page) => page.evaluate(() => document.getElementById('state').dataset.state);
 const promptState = (page) => page.evaluate(() => document.body.dataset.accessPrompt || '');
 

@@ -66,12 +66,13 @@ export class Agent {
    * in the agent's directory; `revoked` lists revoked viewers); extra: TOML appended at the
    * end (e.g. a [whep] table). For the NAT lab: `host` is the address the listeners bind,
    * `publicHost` the one viewers use, `ports` fixed ports, `udpAddrs` [webrtc] udp_addrs and
-   * `exec` a command prefix the agent runs under (e.g. ['lab-exec', 'cam']).
+   * `exec` a command prefix the agent runs under (e.g. ['lab-exec', 'cam']); `brokerExtra`
+   * lines for the [broker] table.
    */
   static async create({
     name = 'Browser test camera', prefix = 'peercam-browser-', maxViewers = 8, source = 'testsrc',
     webSocket = false, webRoot, iceServers = [], auth = 'open', revoked = [], extra = '',
-    host = '127.0.0.1', publicHost = host, ports, udpAddrs = ['127.0.0.1:0'], exec = [],
+    host = '127.0.0.1', publicHost = host, ports, udpAddrs = ['127.0.0.1:0'], exec = [], brokerExtra = '',
   } = {}) {
     const agent = new Agent();
     agent.exec = exec;
@@ -94,6 +95,7 @@ fps = 30
 [broker]
 listen = "${host}:${agent.ports.mqtt}"
 ws_listen = ${JSON.stringify(webSocket ? `${host}:${agent.ports.ws}` : 'off')}
+${brokerExtra}
 [webrtc]
 max_viewers = ${maxViewers}
 udp_addrs = ${JSON.stringify(udpAddrs)}
@@ -170,8 +172,16 @@ ${extra}`);
   }
 }
 
-/** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback only. */
-export function launchChromium({ executablePath = process.env.CHROMIUM || '/usr/bin/chromium' } = {}) {
+/** Decoded frames as the page's video element reports them. */
+export const decodedFrames = (page) => page.evaluate(() => {
+  const v = document.getElementById('video');
+  return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : (window.peercam?.framesDecoded ?? 0);
+});
+
+/** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback
+ *  only; `extraArgs` for one test file's needs, `executablePath` e.g. a wrapper that starts
+ *  it in a NAT lab namespace. */
+export function launchChromium({ executablePath = process.env.CHROMIUM || '/usr/bin/chromium', extraArgs = [] } = {}) {
   return chromium.launch({
     executablePath,
     timeout: 30000,
@@ -181,6 +191,7 @@ export function launchChromium({ executablePath = process.env.CHROMIUM || '/usr/
       '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
       // mDNS cannot resolve in the loopback-only namespace: expose host candidates.
       '--disable-features=WebRtcHideLocalIpsWithMdns',
+      ...extraArgs,
     ],
   });
 }
@@ -189,12 +200,12 @@ export function launchChromium({ executablePath = process.env.CHROMIUM || '/usr/
  * Sets up a test file: before its tests, the loopback guard, the artifacts folder and one
  * Chromium for them all (closed after them). Returns a function that gives that browser.
  */
-export function useChromium() {
+export function useChromium(extraArgs = []) {
   let browser;
   before(async () => {
     requireLoopbackOnly();
     mkdirSync(artifacts, { recursive: true });
-    browser = await launchChromium();
+    browser = await launchChromium({ extraArgs });
   });
   after(async () => { await browser?.close(); });
   return () => browser;

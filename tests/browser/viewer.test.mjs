@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { repo, artifacts, waitFor, Agent, useChromium, openPage } from './harness.mjs';
+import { repo, artifacts, waitFor, Agent, useChromium, openPage, decodedFrames } from './harness.mjs';
 
 /** The agent serving the built viewer page, with MQTT over WebSocket for it. */
 const startAgent = ({ maxViewers = 8 } = {}) =>
@@ -14,11 +14,6 @@ const browser = useChromium();
 
 const openViewer = (agent) => openPage(browser(), agent.url);
 
-/** Decoded frames as the video element reports them. */
-const decodedFrames = (page) => page.evaluate(() => {
-  const v = document.getElementById('video');
-  return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : (window.peercam?.framesDecoded ?? 0);
-});
 
 test('the page plays the camera with telemetry and latency', async () => {
   const agent = await startAgent();

@@ -97,6 +97,8 @@ pub struct AgentOptions {
     /// The `[auth]` section: open by default, so tests that are not about access keys need
     /// none (tests/access.rs sets keys).
     pub auth_section: String,
+    /// Extra lines for the `[broker]` section (e.g. `tls_listen`).
+    pub broker_extra: String,
     /// Extra sections appended to the configuration (e.g. `[whep]`).
     pub extra_sections: String,
     /// Extra environment for the agent process.
@@ -121,6 +123,7 @@ impl Default for AgentOptions {
             http: false,
             webrtc_extra: String::new(),
             auth_section: "[auth]\nmode = \"open\"".into(),
+            broker_extra: String::new(),
             extra_sections: String::new(),
             env: Vec::new(),
         }
@@ -186,6 +189,7 @@ keyframe_interval_s = {kf}
 [broker]
 listen = "127.0.0.1:{mqtt_port}"
 ws_listen = "{ws}"
+{broker_extra}
 [webrtc]
 max_viewers = {max}
 connect_timeout_s = {cto}
@@ -213,6 +217,7 @@ level = "info"
             webrtc_extra = options.webrtc_extra,
             auth_section = options.auth_section,
             mqtt_extra = options.mqtt_extra,
+            broker_extra = options.broker_extra,
             extra_sections = options.extra_sections,
             http = if http_port == 0 {
                 "off".to_owned()

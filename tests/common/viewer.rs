@@ -408,6 +408,15 @@ impl TestViewer {
         Self::start_on(&MqttEndpoint::plain(mqtt_port), device, sid, access).await
     }
 
+    /// A viewer that logs in to the broker as `login` (user, password).
+    pub async fn start_logged_in(mqtt_port: u16, device: &str, login: (&str, &str)) -> TestViewer {
+        let endpoint = MqttEndpoint {
+            credentials: Some((login.0.to_owned(), login.1.to_owned())),
+            ..MqttEndpoint::plain(mqtt_port)
+        };
+        Self::start_on(&endpoint, device, &new_session_id(), None).await
+    }
+
     /// A viewer that reaches its broker through `endpoint`.
     pub async fn start_on(
         endpoint: &MqttEndpoint,

@@ -35,13 +35,18 @@ const NEEDS_NEW_LINK = new Set(['needs-key', 'expired', 'revoked', 'invalid-key'
  *  the broker can publish `error` on a viewer's topic, but only the camera can sign. */
 const UNSIGNED_REFUSAL_GRACE_MS = 1500;
 
-/** Takes an access link's fields out of the address bar (a fragment never reaches a server,
- *  but it does reach history and screenshots) into this tab's sessionStorage. */
-function takeAccessFromAddress() {
+const BROKER_KEY = 'peercam.broker';
+
+/** Takes a link's secrets out of the address bar (a fragment never reaches a server, but it
+ *  does reach history and screenshots) into this tab's sessionStorage: the access fields,
+ *  and `broker`, a broker URL that may carry a login (`wss://user:password@host/mqtt`). */
+function takeLinkFromAddress() {
   const { access, error } = parseAccessFragment(location.hash);
-  if (access || error) history.replaceState(null, '', location.pathname + location.search);
+  const broker = new URLSearchParams(location.hash.replace(/^#/, '')).get('broker');
+  if (access || error || broker) history.replaceState(null, '', location.pathname + location.search);
   if (access) storeAccess(access);
-  return { access, error };
+  if (broker) sessionStorage.setItem(BROKER_KEY, broker);
+  return { access, error, broker: broker || sessionStorage.getItem(BROKER_KEY) };
 }
 
 /** Where the broker and cameras are: query parameters, else what the agent serving us says. */
@@ -53,8 +58,12 @@ async function discover() {
   } catch { /* hosted elsewhere: query parameters only */ }
   const host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname;
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const broker = params.get('broker') || (served.ws_port ? `${scheme}://${host || '127.0.0.1'}:${served.ws_port}` : null);
-  const { access, error: linkError } = takeAccessFromAddress();
+  // The agent's own origin first (one port, one certificate), then its WebSocket listener.
+  const sameOrigin = served.mqtt_path ? `${scheme}://${location.host}${served.mqtt_path}` : null;
+  const listener = served.ws_port ? `${scheme}://${host || '127.0.0.1'}:${served.ws_port}` : null;
+  const link = takeLinkFromAddress();
+  const { access, error: linkError } = link;
+  const broker = link.broker || params.get('broker') || sameOrigin || listener;
   const device = params.get('device') || access?.device || null;
   return { broker, prefix: params.get('prefix') || served.topic_prefix || 'peercam', device, linkError };
 }
