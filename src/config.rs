@@ -124,8 +124,10 @@ pub enum BrokerTarget {
     External {
         host: String,
         port: u16,
-        /// `mqtts://`: TLS with certificate and host-name verification.
+        /// `mqtts://` or `wss://`: TLS with certificate and host-name verification.
         tls: bool,
+        /// `wss://`: MQTT over a secure WebSocket at this path.
+        websocket_path: Option<String>,
     },
 }
 
@@ -147,19 +149,26 @@ fn parse_broker(text: &str) -> Result<BrokerTarget, String> {
     if text == "embedded" {
         return Ok(BrokerTarget::Embedded);
     }
-    let (rest, tls, default_port) = if let Some(rest) = text.strip_prefix("mqtt://") {
-        (rest, false, 1883)
+    let (rest, tls, default_port, websocket) = if let Some(rest) = text.strip_prefix("mqtt://") {
+        (rest, false, 1883, false)
     } else if let Some(rest) = text.strip_prefix("mqtts://") {
-        (rest, true, 8883)
+        (rest, true, 8883, false)
+    } else if let Some(rest) = text.strip_prefix("wss://") {
+        (rest, true, 443, true)
     } else {
-        if text.starts_with("ws://") || text.starts_with("wss://") {
-            return Err(format!("{text:?}: WebSocket brokers are not supported; use mqtt://host[:port] or mqtts://host[:port]"));
+        if text.starts_with("ws://") {
+            return Err(format!("{text:?}: a plain WebSocket would carry the login in the clear; use wss://host[:port]/path (or mqtt:// on a network you trust)"));
         }
         return Err(format!(
-            "{text:?} is neither \"embedded\" nor mqtt://host[:port] nor mqtts://host[:port]"
+            "{text:?} is neither \"embedded\" nor mqtt://host[:port], mqtts://host[:port] or wss://host[:port]/path"
         ));
     };
-    let rest = rest.trim_end_matches('/');
+    // A WebSocket URL may name a path (default "/"); MQTT URLs name none.
+    let (rest, websocket_path) = match (websocket, rest.find('/')) {
+        (true, Some(at)) => (&rest[..at], Some(rest[at..].to_owned())),
+        (true, None) => (rest, Some("/".to_owned())),
+        (false, _) => (rest.trim_end_matches('/'), None),
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
             let port: u16 = port
@@ -172,13 +181,14 @@ fn parse_broker(text: &str) -> Result<BrokerTarget, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 || host.contains('/') || host.contains('@') {
         return Err(format!(
-            "{text:?} is not of the form mqtt[s]://host[:port] with a port from 1 to 65535"
+            "{text:?} is not of the form mqtt[s]://host[:port] or wss://host[:port]/path with a port from 1 to 65535"
         ));
     }
     Ok(BrokerTarget::External {
         host: host.to_owned(),
         port,
         tls,
+        websocket_path,
     })
 }
 
@@ -1269,7 +1279,8 @@ mod tests {
             BrokerTarget::External {
                 host: "broker.lan".into(),
                 port: 1883,
-                tls: false
+                tls: false,
+                websocket_path: None,
             }
         );
         assert_eq!(
@@ -1277,7 +1288,8 @@ mod tests {
             BrokerTarget::External {
                 host: "10.0.0.2".into(),
                 port: 1884,
-                tls: false
+                tls: false,
+                websocket_path: None,
             }
         );
         assert_eq!(
@@ -1285,7 +1297,8 @@ mod tests {
             BrokerTarget::External {
                 host: "broker.example.net".into(),
                 port: 8883,
-                tls: true
+                tls: true,
+                websocket_path: None,
             }
         );
         assert_eq!(
@@ -1293,15 +1306,31 @@ mod tests {
             BrokerTarget::External {
                 host: "::1".into(),
                 port: 8884,
-                tls: true
+                tls: true,
+                websocket_path: None,
             }
         );
-        let e = broker("wss://broker.lan/mqtt").unwrap_err();
-        assert_eq!(e.key(), Some("mqtt.broker"));
-        assert!(
-            e.reason().contains("WebSocket brokers are not supported"),
-            "{e}"
+        assert_eq!(
+            broker("wss://broker.lan/mqtt").unwrap(),
+            BrokerTarget::External {
+                host: "broker.lan".into(),
+                port: 443,
+                tls: true,
+                websocket_path: Some("/mqtt".into()),
+            }
         );
+        assert_eq!(
+            broker("wss://broker.lan:8443").unwrap(),
+            BrokerTarget::External {
+                host: "broker.lan".into(),
+                port: 8443,
+                tls: true,
+                websocket_path: Some("/".into()),
+            }
+        );
+        let e = broker("ws://broker.lan/mqtt").unwrap_err();
+        assert_eq!(e.key(), Some("mqtt.broker"));
+        assert!(e.reason().contains("in the clear"), "{e}");
         assert!(broker("mqtt://host:99999").is_err());
         assert!(broker("tcp://host").is_err());
     }

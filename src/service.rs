@@ -88,12 +88,17 @@ fn mqtt_settings(
     internal: Option<&Credential>,
 ) -> anyhow::Result<MqttSettings> {
     let mqtt = &config.mqtt;
-    let (host, port, tls) = match &mqtt.broker {
+    let (host, port, tls, websocket_path) = match &mqtt.broker {
         BrokerTarget::Embedded => {
             let local = config.broker.local_addr();
-            (local.ip().to_string(), local.port(), false)
+            (local.ip().to_string(), local.port(), false, None)
         }
-        BrokerTarget::External { host, port, tls } => (host.clone(), *port, *tls),
+        BrokerTarget::External {
+            host,
+            port,
+            tls,
+            websocket_path,
+        } => (host.clone(), *port, *tls, websocket_path.clone()),
     };
     let (username, password) = match internal {
         Some(login) => (
@@ -125,6 +130,7 @@ fn mqtt_settings(
         host,
         port,
         tls,
+        websocket_path,
         client_id: mqtt.client_id(&config.device),
         username,
         password,

@@ -2,7 +2,8 @@
 //! wrong-password logins are refused, the right password works and a viewer logged in with
 //! it watches; MQTT over TLS on broker.tls_listen presents the certificate `peercam cert`
 //! wrote (re-read on SIGHUP), and a client that never finishes its handshake holds up no
-//! one. Secrets stay out of the log. Certificates and hashes are made by the peercam binary during the test.
+//! one; a second agent reaches the broker over wss:// and is watched. Secrets stay out of
+//! the log. Certificates and hashes are made by the peercam binary during the test.
 
 mod common;
 
@@ -223,4 +224,47 @@ async fn mqtt_over_tls_presents_the_peercam_certificate_and_a_stalled_handshake_
     .await;
     assert!(stale.is_err(), "the old certificate is gone");
     drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_camera_reaches_its_broker_over_a_secure_websocket() {
+    require_loopback_only_network();
+    let dir = temp_dir("broker-wss");
+    let (cert_file, key_file) = cert(&dir);
+    // The broker: an agent whose embedded broker's WebSocket listener speaks WSS.
+    let broker = Agent::start(AgentOptions {
+        extra_sections: format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert_file.display().to_string(),
+            key_file.display().to_string()
+        ),
+        ..Default::default()
+    });
+    common::wait_for_port(broker.ws_port, Duration::from_secs(5));
+    // The camera: a second agent that knows that broker only as wss://, trusting its
+    // self-signed certificate through mqtt.ca_file.
+    let camera = Agent::start(AgentOptions {
+        device: "cam2".into(),
+        broker: common::BrokerMode::Url(format!("wss://localhost:{}", broker.ws_port)),
+        mqtt_extra: format!("ca_file = {:?}", cert_file.display().to_string()),
+        ..Default::default()
+    });
+    camera.wait_for_log("MQTT connected", Duration::from_secs(10));
+    // A viewer on the broker's plain listener watches the camera that came in over WSS.
+    let viewer = TestViewer::start(broker.mqtt_port, "cam2").await;
+    let stats = viewer.wait_for_frames(60, Duration::from_secs(20)).await;
+    println!(
+        "figures: camera over wss:// → viewer decoded {} frames",
+        stats.frames_decoded
+    );
+    // Without the CA the failure is named as over mqtts://, and the agent stays up.
+    let untrusting = Agent::start_unconnected(AgentOptions {
+        device: "cam3".into(),
+        broker: common::BrokerMode::Url(format!("wss://localhost:{}", broker.ws_port)),
+        ..Default::default()
+    });
+    untrusting.wait_for_log(
+        "mqtt.ca_file: the broker's certificate is signed by an unknown CA",
+        Duration::from_secs(10),
+    );
 }

@@ -90,7 +90,7 @@ fn check_config_names_the_key_and_the_reason() {
 
 #[test]
 fn the_agent_refuses_to_start_on_a_bad_config() {
-    let bad = write_config("bad", "[mqtt]\nbroker = \"wss://broker.lan/mqtt\"\n");
+    let bad = write_config("bad", "[mqtt]\nbroker = \"ws://broker.lan/mqtt\"\n");
     let (code, out) = peercam(&["--config", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(out.contains("mqtt.broker"), "{out}");

@@ -29,8 +29,10 @@ const STATUS_CORRECTION_INTERVAL: Duration = Duration::from_secs(1);
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
-    /// TLS (`mqtts://`): verifies the broker's certificate and host name.
+    /// TLS (`mqtts://`, `wss://`): verifies the broker's certificate and host name.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `wss://`: MQTT over a secure WebSocket at this path (with `tls`).
+    pub websocket_path: Option<String>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Password>,
@@ -42,11 +44,22 @@ pub struct MqttSettings {
 }
 
 fn options(settings: &MqttSettings) -> MqttOptions {
-    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    // Over a WebSocket rumqttc takes the broker as a URL (and the port from it).
+    let broker = match &settings.websocket_path {
+        Some(path) if settings.host.contains(':') => {
+            format!("wss://[{}]:{}{path}", settings.host, settings.port)
+        }
+        Some(path) => format!("wss://{}:{}{path}", settings.host, settings.port),
+        None => settings.host.clone(),
+    };
+    let mut options = MqttOptions::new(&settings.client_id, broker, settings.port);
     if let Some(tls) = &settings.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::clone(tls),
-        )));
+        let tls = TlsConfiguration::Rustls(Arc::clone(tls));
+        options.set_transport(if settings.websocket_path.is_some() {
+            Transport::wss_with_config(tls)
+        } else {
+            Transport::tls_with_config(tls)
+        });
     }
     options
         .set_keep_alive(settings.keepalive)
