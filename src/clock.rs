@@ -18,6 +18,11 @@ pub fn unix_ms() -> u64 {
     unix_us() / 1000
 }
 
+/// Seconds since the Unix epoch (expiries of keys and TURN credentials).
+pub fn unix_s() -> u64 {
+    unix_us() / 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

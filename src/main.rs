@@ -278,7 +278,7 @@ fn access(
         Some(listen) => format!("{scheme}://{listen}/"),
         None => format!("{scheme}://127.0.0.1:8080/"),
     });
-    let exp = peercam::clock::unix_ms() / 1000 + lifetime;
+    let exp = peercam::clock::unix_s() + lifetime;
     let grant = AccessGrant::new(&secret, &config.device.id, viewer, exp, &page);
     if json {
         println!("{}", serde_json::to_string(&grant).unwrap_or_default());

@@ -189,7 +189,7 @@ pub fn status_json(
         None => (config.video.width, config.video.height, config.video.fps),
     };
     let ice_servers = ice
-        .for_viewers(clock::unix_ms() / 1000)
+        .for_viewers(clock::unix_s())
         .iter()
         .filter_map(|server| serde_json::to_value(server).ok())
         .collect();
@@ -310,11 +310,11 @@ async fn publish_status(
     status: watch::Sender<String>,
     stop: CancellationToken,
 ) {
-    // Without minted credentials nothing expires: renewing never comes.
-    let renewal = Duration::from_secs(ice.renewal_interval_s().unwrap_or(u64::MAX / 4));
+    // Only minted credentials expire and need renewing.
+    let renewal = ice.renewal_interval_s().map(Duration::from_secs);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(renewal) => {}
+            _ = tokio::time::sleep(renewal.unwrap_or_default()), if renewal.is_some() => {}
             changed = viewers.changed() => if changed.is_err() { break },
             changed = live.changed() => if changed.is_err() { break },
             changed = camera.changed() => if changed.is_err() { break },

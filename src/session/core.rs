@@ -207,7 +207,7 @@ impl Now {
     pub fn real() -> Now {
         Now {
             instant: Instant::now(),
-            unix_s: crate::clock::unix_ms() / 1000,
+            unix_s: crate::clock::unix_s(),
         }
     }
 }

@@ -162,7 +162,7 @@ async fn build_peer_with(
         .with_ice_servers(
             settings
                 .ice_servers
-                .for_camera(clock::unix_ms() / 1000)
+                .for_camera(clock::unix_s())
                 .into_iter()
                 .map(|server| RTCIceServer {
                     urls: server.urls,

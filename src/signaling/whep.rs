@@ -235,7 +235,7 @@ async fn offer(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bytes
                 sdp,
             )
                 .into_response();
-            let servers = endpoint.ice_servers.for_viewers(clock::unix_ms() / 1000);
+            let servers = endpoint.ice_servers.for_viewers(clock::unix_s());
             for link in ice_server_links(&servers) {
                 if let Ok(link) = HeaderValue::from_str(&link) {
                     response.headers_mut().append(header::LINK, link);
