@@ -492,6 +492,17 @@ pub(crate) enum PeerConnectionDriverEvent {
     Close,
 }
 
+/// UDP addressing the application supplies beyond the sockets the driver binds itself
+/// (peercam patch: see vendor/README.md).
+#[derive(Clone, Default)]
+pub(crate) struct ExtraUdpAddressing {
+    /// Application-owned sockets, possibly shared between connections: host and srflx
+    /// candidates only, never TURN allocations, and kept across ICE-restart rebinds.
+    pub(crate) sockets: Vec<Arc<dyn AsyncUdpSocket>>,
+    /// Public addresses announced as srflx candidates based on each local socket.
+    pub(crate) public_ips: Vec<IpAddr>,
+}
+
 /// The driver for a peer connection
 ///
 /// Runs the event loop following rtc's EventLoop pattern with select!
@@ -531,6 +542,7 @@ pub(crate) struct PeerConnectionDriver<A = SocketAddr> {
     /// than the ones that existed when the connection was built.
     udp_addrs: Vec<A>,
     tcp_addrs: Vec<A>,
+    extra_udp: ExtraUdpAddressing,
     mdns_mode: MulticastDnsMode,
     ice_servers: Vec<RTCIceServer>,
     ice_gather_policy: RTCIceTransportPolicy,
@@ -556,6 +568,7 @@ where
         inner: Arc<PeerConnectionRef>,
         udp_addrs: Vec<A>,
         tcp_addrs: Vec<A>,
+        extra_udp: ExtraUdpAddressing,
         mdns_mode: MulticastDnsMode,
         ice_servers: Vec<RTCIceServer>,
         ice_gather_policy: RTCIceTransportPolicy,
@@ -592,6 +605,7 @@ where
             pending_data_channel_events: HashMap::new(),
             udp_addrs,
             tcp_addrs,
+            extra_udp,
             mdns_mode,
             ice_servers,
             ice_gather_policy,
@@ -682,6 +696,16 @@ where
             let local_addr = listener.local_addr()?;
             tcp_listeners.insert(local_addr, runtime.wrap_tcp_listener(listener)?);
         }
+        // Only sockets bound here carry TURN allocations; the shared ones join after.
+        let relay_addrs: Vec<SocketAddr> = self.udp_sockets.keys().copied().collect();
+        for socket in &self.extra_udp.sockets {
+            match socket.local_addr() {
+                Ok(local_addr) => {
+                    self.udp_sockets.insert(local_addr, Arc::clone(socket));
+                }
+                Err(err) => warn!("Skipping a shared UDP socket without an address: {err}"),
+            }
+        }
         if self.udp_sockets.is_empty() && tcp_listeners.is_empty() {
             return Err(Error::Other(
                 "no udp_sockets or tcp_listeners available".to_owned(),
@@ -694,13 +718,14 @@ where
         // 5-tuples that no longer exist, so there is nothing in the old ones worth carrying over.
         let local_addrs: Vec<SocketAddr> = self.udp_sockets.keys().copied().collect();
         self.stun_gatherer = RTCStunGatherer::new(
-            local_addrs.clone(),
+            local_addrs,
             self.ice_servers.clone(),
             self.ice_gather_policy,
             Arc::clone(&runtime),
-        );
+        )
+        .with_public_ips(self.extra_udp.public_ips.clone());
         self.turn_relayer = RTCTurnRelayer::new(
-            local_addrs,
+            relay_addrs,
             self.ice_servers.clone(),
             self.ice_gather_policy,
             self.turn_allocation_refresh_interval_cap,

@@ -55,18 +55,19 @@ pub mod transport;
 use crate::peer_connection::transport::{SctpTransport, SctpTransportImpl};
 use log::error;
 use std::collections::{HashMap, HashSet};
-use std::net::ToSocketAddrs;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::data_channel::{DataChannel, DataChannelEvent, DataChannelImpl};
 use crate::media_stream::{track_local::TrackLocal, track_remote::TrackRemote};
 use crate::rtp_transceiver::{RtpReceiver, RtpSender, RtpTransceiver, RtpTransceiverImpl};
-use crate::runtime::{JoinHandle, Runtime, default_runtime};
+use crate::runtime::{AsyncUdpSocket, JoinHandle, Runtime, default_runtime};
 use crate::runtime::{Mutex, Sender, channel};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use driver::{
+    ExtraUdpAddressing,
     APPLICATION_TO_DRIVER_EVENT_CHANNEL_CAPACITY, DRIVER_TO_DATA_CHANNEL_EVENT_CHANNEL_CAPACITY,
     DriverTask, PeerConnectionDriver, is_polling_driver,
 };
@@ -184,6 +185,7 @@ pub struct PeerConnectionBuilder<A: ToSocketAddrs> {
     handler: Option<Arc<dyn PeerConnectionEventHandler>>,
     udp_addrs: Vec<A>,
     tcp_addrs: Vec<A>,
+    extra_udp: ExtraUdpAddressing,
     dedicated_reactor_pool_size: usize,
     data_channel_send_buffer_limit: usize,
     /// Held rather than forwarded immediately, so [`build`](Self::build) can resolve the crypto
@@ -199,6 +201,7 @@ impl<A: ToSocketAddrs> Default for PeerConnectionBuilder<A> {
             handler: None,
             udp_addrs: vec![],
             tcp_addrs: vec![],
+            extra_udp: ExtraUdpAddressing::default(),
             dedicated_reactor_pool_size: 0,
             setting_engine: SettingEngine::default(),
             // `usize::MAX` = unbounded: no send back-pressure unless the application
@@ -274,6 +277,31 @@ impl<A: ToSocketAddrs> PeerConnectionBuilder<A> {
     /// Port `0` picks an ephemeral port per socket, freshly on every rebind.
     pub fn with_udp_addrs(mut self, udp_addrs: Vec<A>) -> Self {
         self.udp_addrs = udp_addrs;
+        self
+    }
+
+    /// Adds UDP sockets the application owns and may share between connections, such as
+    /// the per-interface sockets of an ICE UDP mux that demultiplexes by ICE ufrag.
+    ///
+    /// They give host (and server-reflexive) candidates like bound sockets do, and they
+    /// survive ICE-restart rebinds, but the TURN relayer never allocates through them: an
+    /// allocation belongs to its 5-tuple, and a shared socket's 5-tuple is shared. Relay
+    /// candidates come only from the sockets bound from [`with_udp_addrs`](Self::with_udp_addrs).
+    /// (peercam patch: see vendor/README.md.)
+    pub fn with_shared_udp_sockets(mut self, sockets: Vec<Arc<dyn AsyncUdpSocket>>) -> Self {
+        self.extra_udp.sockets = sockets;
+        self
+    }
+
+    /// Public addresses at which this machine's UDP sockets are reachable (a 1:1 NAT, or a
+    /// router forwarding a fixed port to it). Each local socket of the same address family
+    /// also gets a server-reflexive candidate at that address and the socket's port, whose
+    /// base is the socket, so checks and media still leave through the real socket.
+    ///
+    /// `SettingEngine::with_nat_1to1_ips` in rtc 0.21.1 is stored but read by nothing, hence
+    /// this knob here. (peercam patch: see vendor/README.md.)
+    pub fn with_public_ips(mut self, public_ips: Vec<IpAddr>) -> Self {
+        self.extra_udp.public_ips = public_ips;
         self
     }
 
@@ -399,6 +427,7 @@ impl<A: ToSocketAddrs> PeerConnectionBuilder<A> {
             discard_local_candidates_during_ice_restart,
             self.udp_addrs,
             self.tcp_addrs,
+            self.extra_udp,
             self.dedicated_reactor_pool_size,
             data_channel_send_buffer_limit,
             turn_allocation_refresh_interval_cap,
@@ -987,6 +1016,7 @@ impl PeerConnectionImpl {
         discard_local_candidates_during_ice_restart: bool,
         udp_addrs: Vec<A>,
         tcp_addrs: Vec<A>,
+        extra_udp: ExtraUdpAddressing,
         dedicated_reactor_pool_size: usize,
         data_channel_send_buffer_limit: usize,
         turn_allocation_refresh_interval_cap: Option<Duration>,
@@ -1045,6 +1075,7 @@ impl PeerConnectionImpl {
                 inner,
                 udp_addrs,
                 tcp_addrs,
+                extra_udp,
                 mdns_mode,
                 ice_servers,
                 ice_gather_policy,

@@ -29,7 +29,7 @@ use rtc::stun::agent::StunEvent;
 use rtc::stun::message::Getter;
 use rtc::stun::xoraddr::XorMappedAddress;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -51,6 +51,8 @@ pub(crate) struct RTCStunGatherer {
     local_addrs: Vec<SocketAddr>,
     ice_servers: Vec<RTCIceServer>,
     ice_gather_policy: RTCIceTransportPolicy,
+    /// Public addresses announced as srflx candidates (peercam patch: vendor/README.md).
+    public_ips: Vec<IpAddr>,
     state: RTCIceGatheringState,
     /// Host runtime, used to resolve STUN server hostnames.
     runtime: Arc<dyn Runtime>,
@@ -73,6 +75,7 @@ impl RTCStunGatherer {
             local_addrs,
             ice_servers,
             ice_gather_policy,
+            public_ips: Vec::new(),
             state: RTCIceGatheringState::New,
             runtime,
 
@@ -81,6 +84,13 @@ impl RTCStunGatherer {
             wouts: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Public addresses at which the local sockets are reachable; see
+    /// [`gather_public_ip_candidates`](Self::gather_public_ip_candidates).
+    pub(crate) fn with_public_ips(mut self, public_ips: Vec<IpAddr>) -> Self {
+        self.public_ips = public_ips;
+        self
     }
 
     pub(crate) fn state(&self) -> RTCIceGatheringState {
@@ -118,6 +128,7 @@ impl RTCStunGatherer {
         self.state = RTCIceGatheringState::Gathering;
         if self.ice_gather_policy != RTCIceTransportPolicy::Relay {
             self.gather_host_candidates()?;
+            self.gather_public_ip_candidates()?;
             self.gather_srflx_candidates().await?;
         }
         if self.stun_clients.is_empty() && self.state != RTCIceGatheringState::Complete {
@@ -149,6 +160,40 @@ impl RTCStunGatherer {
 
             self.events
                 .push_back(RTCStunGatherEventOut::LocalIceCandidate(candidate_init));
+        }
+        Ok(())
+    }
+
+    /// Server-reflexive candidates at configured public addresses, one per local socket of
+    /// the same family, based on that socket: what a STUN server would report behind a 1:1
+    /// NAT or a forwarded port, known without asking one.
+    fn gather_public_ip_candidates(&mut self) -> Result<(), Error> {
+        let mut announced = HashSet::new();
+        for local_addr in &self.local_addrs {
+            for public_ip in &self.public_ips {
+                if public_ip.is_ipv4() != local_addr.is_ipv4()
+                    || local_addr.ip().is_loopback()
+                    || !announced.insert(SocketAddr::new(*public_ip, local_addr.port()))
+                {
+                    continue;
+                }
+                let candidate = CandidateServerReflexiveConfig {
+                    base_config: CandidateConfig {
+                        network: "udp".to_owned(),
+                        address: public_ip.to_string(),
+                        port: local_addr.port(),
+                        component: 1,
+                        ..Default::default()
+                    },
+                    rel_addr: local_addr.ip().to_string(),
+                    rel_port: local_addr.port(),
+                    ..Default::default()
+                }
+                .new_candidate_server_reflexive()?;
+                let candidate_init = RTCIceCandidate::from(&candidate).to_json()?;
+                self.events
+                    .push_back(RTCStunGatherEventOut::LocalIceCandidate(candidate_init));
+            }
         }
         Ok(())
     }
