@@ -253,6 +253,12 @@ pub struct WebrtcConfig {
     pub connect_timeout_s: u64,
     /// Local UDP addresses ICE binds; a wildcard means every non-loopback interface.
     pub udp_addrs: Vec<String>,
+    /// One UDP port every session shares (the ICE UDP mux) on each address of `udp_addrs`;
+    /// 0 gives each session its own ephemeral ports.
+    pub udp_port: u16,
+    /// Public addresses the camera's UDP ports are reachable at (a forwarded `udp_port`, a
+    /// 1:1 NAT), announced to viewers as extra candidates.
+    pub public_ips: Vec<IpAddr>,
 }
 
 /// A STUN or TURN server, serialized in RTCIceServer shape (what viewers are told; see
@@ -425,6 +431,8 @@ impl Default for WebrtcConfig {
             ice_servers: Vec::new(),
             connect_timeout_s: 15,
             udp_addrs: vec!["0.0.0.0:0".into()],
+            udp_port: 0,
+            public_ips: Vec::new(),
         }
     }
 }
@@ -672,10 +680,23 @@ impl Config {
             "must list at least one address such as \"0.0.0.0:0\"".into(),
         )?;
         for text in &w.udp_addrs {
+            let parsed = text.parse::<SocketAddr>();
             check(
-                text.parse::<SocketAddr>().is_ok(),
+                parsed.is_ok(),
                 "webrtc.udp_addrs",
                 format!("{text:?} is not an address like \"0.0.0.0:0\" or \"192.168.1.10:50000\""),
+            )?;
+            check(
+                w.udp_port == 0 || parsed.is_ok_and(|addr| addr.port() == 0),
+                "webrtc.udp_addrs",
+                format!("{text:?} names a port, but webrtc.udp_port sets the one port every session shares; give port 0 here"),
+            )?;
+        }
+        for (i, ip) in w.public_ips.iter().enumerate() {
+            check(
+                !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast()),
+                &format!("webrtc.public_ips[{i}]"),
+                format!("{ip} is not an address a viewer could reach; give the router's public address (or the 1:1 NAT's)"),
             )?;
         }
         for (i, viewer) in self.auth.revoked.iter().enumerate() {
@@ -1216,6 +1237,15 @@ mod tests {
             ),
             ("[webrtc]\nudp_addrs = []", "webrtc.udp_addrs"),
             ("[webrtc]\nudp_addrs = [\"nowhere\"]", "webrtc.udp_addrs"),
+            (
+                "[webrtc]\nudp_port = 8189\nudp_addrs = [\"0.0.0.0:50000\"]",
+                "webrtc.udp_addrs",
+            ),
+            (
+                "[webrtc]\npublic_ips = [\"203.0.113.7\", \"127.0.0.1\"]",
+                "webrtc.public_ips[1]",
+            ),
+            ("[webrtc]\npublic_ips = [\"0.0.0.0\"]", "webrtc.public_ips[0]"),
             (
                 "[[webrtc.ice_servers]]\nurls = [\"http://x\"]",
                 "webrtc.ice_servers[0].urls",

@@ -15,6 +15,7 @@ use crate::notify;
 use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::core::Limits;
 use crate::session::peer::PeerSettings;
+use crate::session::udp_mux::UdpMux;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
 use crate::signaling::broker_users::{Credential, Gate};
@@ -455,6 +456,20 @@ fn access_policy(config: &Config) -> anyhow::Result<Option<AccessPolicy>> {
     }
 }
 
+/// The ICE UDP mux at `webrtc.udp_port` on the IPs of `webrtc.udp_addrs` (validated).
+async fn bind_udp_mux(udp_addrs: &[String], port: u16) -> anyhow::Result<UdpMux> {
+    let ips = udp_addrs
+        .iter()
+        .filter_map(|text| text.parse::<std::net::SocketAddr>().ok())
+        .map(|addr| addr.ip())
+        .collect();
+    let mux = UdpMux::bind(ips, port)
+        .await
+        .with_context(|| format!("webrtc.udp_port = {port}: cannot bind the shared UDP port"))?;
+    tracing::info!(addrs = ?mux.local_addrs(), "every session shares one UDP port");
+    Ok(mux)
+}
+
 /// Starts the embedded broker when the configuration uses it, with its WebSocket and TLS
 /// doors (relays, stopped by `stop`); `gate` holds its users.
 async fn start_broker(
@@ -576,10 +591,16 @@ pub async fn run(
     let (live_tx, live) = watch::channel(config.clone());
     let (max_viewers_tx, max_viewers) = watch::channel(config.webrtc.max_viewers);
 
+    let udp_mux = match config.webrtc.udp_port {
+        0 => None,
+        port => Some(Arc::new(bind_udp_mux(&config.webrtc.udp_addrs, port).await?)),
+    };
     let ctx = Arc::new(SessionContext {
         peer_settings: PeerSettings {
             ice_servers: Arc::clone(&ice),
             udp_addrs: config.webrtc.udp_addrs.clone(),
+            udp_mux,
+            public_ips: config.webrtc.public_ips.clone(),
         },
         fanout: Arc::clone(&fanout),
         telemetry,

@@ -7,6 +7,7 @@
 pub mod core;
 pub mod keyframe_requests;
 pub mod peer;
+pub mod udp_mux;
 mod viewer;
 
 use self::core::{

@@ -3,6 +3,7 @@
 //! It must never encode or copy frames: it only wraps shared RTP payloads in headers.
 
 use super::keyframe_requests::{KeyframeRequestForwarder, SLOT};
+use super::udp_mux::{ConnectionId, UdpMux};
 use crate::clock;
 use crate::encode::H264_FMTP;
 use crate::fanout::PacketizedFrame;
@@ -17,6 +18,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpEncodingParameters, RtpCodecKind,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -101,6 +103,28 @@ pub struct PeerSettings {
     /// Resolved for each connection, so minted TURN credentials are fresh.
     pub ice_servers: Arc<IceServers>,
     pub udp_addrs: Vec<String>,
+    /// The shared sockets at `webrtc.udp_port`, when it is set.
+    pub udp_mux: Option<Arc<UdpMux>>,
+    /// Announced as server-reflexive candidates at each local socket's port.
+    pub public_ips: Vec<IpAddr>,
+}
+
+/// A connection's place in the ICE UDP mux.
+pub struct MuxRegistration {
+    mux: Arc<UdpMux>,
+    connection: ConnectionId,
+}
+
+impl MuxRegistration {
+    /// Lets the viewer's checks reach this connection from the first one, before the
+    /// connection has sent any check of its own (which would teach the mux the same).
+    pub fn register_local_description(&self, sdp: &str) {
+        for line in sdp.lines() {
+            if let Some(ufrag) = line.trim_end().strip_prefix("a=ice-ufrag:") {
+                self.mux.register_ufrag(self.connection, ufrag);
+            }
+        }
+    }
 }
 
 /// A built connection with its video track, before negotiation.
@@ -108,6 +132,7 @@ pub struct ViewerPeer {
     pub connection: Arc<dyn PeerConnection>,
     pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
+    pub mux: Option<MuxRegistration>,
 }
 
 /// Set once mDNS sockets proved impossible here (no multicast-capable interface).
@@ -158,19 +183,39 @@ async fn build_peer_with(
             Some(ICE_KEEPALIVE_INTERVAL),
         )
         .build();
+    let ice_servers: Vec<RTCIceServer> = settings
+        .ice_servers
+        .for_camera(clock::unix_s())
+        .into_iter()
+        .map(|server| RTCIceServer {
+            urls: server.urls,
+            username: server.username.unwrap_or_default(),
+            credential: server.credential.unwrap_or_default(),
+        })
+        .collect();
+    let (udp_addrs, shared_sockets, mux) = match &settings.udp_mux {
+        None => (settings.udp_addrs.clone(), Vec::new(), None),
+        Some(udp_mux) => {
+            let (connection, sockets) = udp_mux.connection_sockets();
+            // A TURN allocation belongs to its 5-tuple, so relaying needs sockets of the
+            // session's own; they are outbound only, so nothing more to forward.
+            let relays = ice_servers
+                .iter()
+                .any(|server| server.urls.iter().any(|url| url.starts_with("turn:")));
+            let own = if relays {
+                settings.udp_addrs.clone()
+            } else {
+                Vec::new()
+            };
+            let registration = MuxRegistration {
+                mux: Arc::clone(udp_mux),
+                connection,
+            };
+            (own, sockets, Some(registration))
+        }
+    };
     let configuration = RTCConfigurationBuilder::new()
-        .with_ice_servers(
-            settings
-                .ice_servers
-                .for_camera(clock::unix_s())
-                .into_iter()
-                .map(|server| RTCIceServer {
-                    urls: server.urls,
-                    username: server.username.unwrap_or_default(),
-                    credential: server.credential.unwrap_or_default(),
-                })
-                .collect(),
-        )
+        .with_ice_servers(ice_servers)
         .build();
     let connection = PeerConnectionBuilder::new()
         .with_configuration(configuration)
@@ -178,7 +223,9 @@ async fn build_peer_with(
         .with_setting_engine(setting_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(EventForwarder { events }))
-        .with_udp_addrs(settings.udp_addrs.clone())
+        .with_udp_addrs(udp_addrs)
+        .with_shared_udp_sockets(shared_sockets)
+        .with_public_ips(settings.public_ips.clone())
         .build()
         .await?;
     let connection: Arc<dyn PeerConnection> = Arc::new(connection);
@@ -205,6 +252,7 @@ async fn build_peer_with(
         connection,
         track,
         ssrc,
+        mux,
     })
 }
 

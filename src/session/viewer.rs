@@ -4,7 +4,9 @@
 //! and must never block the manager or other sessions, whatever its viewer does.
 
 use super::core::{EndReason, PeerReport, Refusal};
-use super::peer::{build_peer, negotiated_payload_type, PeerEvent, RtpWriter};
+use super::peer::{
+    build_peer, negotiated_payload_type, MuxRegistration, PeerEvent, RtpWriter, ViewerPeer,
+};
 use super::SessionContext;
 use crate::signaling::protocol::{ErrorCode, IceCandidate, SessionId};
 use std::sync::Arc;
@@ -98,7 +100,7 @@ impl PeerTask {
         };
         let connection = Arc::clone(&peer.connection);
         let end = self
-            .negotiate_and_stream(&connection, &peer.track, peer.ssrc, &mut events)
+            .negotiate_and_stream(&connection, &peer, &mut events)
             .await;
         if let Err(err) = connection.close().await {
             tracing::debug!("closing peer connection: {err}");
@@ -110,6 +112,7 @@ impl PeerTask {
     async fn answer(
         &mut self,
         connection: &Arc<dyn PeerConnection>,
+        mux: Option<&MuxRegistration>,
         events: &mut mpsc::UnboundedReceiver<PeerEvent>,
     ) -> Result<u8, PeerEnd> {
         let offer = RTCSessionDescription::offer(self.offer_sdp.clone()).map_err(|err| {
@@ -136,6 +139,9 @@ impl PeerTask {
             )
         })?;
         let mut answer_sdp = answer.sdp.clone();
+        if let Some(mux) = mux {
+            mux.register_local_description(&answer_sdp);
+        }
         if let Err(err) = connection.set_local_description(answer).await {
             tracing::error!("set_local_description: {err}");
             return Err(refused(
@@ -188,11 +194,11 @@ impl PeerTask {
     async fn negotiate_and_stream(
         &mut self,
         connection: &Arc<dyn PeerConnection>,
-        track: &Arc<TrackLocalStaticRTP>,
-        ssrc: u32,
+        peer: &ViewerPeer,
         events: &mut mpsc::UnboundedReceiver<PeerEvent>,
     ) -> PeerEnd {
-        let payload_type = match self.answer(connection, events).await {
+        let (track, ssrc) = (&peer.track, peer.ssrc);
+        let payload_type = match self.answer(connection, peer.mux.as_ref(), events).await {
             Ok(payload_type) => payload_type,
             Err(end) => return end,
         };
