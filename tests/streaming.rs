@@ -259,3 +259,137 @@ async fn a_broker_restart_heals_and_viewers_keep_streaming() {
     let newcomer = TestViewer::start(port, &agent.device).await;
     newcomer.wait_for_frames(10, Duration::from_secs(15)).await;
 }
+
+/// UDP sockets a process holds, as (local address, port) from /proc/net/udp (this test's
+/// namespace) matched against the process's socket descriptors.
+fn udp_sockets_of(pid: u32) -> Vec<(String, u16)> {
+    let inodes: std::collections::HashSet<String> =
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter_map(|target| {
+                let text = target.to_string_lossy().into_owned();
+                Some(text.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (address, port) = fields.get(1)?.split_once(':')?;
+            inodes
+                .contains(*fields.get(9)?)
+                .then(|| (address.to_owned(), u16::from_str_radix(port, 16).unwrap()))
+        })
+        .collect()
+}
+
+fn candidate_ports(messages: &[serde_json::Value]) -> Vec<u16> {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "candidate")
+        .filter_map(|m| m["candidate"]["candidate"].as_str())
+        .filter_map(|line| line.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_viewers_share_one_udp_port() {
+    require_loopback_only_network();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = Agent::start(AgentOptions {
+        fps: 15,
+        webrtc_extra: format!("udp_port = {udp_port}"),
+        ..Default::default()
+    });
+    let mut viewers = Vec::new();
+    for _ in 0..5 {
+        viewers.push(TestViewer::start(agent.mqtt_port, &agent.device).await);
+    }
+    for viewer in &viewers {
+        let stats = viewer.wait_for_frames(30, Duration::from_secs(30)).await;
+        assert_eq!((stats.width, stats.height), (640, 480));
+        let ports = candidate_ports(&stats.camera_messages);
+        assert!(!ports.is_empty(), "the camera sent no candidates");
+        assert!(
+            ports.iter().all(|port| *port == udp_port),
+            "candidates at ports {ports:?}, not only {udp_port}"
+        );
+    }
+    let sockets = udp_sockets_of(agent.pid());
+    println!("figures: 5 viewers streaming, the agent's UDP sockets: {sockets:?}");
+    assert_eq!(
+        sockets.len(),
+        1,
+        "one shared socket for every session: {sockets:?}"
+    );
+    assert_eq!(sockets[0].1, udp_port);
+    // All five keep streaming over it, and leaving frees their sessions.
+    for viewer in &viewers {
+        let before = viewer.stats().frames_decoded;
+        viewer
+            .wait_for_frames(before + 15, Duration::from_secs(10))
+            .await;
+    }
+    let status = status_topic(&agent.device);
+    let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
+    for viewer in &viewers {
+        viewer.hangup().await;
+    }
+    observer
+        .wait_for(&status, Duration::from_secs(10), |v| v["viewers"] == 0)
+        .await;
+    // The shared socket outlives the sessions, ready for the next viewer.
+    assert_eq!(udp_sockets_of(agent.pid()), sockets);
+    let late = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    late.wait_for_frames(15, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minted_turn_credentials_are_renewed_in_the_status_before_they_expire() {
+    require_loopback_only_network();
+    let secret = common::temp_dir("turn-renewal").join("secret");
+    std::fs::write(&secret, "lab-turn-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The shortest lifetime allowed, so the renewal (at half of it) comes within the test.
+    let agent = Agent::start(AgentOptions {
+        webrtc_extra: format!(
+            "[[webrtc.ice_servers]]\nurls = [\"turn:127.0.0.1:9\"]\nsecret_file = \"{}\"\ncredential_ttl_s = 60\n",
+            secret.display()
+        ),
+        ..Default::default()
+    });
+    let status = status_topic(&agent.device);
+    let observer = Observer::start(agent.mqtt_port, std::slice::from_ref(&status)).await;
+    let expiry_of = |v: &Value| -> Option<u64> {
+        v["ice_servers"][0]["username"]
+            .as_str()?
+            .strip_suffix(":cam1")?
+            .parse()
+            .ok()
+    };
+    let first = observer
+        .wait_for(&status, Duration::from_secs(10), |v| expiry_of(v).is_some())
+        .await;
+    let first_expiry = expiry_of(&first).unwrap();
+    let renewed = observer
+        .wait_for(&status, Duration::from_secs(45), |v| {
+            expiry_of(v).is_some_and(|expiry| expiry > first_expiry)
+        })
+        .await;
+    let expiry = expiry_of(&renewed).unwrap();
+    let now = peercam::clock::unix_s();
+    println!("figures: credential expiring at {first_expiry} renewed {} s before it, new one expires in {} s", first_expiry.saturating_sub(now), expiry - now);
+    assert!(first_expiry > now, "renewed before the old credential expired");
+    assert!((now + 50..=now + 61).contains(&expiry), "a fresh 60 s credential: {expiry} vs {now}");
+    let (username, credential) = peercam::ice::minted_credential(b"lab-turn-secret", "cam1", expiry);
+    assert_eq!(renewed["ice_servers"][0]["username"], username);
+    assert_eq!(renewed["ice_servers"][0]["credential"], credential);
+    assert_eq!(renewed["state"], "online");
+}
