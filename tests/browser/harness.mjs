@@ -67,12 +67,12 @@ export class Agent {
    * end (e.g. a [whep] table). For the NAT lab: `host` is the address the listeners bind,
    * `publicHost` the one viewers use, `ports` fixed ports, `udpAddrs` [webrtc] udp_addrs and
    * `exec` a command prefix the agent runs under (e.g. ['lab-exec', 'cam']); `brokerExtra`
-   * lines for the [broker] table.
+   * lines for the [broker] table, `webrtcExtra` for the [webrtc] one (e.g. udp_port).
    */
   static async create({
     name = 'Browser test camera', prefix = 'peercam-browser-', maxViewers = 8, source = 'testsrc',
     webSocket = false, webRoot, iceServers = [], auth = 'open', revoked = [], extra = '',
-    host = '127.0.0.1', publicHost = host, ports, udpAddrs = ['127.0.0.1:0'], exec = [], brokerExtra = '',
+    host = '127.0.0.1', publicHost = host, ports, udpAddrs = ['127.0.0.1:0'], exec = [], brokerExtra = '', webrtcExtra = '',
   } = {}) {
     const agent = new Agent();
     agent.exec = exec;
@@ -99,6 +99,7 @@ ${brokerExtra}
 [webrtc]
 max_viewers = ${maxViewers}
 udp_addrs = ${JSON.stringify(udpAddrs)}
+${webrtcExtra}
 ${servers}[http]
 listen = "${host}:${agent.ports.http}"
 web_root = ${JSON.stringify(webRoot ?? agent.dir)}

@@ -17,5 +17,11 @@ export const CASES = {
   d: { title: '(d) viewer\'s router lets only TCP out, TURN over TCP', cam: 'symmetric', view: 'tcp-only', iceServers: [turnUdp, turnTcp], relay: 'tcp' },
   e: { title: '(e) symmetric NAT both sides, no TURN', cam: 'symmetric', view: 'symmetric', iceServers: [stun], noPath: true },
   f: { title: '(f) cone NAT both sides, an 8 s network blip mid-stream', cam: 'cone', view: 'cone', iceServers: [stun], pair: ['srflx', 'srflx'], blipMs: 8000 },
+  // The camera's router forwards one UDP port to it: webrtc.udp_port shares that port between
+  // sessions and webrtc.public_ips announces the router's address, so no STUN or TURN is needed.
+  g: {
+    title: '(g) one forwarded UDP port and an announced public address, symmetric NAT at the viewer, no STUN or TURN', cam: 'cone', view: 'symmetric', forwardUdp: 8189, iceServers: [],
+    webrtc: 'udp_port = 8189\npublic_ips = ["198.51.100.10"]', remote: 'srflx', remoteAddress: '198.51.100.10:8189',
+  },
 };
 

@@ -69,7 +69,7 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
     exec: ['lab-exec', 'cam'], host: '10.1.0.2', publicHost: spec.view === 'lan' ? '10.1.0.2' : '198.51.100.10',
     ports: { mqtt: 1883, ws: 8083, http: 8080 }, udpAddrs: ['0.0.0.0:0'], iceServers,
     // The lab's "internet" reaches the camera's broker; who may watch is the access keys' job.
-    brokerExtra: 'allow_anonymous = true',
+    brokerExtra: 'allow_anonymous = true', webrtcExtra: spec.webrtc ?? '',
   });
   const browser = await chromiumInViewerNamespace();
   try {
@@ -99,8 +99,10 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
     }
     const stats = await page.evaluate(() => ({ pair: window.peercam.pair, firstFrame: window.peercam.offerToFirstFrameMs }));
     await page.screenshot({ path: shot });
-    console.log(`figures: case ${which}: pair ${stats.pair.local}/${stats.pair.remote} (${stats.pair.protocol}${stats.pair.relayProtocol ? `, relay over ${stats.pair.relayProtocol}` : ''}), offer → first frame ${stats.firstFrame} ms, stamp latency p50 ${median(latencies)} ms`);
+    console.log(`figures: case ${which}: pair ${stats.pair.local}/${stats.pair.remote} (camera at ${stats.pair.remoteAddress}, ${stats.pair.protocol}${stats.pair.relayProtocol ? `, relay over ${stats.pair.relayProtocol}` : ''}), offer → first frame ${stats.firstFrame} ms, stamp latency p50 ${median(latencies)} ms`);
     if (spec.pair) assert.deepEqual([stats.pair.local, stats.pair.remote], spec.pair);
+    if (spec.remote) assert.equal(stats.pair.remote, spec.remote);
+    if (spec.remoteAddress) assert.equal(stats.pair.remoteAddress, spec.remoteAddress);
     if (spec.blipMs) {
       // Everything between the viewer and the rest of the world is dropped, then let through.
       const frames = () => decodedFrames(page);

@@ -544,7 +544,7 @@ class App {
       const local = byId.get(pair.localCandidateId);
       const remote = byId.get(pair.remoteCandidateId);
       $('path').textContent = `${local?.candidateType ?? '?'} ↔ ${remote?.candidateType ?? '?'} (${local?.protocol ?? 'udp'})`;
-      this.stats.pair = { local: local?.candidateType, remote: remote?.candidateType, protocol: local?.protocol, relayProtocol: local?.relayProtocol };
+      this.stats.pair = { local: local?.candidateType, remote: remote?.candidateType, remoteAddress: remote && `${remote.address}:${remote.port}`, protocol: local?.protocol, relayProtocol: local?.relayProtocol };
       if (pair.currentRoundTripTime != null) $('rtt').textContent = `${(pair.currentRoundTripTime * 1000).toFixed(0)} ms`;
     }
     report.forEach((s) => {
