@@ -593,7 +593,9 @@ pub async fn run(
 
     let udp_mux = match config.webrtc.udp_port {
         0 => None,
-        port => Some(Arc::new(bind_udp_mux(&config.webrtc.udp_addrs, port).await?)),
+        port => Some(Arc::new(
+            bind_udp_mux(&config.webrtc.udp_addrs, port).await?,
+        )),
     };
     let ctx = Arc::new(SessionContext {
         peer_settings: PeerSettings {

@@ -263,15 +263,14 @@ async fn a_broker_restart_heals_and_viewers_keep_streaming() {
 /// UDP sockets a process holds, as (local address, port) from /proc/net/udp (this test's
 /// namespace) matched against the process's socket descriptors.
 fn udp_sockets_of(pid: u32) -> Vec<(String, u16)> {
-    let inodes: std::collections::HashSet<String> =
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-            .filter_map(|target| {
-                let text = target.to_string_lossy().into_owned();
-                Some(text.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-            })
-            .collect();
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let text = target.to_string_lossy().into_owned();
+            Some(text.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
     let table = std::fs::read_to_string("/proc/net/udp").unwrap();
     table
         .lines()
@@ -386,9 +385,16 @@ async fn minted_turn_credentials_are_renewed_in_the_status_before_they_expire() 
     let expiry = expiry_of(&renewed).unwrap();
     let now = peercam::clock::unix_s();
     println!("figures: credential expiring at {first_expiry} renewed {} s before it, new one expires in {} s", first_expiry.saturating_sub(now), expiry - now);
-    assert!(first_expiry > now, "renewed before the old credential expired");
-    assert!((now + 50..=now + 61).contains(&expiry), "a fresh 60 s credential: {expiry} vs {now}");
-    let (username, credential) = peercam::ice::minted_credential(b"lab-turn-secret", "cam1", expiry);
+    assert!(
+        first_expiry > now,
+        "renewed before the old credential expired"
+    );
+    assert!(
+        (now + 50..=now + 61).contains(&expiry),
+        "a fresh 60 s credential: {expiry} vs {now}"
+    );
+    let (username, credential) =
+        peercam::ice::minted_credential(b"lab-turn-secret", "cam1", expiry);
     assert_eq!(renewed["ice_servers"][0]["username"], username);
     assert_eq!(renewed["ice_servers"][0]["credential"], credential);
     assert_eq!(renewed["state"], "online");

@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use rtc::shared::ifaces::ifaces;
-use rtc::stun::message::{Message, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE};
 use rtc::stun::attributes::ATTR_USERNAME;
+use rtc::stun::message::{Message, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE};
 use rtc::stun::textattrs::TextAttribute;
 use std::collections::HashMap;
 use std::fmt;
@@ -120,7 +120,9 @@ impl Routes {
         match classify(datagram) {
             // A check names "our-ufrag:their-ufrag".
             Kind::StunRequest(Some(username)) => {
-                let local = username.split_once(':').map_or(username.as_str(), |(l, _)| l);
+                let local = username
+                    .split_once(':')
+                    .map_or(username.as_str(), |(l, _)| l);
                 self.by_ufrag.get(local).copied()
             }
             Kind::StunRequest(None) | Kind::Other => self.by_peer.get(&from).copied(),
@@ -248,10 +250,8 @@ impl UdpMux {
                 }
                 Err(err) => {
                     tracing::warn!(%addr, "ICE UDP mux cannot bind: {err}");
-                    first_error.get_or_insert(io::Error::new(
-                        err.kind(),
-                        format!("UDP {addr}: {err}"),
-                    ));
+                    first_error
+                        .get_or_insert(io::Error::new(err.kind(), format!("UDP {addr}: {err}")));
                 }
             }
         }
@@ -490,7 +490,11 @@ mod tests {
         let now = Instant::now();
         let viewer_a = addr("198.51.100.20:40000");
         let viewer_b = addr("198.51.100.20:40001");
-        assert_eq!(routes.route(viewer_a, DTLS_RECORD), None, "nobody asked yet");
+        assert_eq!(
+            routes.route(viewer_a, DTLS_RECORD),
+            None,
+            "nobody asked yet"
+        );
         routes.learn_sent(1, viewer_a, DTLS_RECORD, now);
         routes.learn_sent(2, viewer_b, DTLS_RECORD, now);
         assert_eq!(routes.route(viewer_a, DTLS_RECORD), Some(1));
@@ -544,7 +548,12 @@ mod tests {
         let mut routes = Routes::default();
         let now = Instant::now();
         routes.register_ufrag(1, "camA");
-        routes.learn_sent(1, addr("198.51.100.20:1"), &stun(BINDING_REQUEST, [9; 12], None), now);
+        routes.learn_sent(
+            1,
+            addr("198.51.100.20:1"),
+            &stun(BINDING_REQUEST, [9; 12], None),
+            now,
+        );
         routes.register_ufrag(2, "camB");
         routes.forget(1);
         assert_eq!(routes.len(), 1, "only connection 2's ufrag remains");
@@ -574,8 +583,12 @@ mod tests {
         let junk = [
             &[][..],
             &[0u8; 19][..],
-            &[0, 1, 0, 4, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
-            &[1, 1, 0xff, 0xff, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12][..],
+            &[
+                0, 1, 0, 4, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ][..],
+            &[
+                1, 1, 0xff, 0xff, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+            ][..],
         ];
         for junk in junk {
             assert_eq!(routes.route(from, junk), None);
