@@ -78,8 +78,10 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
     if (spec.noPath) {
       // The camera gives up after connect_timeout_s (15 s), hangs up and frees the slot; the
       // page says what would help instead of spinning.
+      // Waiting for the offer first keeps a slow page load (a loaded CI machine) out of the
+      // camera's budget, which the log's own timestamps measure.
+      const started = await waitFor('the page\'s offer', 30000, () => agent.log.match(/(\S+)Z +INFO new viewer session/));
       const ended = await waitFor('the camera to end the session', 25000, () => agent.log.match(/(\S+)Z +INFO session ended sid=\S+ reason="(connect-timeout|ice-failed)"/));
-      const started = agent.log.match(/(\S+)Z +INFO new viewer session/);
       const hungUpAfter = Date.parse(`${ended[1]}Z`) - Date.parse(`${started[1]}Z`);
       assert.ok(hungUpAfter <= 16500, `the camera ended the session ${hungUpAfter} ms after the offer, within connect_timeout_s = 15`);
       await waitFor('the page to say a TURN server is needed', 10000, async () => (await page.evaluate(() => document.getElementById('state').dataset.state)) === 'no-path');
@@ -134,5 +136,7 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
   } finally {
     await browser.close();
     await agent.stop();
+    // The agent's log, for reading a failure after the lab is gone.
+    writeFileSync(join(artifacts, `natlab-${which}-agent.log`), agent.log);
   }
 });
