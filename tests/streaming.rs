@@ -353,9 +353,7 @@ async fn five_viewers_share_one_udp_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn minted_turn_credentials_are_renewed_in_the_status_before_they_expire() {
     require_loopback_only_network();
-    let secret = common::temp_dir("turn-renewal").join("secret");
-    std::fs::write(&secret, "lab-turn-secret\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = common::private_file("turn-renewal", "lab-turn-secret\n");
     // The shortest lifetime allowed, so the renewal (at half of it) comes within the test.
     let agent = Agent::start(AgentOptions {
         webrtc_extra: format!(

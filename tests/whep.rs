@@ -126,9 +126,7 @@ async fn link_headers_announce_the_ice_servers_and_dead_ones_do_not_hang_the_ans
     // Servers nobody answers on closed loopback ports: gathering is capped, not endless.
     // The static TURN password is the camera's own; the shared-secret entry is announced
     // with minted short-lived credentials.
-    let secret = common::temp_dir("turn-secret").join("secret");
-    std::fs::write(&secret, "lab-turn-secret\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = common::private_file("turn-secret", "lab-turn-secret\n");
     let agent = whep_agent(AgentOptions {
         webrtc_extra: format!(
             "{}{}{}",

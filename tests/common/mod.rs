@@ -65,6 +65,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A file only its owner may read (mode 0600), as the agent demands of its secrets.
+pub fn private_file(name: &str, contents: &str) -> PathBuf {
+    let path = temp_dir(name).join("secret");
+    std::fs::write(&path, contents).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
 /// Which broker the agent under test talks to.
 pub enum BrokerMode {
     Embedded,
