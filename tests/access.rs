@@ -23,25 +23,6 @@ fn keyed_agent() -> Agent {
     })
 }
 
-/// `peercam access --json` for `viewer`, run against the agent's own configuration.
-fn access(agent: &Agent, viewer: &str, expires_in: &str) -> Value {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_peercam"))
-        .args([
-            "access",
-            "--viewer",
-            viewer,
-            "--expires-in",
-            expires_in,
-            "--json",
-        ])
-        .arg("--config")
-        .arg(&agent.config_path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 /// The error the camera sends to an offer published by `attacker` on session `sid`.
 async fn offer_error(attacker: &Observer, agent: &Agent, sid: &str, offer: Value) -> Value {
     let to_viewer = format!("peercam/{}/session/{sid}/to-viewer", agent.device);
@@ -67,8 +48,8 @@ async fn only_key_holders_watch_and_a_broker_attacker_cannot_hijack() {
         .await;
     assert_eq!(status["auth"], "keys");
 
-    let alice = AccessKey::from_json(&access(&agent, "alice", "1h"));
-    let mallory = AccessKey::from_json(&access(&agent, "mallory", "1h"));
+    let alice = AccessKey::from_json(&agent.access("alice", "1h"));
+    let mallory = AccessKey::from_json(&agent.access("mallory", "1h"));
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
     let expired = AccessKey {
         exp: 1_000_000_000,
@@ -271,10 +252,10 @@ async fn whep_needs_a_valid_bearer_token() {
     let none = http(port, "POST", "/whep", &sdp, offer).await;
     assert_eq!(none.status, 401, "{none:?}");
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
-    let good = access(&agent, "tv", "1h");
+    let good = agent.access("tv", "1h");
     let token = good["whep_token"].as_str().unwrap();
     let forged = token.rsplit_once('.').unwrap().0.to_owned() + ".Zm9yZ2Vk";
-    let revoked = access(&agent, "mallory", "1h");
+    let revoked = agent.access("mallory", "1h");
     for (what, token, reason) in [
         ("forged", forged.as_str(), "bad mac"),
         (

@@ -151,10 +151,10 @@ async fn a_camera_and_a_viewer_stream_through_mosquitto_over_mutual_tls_with_pas
     let viewer_cert = pki.client("alice");
     let viewer_endpoint = MqttEndpoint {
         host: "localhost".into(),
-        port,
         tls: Some(pki.client_config(&viewer_cert)),
         credentials: Some(("alice".into(), VIEWER_PASSWORD.into())),
         sid_is_client_id: true,
+        ..MqttEndpoint::plain(port)
     };
     let viewer =
         TestViewer::start_on(&viewer_endpoint, &agent.device, &new_session_id(), None).await;

@@ -76,6 +76,8 @@ pub fn private_file(name: &str, contents: &str) -> PathBuf {
 /// Which broker the agent under test talks to.
 pub enum BrokerMode {
     Embedded,
+    /// The embedded broker on this fixed port (the NAT lab forwards 1883 to the camera).
+    EmbeddedOn(u16),
     External(u16),
     /// `mqtt.broker` as given, e.g. "mqtts://localhost:PORT" (its port is `Agent::mqtt_port`).
     Url(String),
@@ -111,6 +113,14 @@ pub struct AgentOptions {
     pub extra_sections: String,
     /// Extra environment for the agent process.
     pub env: Vec<(String, String)>,
+    /// The address the broker, WebSocket and HTTP listeners bind (the NAT lab's camera
+    /// binds its LAN address).
+    pub listen_host: String,
+    /// `[webrtc] udp_addrs`.
+    pub udp_addrs: Vec<String>,
+    /// A command the agent runs under, e.g. `lab-exec cam` to start it in the NAT lab's
+    /// camera namespace.
+    pub command_prefix: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -134,6 +144,9 @@ impl Default for AgentOptions {
             broker_extra: String::new(),
             extra_sections: String::new(),
             env: Vec::new(),
+            listen_host: "127.0.0.1".into(),
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            command_prefix: Vec::new(),
         }
     }
 }
@@ -147,6 +160,7 @@ pub struct Agent {
     pub http_port: u16,
     pub device: String,
     pub config_path: PathBuf,
+    command_prefix: Vec<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -167,6 +181,7 @@ impl Agent {
                 let (p, w) = (free_port(), free_port());
                 (p, w, "broker = \"embedded\"".to_owned())
             }
+            BrokerMode::EmbeddedOn(port) => (port, 0, "broker = \"embedded\"".to_owned()),
             BrokerMode::External(port) => {
                 (port, 0, format!("broker = \"mqtt://127.0.0.1:{port}\""))
             }
@@ -195,13 +210,13 @@ keyframe_interval_s = {kf}
 {broker_line}
 {mqtt_extra}
 [broker]
-listen = "127.0.0.1:{mqtt_port}"
+listen = "{host}:{mqtt_port}"
 ws_listen = "{ws}"
 {broker_extra}
 [webrtc]
 max_viewers = {max}
 connect_timeout_s = {cto}
-udp_addrs = ["127.0.0.1:0"]
+udp_addrs = {udp_addrs:?}
 {webrtc_extra}
 [http]
 listen = "{http}"
@@ -227,20 +242,29 @@ level = "info"
             mqtt_extra = options.mqtt_extra,
             broker_extra = options.broker_extra,
             extra_sections = options.extra_sections,
+            host = options.listen_host,
+            udp_addrs = options.udp_addrs,
             http = if http_port == 0 {
                 "off".to_owned()
             } else {
-                format!("127.0.0.1:{http_port}")
+                format!("{}:{http_port}", options.listen_host)
             },
             ws = if ws_port == 0 {
                 "off".to_owned()
             } else {
-                format!("127.0.0.1:{ws_port}")
+                format!("{}:{ws_port}", options.listen_host)
             },
         );
         let config_path = dir.join("peercam.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut agent = Self::spawn(config_path, mqtt_port, ws_port, options.device, options.env);
+        let mut agent = Self::spawn(
+            config_path,
+            mqtt_port,
+            ws_port,
+            options.device,
+            options.env,
+            options.command_prefix,
+        );
         agent.http_port = http_port;
         agent
     }
@@ -251,8 +275,18 @@ level = "info"
         ws_port: u16,
         device: String,
         env: Vec<(String, String)>,
+        command_prefix: Vec<String>,
     ) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
+        let binary = env!("CARGO_BIN_EXE_peercam");
+        let mut command = match command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .env_remove("RUST_LOG")
@@ -292,6 +326,7 @@ level = "info"
             http_port: 0,
             device,
             config_path,
+            command_prefix,
             log,
         }
     }
@@ -308,7 +343,28 @@ level = "info"
             self.ws_port,
             device,
             Vec::new(),
+            self.command_prefix.clone(),
         )
+    }
+
+    /// `peercam access --json` for `viewer`, run against this agent's configuration: the
+    /// grant (`viewer`, `exp`, `key`, ...) an admin would hand out.
+    pub fn access(&self, viewer: &str, expires_in: &str) -> serde_json::Value {
+        let output = Command::new(env!("CARGO_BIN_EXE_peercam"))
+            .args([
+                "access",
+                "--viewer",
+                viewer,
+                "--expires-in",
+                expires_in,
+                "--json",
+            ])
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     /// True while the agent process runs.

@@ -1,15 +1,22 @@
 //! A test viewer: webrtc-rs offerer + openh264 decoder that speaks only the documented
 //! signaling protocol (raw JSON over MQTT), decodes every frame, and reads the latency stamp.
+//! It gathers on loopback with no ICE servers unless a test gives it a [`PeerNetwork`] (the
+//! NAT lab: the servers the camera announces), and reports its selected candidate pair from
+//! its own stats ([`selected_pair_in`]).
 
 use bytes::Bytes;
 use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::RTCIceServerTransportProtocol;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::statistics::report::{RTCStatsReport, RTCStatsReportEntry};
+use rtc::statistics::stats::ice_candidate::RTCIceCandidateStats;
+use rtc::statistics::StatsSelector;
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
@@ -21,7 +28,7 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
     SettingEngineBuilder,
 };
@@ -37,6 +44,9 @@ pub struct MqttEndpoint {
     /// Connect with the session id as the client id (what the mosquitto ACL recipe's
     /// `%c` patterns need), instead of `viewer-{sid}`.
     pub sid_is_client_id: bool,
+    /// MQTT keep-alive. The broker gives up on a silent client after 1.5 times this and
+    /// publishes its last will: for a viewer, its hangup.
+    pub keep_alive: Duration,
 }
 
 impl MqttEndpoint {
@@ -47,12 +57,13 @@ impl MqttEndpoint {
             tls: None,
             credentials: None,
             sid_is_client_id: false,
+            keep_alive: Duration::from_secs(5),
         }
     }
 
     fn options(&self, client_id: String) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, &self.host, self.port);
-        options.set_keep_alive(Duration::from_secs(5));
+        options.set_keep_alive(self.keep_alive);
         options.set_max_packet_size(1 << 20, 1 << 20);
         if let Some(tls) = &self.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -283,19 +294,132 @@ fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
     }
 }
 
+/// Where a test viewer's peer gathers candidates: the ICE servers it uses and the local
+/// addresses it binds.
+#[derive(Clone, Debug)]
+pub struct PeerNetwork {
+    pub ice_servers: Vec<RTCIceServer>,
+    pub udp_addrs: Vec<String>,
+}
+
+impl PeerNetwork {
+    /// Loopback only, no ICE servers: every test but the NAT lab's.
+    pub fn loopback() -> PeerNetwork {
+        PeerNetwork {
+            ice_servers: Vec::new(),
+            udp_addrs: vec!["127.0.0.1:0".to_owned()],
+        }
+    }
+}
+
+/// The `ice_servers` of a camera's status as webrtc-rs takes them (`urls` is a string or
+/// a list; `username` and `credential` may be absent), as a page passes them to
+/// `RTCPeerConnection`.
+pub fn ice_servers_from_status(status: &Value) -> Vec<RTCIceServer> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    status["ice_servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|server| RTCIceServer {
+            urls: match &server["urls"] {
+                Value::Array(urls) => urls.iter().map(text).collect(),
+                url => vec![text(url)],
+            },
+            username: text(&server["username"]),
+            credential: text(&server["credential"]),
+        })
+        .collect()
+}
+
+/// The candidate pair ICE selected, as the viewer's own stats describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectedPair {
+    /// The viewer's candidate: `host`, `srflx`, `prflx` or `relay`.
+    pub local: String,
+    /// The camera's candidate. A peer-reflexive one (learned from the camera's checks,
+    /// never signaled) has no stats entry of its own and is reported as `prflx`.
+    pub remote: String,
+    /// The transport of the viewer's candidate (`udp`).
+    pub protocol: String,
+    /// How the viewer reaches its TURN server, when its candidate is a relay. rtc 0.21.1
+    /// leaves the stats' `relayProtocol` unset, so it is read from the candidate's TURN URL
+    /// (`turn:` without `?transport=` is UDP, the only one webrtc-rs 0.21 allocates over).
+    pub relay_protocol: Option<String>,
+}
+
+/// The selected pair in `report`: the transport's selected pair id, that pair, and its two
+/// candidates. None until ICE has selected a pair. rtc 0.21.1 names candidates in a pair by
+/// their bare id but keys their own entries `RTCLocalIceCandidate_<id>` /
+/// `RTCRemoteIceCandidate_<id>`; both spellings are accepted.
+pub fn selected_pair_in(report: &RTCStatsReport) -> Option<SelectedPair> {
+    let pair_id = &report.transport()?.selected_candidate_pair_id;
+    let pair = report.candidate_pairs().find(|p| &p.stats.id == pair_id)?;
+    let names = |entry: &RTCIceCandidateStats, prefix: &str, id: &str| {
+        entry.stats.id == id || entry.stats.id.strip_prefix(prefix) == Some(id)
+    };
+    let local = report.iter().find_map(|entry| match entry {
+        RTCStatsReportEntry::LocalCandidate(c)
+            if names(c, "RTCLocalIceCandidate_", &pair.local_candidate_id) =>
+        {
+            Some(c)
+        }
+        _ => None,
+    })?;
+    let remote = report.iter().find_map(|entry| match entry {
+        RTCStatsReportEntry::RemoteCandidate(c)
+            if names(c, "RTCRemoteIceCandidate_", &pair.remote_candidate_id) =>
+        {
+            Some(c)
+        }
+        _ => None,
+    });
+    let local_type = local.candidate_type.to_string();
+    let relay_protocol = (local_type == "relay").then(|| {
+        match local.relay_protocol {
+            RTCIceServerTransportProtocol::Udp => "udp",
+            RTCIceServerTransportProtocol::Tcp => "tcp",
+            RTCIceServerTransportProtocol::Tls => "tls",
+            _ if local.url.starts_with("turns:") => "tls",
+            _ if local.url.contains("transport=tcp") => "tcp",
+            _ => "udp",
+        }
+        .to_owned()
+    });
+    Some(SelectedPair {
+        local: local_type,
+        remote: remote.map_or("prflx".to_owned(), |c| c.candidate_type.to_string()),
+        protocol: local.protocol.clone(),
+        relay_protocol,
+    })
+}
+
 /// A receive-only H.264 peer with a `telemetry` data channel whose messages land in the
 /// stats; `handler` gets the peer's events (its on_track should call [`decode_track`]).
 pub async fn receive_only_peer(
     handler: Arc<dyn PeerConnectionEventHandler>,
     shared: Arc<Shared>,
 ) -> (Arc<dyn PeerConnection>, Arc<dyn DataChannel>) {
+    receive_only_peer_in(handler, shared, &PeerNetwork::loopback()).await
+}
+
+/// [`receive_only_peer`], gathering with `network`'s ICE servers on its addresses.
+pub async fn receive_only_peer_in(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    shared: Arc<Shared>,
+    network: &PeerNetwork,
+) -> (Arc<dyn PeerConnection>, Arc<dyn DataChannel>) {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs().unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
     let pc: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            // The loopback-only namespace has no multicast: no mDNS.
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(network.ice_servers.clone())
+                    .build(),
+            )
+            // The loopback-only namespace (and the NAT lab) has no multicast: no mDNS.
             .with_setting_engine(
                 SettingEngineBuilder::new()
                     .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -304,7 +428,7 @@ pub async fn receive_only_peer(
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .with_udp_addrs(network.udp_addrs.clone())
             .build()
             .await
             .unwrap(),
@@ -424,6 +548,17 @@ impl TestViewer {
         sid: &str,
         access: Option<AccessKey>,
     ) -> TestViewer {
+        Self::start_in(endpoint, device, sid, access, &PeerNetwork::loopback()).await
+    }
+
+    /// A viewer that reaches its broker through `endpoint` and gathers in `network`.
+    pub async fn start_in(
+        endpoint: &MqttEndpoint,
+        device: &str,
+        sid: &str,
+        access: Option<AccessKey>,
+        network: &PeerNetwork,
+    ) -> TestViewer {
         let to_camera = format!("peercam/{device}/session/{sid}/to-camera");
         let to_viewer = format!("peercam/{device}/session/{sid}/to-viewer");
         let mut options = endpoint.options(if endpoint.sid_is_client_id {
@@ -449,7 +584,7 @@ impl TestViewer {
             client: client.clone(),
             to_camera: to_camera.clone(),
         });
-        let (pc, data_channel) = receive_only_peer(handler, Arc::clone(&shared)).await;
+        let (pc, data_channel) = receive_only_peer_in(handler, Arc::clone(&shared), network).await;
 
         // Signaling: apply the camera's answer and candidates in arrival order.
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
@@ -552,6 +687,16 @@ impl TestViewer {
 
     pub fn stats(&self) -> ViewerStats {
         self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// The peer connection's own stats (webrtc-rs `get_stats`).
+    pub async fn stats_report(&self) -> RTCStatsReport {
+        self.pc.get_stats(Instant::now(), StatsSelector::None).await
+    }
+
+    /// When the offer went out.
+    pub fn offer_sent(&self) -> Instant {
+        self.shared.offer_sent.lock().unwrap().expect("offer sent")
     }
 
     /// Waits until `check` holds on the stats, or panics with them after `timeout`.
