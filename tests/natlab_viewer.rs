@@ -208,6 +208,8 @@ fn start_agent(case: &LabCase, connect_timeout_s: u64) -> Agent {
             format!("[[webrtc.ice_servers]]\nurls = [{urls:?}]\n{secret}")
         })
         .collect();
+    // The case's own [webrtc] lines (udp_port, public_ips) go before the server tables.
+    let webrtc_lines = case.spec["webrtc"].as_str().unwrap_or_default();
     Agent::start(AgentOptions {
         device: DEVICE.into(),
         connect_timeout_s,
@@ -220,7 +222,7 @@ fn start_agent(case: &LabCase, connect_timeout_s: u64) -> Agent {
         ),
         listen_host: "10.1.0.2".into(),
         udp_addrs: vec!["0.0.0.0:0".into()],
-        webrtc_extra: ice_servers,
+        webrtc_extra: format!("{webrtc_lines}\n{ice_servers}"),
         command_prefix: vec!["lab-exec".into(), "cam".into()],
         ..Default::default()
     })
@@ -411,10 +413,11 @@ async fn plays_over_the_expected_pair(case: &LabCase, agent: &Agent, viewer: &Te
         .map(|p| format!(", relay over {p}"))
         .unwrap_or_default();
     println!(
-        "figures (rust viewer): case {}: pair {}/{} ({}{relay}), offer → first frame {} ms, stamp latency p50 {} ms",
+        "figures (rust viewer): case {}: pair {}/{} (camera at {}, {}{relay}), offer → first frame {} ms, stamp latency p50 {} ms",
         case.name,
         pair.local,
         pair.remote,
+        pair.remote_address.as_deref().unwrap_or("?"),
         pair.protocol,
         first_frame.as_millis(),
         latency_p50.map_or("?".to_owned(), |l| l.to_string()),
@@ -427,6 +430,12 @@ async fn plays_over_the_expected_pair(case: &LabCase, agent: &Agent, viewer: &Te
             [expected[0].as_str().unwrap(), expected[1].as_str().unwrap()],
             "selected pair (viewer's local / camera's remote)"
         );
+    }
+    if let Some(remote) = case.spec["remote"].as_str() {
+        assert_eq!(pair.remote, remote, "the camera's candidate: {pair:?}");
+    }
+    if let Some(address) = case.spec["remoteAddress"].as_str() {
+        assert_eq!(pair.remote_address.as_deref(), Some(address), "{pair:?}");
     }
     if let Some(relay) = case.spec["relay"].as_str() {
         assert!(

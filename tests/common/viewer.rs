@@ -340,6 +340,8 @@ pub struct SelectedPair {
     /// The camera's candidate. A peer-reflexive one (learned from the camera's checks,
     /// never signaled) has no stats entry of its own and is reported as `prflx`.
     pub remote: String,
+    /// The camera's candidate's address and port, when it has a stats entry.
+    pub remote_address: Option<String>,
     /// The transport of the viewer's candidate (`udp`).
     pub protocol: String,
     /// How the viewer reaches its TURN server, when its candidate is a relay. rtc 0.21.1
@@ -389,6 +391,7 @@ pub fn selected_pair_in(report: &RTCStatsReport) -> Option<SelectedPair> {
     Some(SelectedPair {
         local: local_type,
         remote: remote.map_or("prflx".to_owned(), |c| c.candidate_type.to_string()),
+        remote_address: remote.and_then(|c| Some(format!("{}:{}", c.address.as_deref()?, c.port))),
         protocol: local.protocol.clone(),
         relay_protocol,
     })
