@@ -118,7 +118,7 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
       // ICE restart on the same session (after DISCONNECTED_BEFORE_RESTART_MS disconnected).
       const recovery = again.recoveries.at(-1);
       const restarted = /answered an ICE restart/.test(agent.log);
-      console.log(`figures: case ${which}: after a ${spec.blipMs} ms blip, 30 new frames ${playingAgainMs} ms after the restore, recovered by ${recovery?.by} `
+      console.log(`figures: case ${which}: after a ${spec.blipMs} ms blip, 30 new frames ${playingAgainMs} ms after the restore, recovered by ${recovery?.by} ${recovery?.ms} ms after the page saw it go down `
         + `(page: ${again.restarts} ICE restart(s) sent, ${again.restartAnswers} answered; camera ${restarted ? 'answered an ICE restart' : 'saw no ICE restart'}; page state ${again.state}, ${again.sessions} session(s))`);
       assert.equal(again.state, 'live');
       assert.ok(recovery, 'the page recorded how it recovered');
