@@ -7,7 +7,7 @@
 use crate::auth::{AccessPolicy, ViewerKey};
 use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, OfferAuth, SessionId};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,14 @@ pub const MAX_EARLY_CANDIDATES: usize = 64;
 pub const MAX_EARLY_SESSIONS: usize = 64;
 /// How long an ended session id is remembered, so late duplicates are ignored.
 pub const ENDED_SESSION_MEMORY: Duration = Duration::from_secs(120);
+/// ICE restarts one session may start within [`RESTART_WINDOW`]; more are refused, so a
+/// client cannot keep the camera renegotiating.
+pub const MAX_RESTARTS_PER_WINDOW: usize = 3;
+/// The sliding window [`MAX_RESTARTS_PER_WINDOW`] counts in.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(10);
+/// Offers of one session remembered (the first and its latest restarts), so a late
+/// duplicate of an earlier one is ignored rather than taken for a new restart.
+const REMEMBERED_OFFERS: usize = 8;
 
 /// Why a session ended; sent to the viewer as the hangup `reason` where it applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,10 +38,12 @@ pub enum EndReason {
     Shutdown,
     /// The viewer's access was revoked while it watched.
     Revoked,
+    /// The camera's WebRTC stack rejected an ICE restart offer of a live session.
+    RestartFailed,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 8] = [
+    pub const ALL: [EndReason; 9] = [
         EndReason::ViewerHangup,
         EndReason::ConnectTimeout,
         EndReason::IceFailed,
@@ -42,6 +52,7 @@ impl EndReason {
         EndReason::Failed,
         EndReason::Shutdown,
         EndReason::Revoked,
+        EndReason::RestartFailed,
     ];
 
     /// The wire token, e.g. `"ice-failed"`.
@@ -55,6 +66,7 @@ impl EndReason {
             EndReason::Failed => "internal-error",
             EndReason::Shutdown => "shutdown",
             EndReason::Revoked => "revoked",
+            EndReason::RestartFailed => "restart-failed",
         }
     }
 
@@ -110,8 +122,11 @@ pub enum ViewerInput {
 /// What a session's peer connection reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerReport {
-    /// The camera's SDP answer, for the viewer (signed here when the session is keyed).
+    /// The camera's SDP answer, for the viewer (signed here when the session is keyed): to
+    /// the session's offer, or to its latest ICE restart.
     Answer(String),
+    /// The peer could not apply an ICE restart offer; the session cannot go on.
+    RestartFailed(Refusal),
     Connected,
     IceFailed,
     /// The connection was closed from the other side.
@@ -159,6 +174,9 @@ pub enum Action {
         offer_sdp: String,
         candidates: Vec<Option<IceCandidate>>,
     },
+    /// Hand the peer of `sid` an ICE restart offer: it answers on the same connection,
+    /// keeping its track, data channel and slot.
+    RestartPeer { sid: SessionId, offer_sdp: String },
     /// Hand a trickled candidate to the peer of `sid`.
     AddCandidate {
         sid: SessionId,
@@ -190,9 +208,50 @@ enum Phase {
 
 struct Session {
     phase: Phase,
-    offer_sdp: String,
+    /// Hashes of the offers this session has taken, oldest first (bounded): any of them
+    /// again is a duplicate.
+    offers: VecDeque<u64>,
+    /// The ICE credentials of the offer in effect; a restart brings new ones.
+    ice: Option<IceCredentials>,
+    /// An offer (the first or a restart) is with the peer and not answered yet.
+    negotiating: bool,
+    /// When the restarts still inside [`RESTART_WINDOW`] were accepted.
+    restarts: VecDeque<Instant>,
     /// The access key that opened the session, and the viewer it names (keys mode).
     key: Option<(String, ViewerKey)>,
+}
+
+impl Session {
+    fn remember_offer(&mut self, sdp: &str) {
+        if self.offers.len() == REMEMBERED_OFFERS {
+            self.offers.pop_front();
+        }
+        self.offers.push_back(sdp_hash(sdp));
+    }
+}
+
+/// An SDP's ICE username fragment and password (RFC 8839): session level first, else the
+/// first media section carrying them (with BUNDLE every section has the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceCredentials {
+    pub ufrag: String,
+    pub pwd: String,
+}
+
+impl IceCredentials {
+    /// The credentials of `sdp`, or `None` when it has no complete pair.
+    pub fn of_sdp(sdp: &str) -> Option<IceCredentials> {
+        // Session-level lines come before the first media section: the first of each wins.
+        let first = |prefix: &str| {
+            sdp.lines()
+                .find_map(|line| line.trim_end_matches('\r').strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        Some(IceCredentials {
+            ufrag: first("a=ice-ufrag:")?,
+            pwd: first("a=ice-pwd:")?,
+        })
+    }
 }
 
 /// The time of an input: monotonic for timeouts, Unix seconds for key expiry.
@@ -219,7 +278,8 @@ struct EarlyCandidates {
 
 struct Ended {
     at: Instant,
-    offer_hash: Option<u64>,
+    /// The session's own offers: their late duplicates are ignored, any other is refused.
+    offers: VecDeque<u64>,
 }
 
 fn sdp_hash(sdp: &str) -> u64 {
@@ -322,7 +382,7 @@ impl SessionCore {
         let now = time.instant;
         if let Some(ended) = self.ended.get(&sid) {
             // Late duplicates, last wills and stray candidates of a finished session.
-            let reused = matches!(&message, ViewerInput::Offer { sdp, .. } if ended.offer_hash != Some(sdp_hash(sdp)));
+            let reused = matches!(&message, ViewerInput::Offer { sdp, .. } if !ended.offers.contains(&sdp_hash(sdp)));
             if reused {
                 refuse(
                     &sid,
@@ -368,31 +428,8 @@ impl SessionCore {
         credential: Option<&Credential>,
         out: &mut Vec<Action>,
     ) {
-        if let Some(session) = self.sessions.get(&sid) {
-            // An identical offer is a QoS 1 duplicate: already being answered.
-            if session.offer_sdp == sdp {
-                return;
-            }
-            // A different offer must come from the key that opened the session.
-            let signed_by_owner = match (&session.key, credential) {
-                (None, _) => true,
-                (Some((viewer, key)), Some(Credential::Signed(auth))) => {
-                    auth.viewer == *viewer && key.verify_offer(sid.as_str(), &sdp, &auth.mac)
-                }
-                (Some(_), _) => false,
-            };
-            let refusal = if signed_by_owner {
-                Refusal::new(
-                    ErrorCode::BadRequest,
-                    "session already has an offer; use a new session id",
-                )
-            } else {
-                Refusal::new(
-                    ErrorCode::Unauthorized,
-                    "bad mac: only the key that opened this session may change its offer",
-                )
-            };
-            refuse(&sid, refusal, out);
+        if self.sessions.contains_key(&sid) {
+            self.offer_on_live_session(time, sid, sdp, credential, out);
             return;
         }
         let key = match &self.access {
@@ -450,19 +487,78 @@ impl SessionCore {
             .remove(&sid)
             .map(|early| early.candidates)
             .unwrap_or_default();
-        self.sessions.insert(
-            sid.clone(),
-            Session {
-                phase: Phase::Connecting { since: now },
-                offer_sdp: sdp.clone(),
-                key,
-            },
-        );
+        let mut session = Session {
+            phase: Phase::Connecting { since: now },
+            offers: VecDeque::new(),
+            ice: IceCredentials::of_sdp(&sdp),
+            negotiating: true,
+            restarts: VecDeque::new(),
+            key,
+        };
+        session.remember_offer(&sdp);
+        self.sessions.insert(sid.clone(), session);
         out.push(Action::StartPeer {
             sid,
             offer_sdp: sdp,
             candidates,
         });
+    }
+
+    /// A second offer on a live session: a QoS 1 duplicate (ignored), an ICE restart from
+    /// the session's owner (handed to its peer, within the rate limit), or a refusal.
+    fn offer_on_live_session(
+        &mut self,
+        time: Now,
+        sid: SessionId,
+        sdp: String,
+        credential: Option<&Credential>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        // An offer the session already took is a QoS 1 duplicate: already answered or
+        // being answered.
+        if session.offers.contains(&sdp_hash(&sdp)) {
+            return;
+        }
+        // A different offer must come from the key that opened the session.
+        let signed_by_owner = match (&session.key, credential) {
+            (None, _) => true,
+            (Some((viewer, key)), Some(Credential::Signed(auth))) => {
+                auth.viewer == *viewer && key.verify_offer(sid.as_str(), &sdp, &auth.mac)
+            }
+            (Some(_), _) => false,
+        };
+        if !signed_by_owner {
+            let refusal = Refusal::new(
+                ErrorCode::Unauthorized,
+                "bad mac: only the key that opened this session may change its offer",
+            );
+            refuse(&sid, refusal, out);
+            return;
+        }
+        // The owner's key must still admit it: an expired or revoked key restarts nothing.
+        if let (Some(access), Some(Credential::Signed(auth))) = (&self.access, credential) {
+            if let Err(denial) = access.check_offer(sid.as_str(), &sdp, Some(auth), time.unix_s) {
+                let refusal = Refusal::new(ErrorCode::Unauthorized, denial.to_string());
+                refuse(&sid, refusal, out);
+                return;
+            }
+        }
+        match restart_decision(session, &sdp, time.instant) {
+            Err(refusal) => refuse(&sid, refusal, out),
+            Ok(ice) => {
+                session.ice = Some(ice);
+                session.negotiating = true;
+                session.restarts.push_back(time.instant);
+                session.remember_offer(&sdp);
+                out.push(Action::RestartPeer {
+                    sid,
+                    offer_sdp: sdp,
+                });
+            }
+        }
     }
 
     fn candidate(
@@ -518,6 +614,7 @@ impl SessionCore {
         };
         match report {
             PeerReport::Answer(sdp) => {
+                session.negotiating = false;
                 let mac = session
                     .key
                     .as_ref()
@@ -532,12 +629,16 @@ impl SessionCore {
                     session.phase = Phase::Connected;
                 }
             }
+            PeerReport::RestartFailed(refusal) => {
+                refuse(&sid, refusal, out);
+                self.close(&sid, EndReason::RestartFailed, out);
+            }
             PeerReport::IceFailed => self.close(&sid, EndReason::IceFailed, out),
             PeerReport::Closed => self.close(&sid, EndReason::Closed, out),
             PeerReport::Ended { reason, refusal } => {
                 let told = session.phase == Phase::Closing;
-                let offer_hash = Some(sdp_hash(&session.offer_sdp));
                 let goodbye = hangup(&sid, reason, session.key.as_ref());
+                let offers = std::mem::take(&mut session.offers);
                 self.sessions.remove(&sid);
                 if !told {
                     // The peer ended on its own: say why, once.
@@ -547,13 +648,7 @@ impl SessionCore {
                         out.push(goodbye);
                     }
                 }
-                self.ended.insert(
-                    sid,
-                    Ended {
-                        at: now,
-                        offer_hash,
-                    },
-                );
+                self.ended.insert(sid, Ended { at: now, offers });
             }
         }
     }
@@ -605,6 +700,47 @@ impl SessionCore {
         self.ended
             .retain(|_, ended| now.duration_since(ended.at) < ENDED_SESSION_MEMORY);
     }
+}
+
+/// Whether the owner's new offer on a live session may restart ICE now: it must carry new
+/// ICE credentials (both the ufrag and the password), the session must be up and not
+/// negotiating already, and within the rate limit. Returns the new credentials.
+fn restart_decision(
+    session: &mut Session,
+    sdp: &str,
+    now: Instant,
+) -> Result<IceCredentials, Refusal> {
+    let bad = |message: &str| Err(Refusal::new(ErrorCode::BadRequest, message));
+    let (Some(current), Some(offered)) = (&session.ice, IceCredentials::of_sdp(sdp)) else {
+        return bad("session already has an offer; use a new session id");
+    };
+    if offered.ufrag == current.ufrag {
+        // Same credentials, different SDP: renegotiation, which v1 does not have.
+        return bad("session already has an offer; use a new session id");
+    }
+    if offered.pwd == current.pwd {
+        return bad("an ICE restart must change both ice-ufrag and ice-pwd");
+    }
+    if session.phase == Phase::Closing {
+        return bad("this session is ending; use a new session id");
+    }
+    if session.negotiating {
+        return bad("the session's last offer is not answered yet; wait for its answer");
+    }
+    while session
+        .restarts
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= RESTART_WINDOW)
+    {
+        session.restarts.pop_front();
+    }
+    if session.restarts.len() >= MAX_RESTARTS_PER_WINDOW {
+        return bad(&format!(
+            "too many ICE restarts: at most {MAX_RESTARTS_PER_WINDOW} per {} s; try again later",
+            RESTART_WINDOW.as_secs()
+        ));
+    }
+    Ok(offered)
 }
 
 fn refuse(sid: &SessionId, refusal: Refusal, out: &mut Vec<Action>) {
@@ -823,6 +959,208 @@ mod tests {
         assert_eq!(error_code(&different, &sid(1)), Some(ErrorCode::BadRequest));
         assert_eq!(started(&different, &sid(1)), None);
         assert_eq!(h.core.viewer_count(), 1);
+    }
+
+    // --- ICE restarts ---
+
+    /// An offer whose only interesting part is its ICE credentials (media level, CRLF).
+    fn ice_offer(ufrag: &str, pwd: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n\
+             a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=recvonly\r\n"
+        )
+    }
+
+    fn restarted(actions: &[Action], of: &SessionId) -> Option<String> {
+        actions.iter().find_map(|action| match action {
+            Action::RestartPeer { sid, offer_sdp } if sid == of => Some(offer_sdp.clone()),
+            _ => None,
+        })
+    }
+
+    /// A connected, answered session on `sid` whose offer has the ICE credentials `a`.
+    fn live_session(h: &mut Harness, sid: &SessionId) {
+        assert!(started(
+            &h.offer_sdp(sid, &ice_offer("a", "pwd-a-0123456789abcdef")),
+            sid
+        )
+        .is_some());
+        h.peer(sid, PeerReport::Answer("v=0 answer".into()));
+        h.peer(sid, PeerReport::Connected);
+    }
+
+    #[test]
+    fn ice_credentials_are_read_from_the_session_or_the_first_media_section() {
+        let media = IceCredentials::of_sdp(&ice_offer("uf1", "pw1")).unwrap();
+        assert_eq!((media.ufrag.as_str(), media.pwd.as_str()), ("uf1", "pw1"));
+        let session_level =
+            "v=0\na=ice-ufrag:top\na=ice-pwd:toppwd\nm=video 9 X 1\na=ice-ufrag:low\na=ice-pwd:lowpwd\n";
+        let found = IceCredentials::of_sdp(session_level).unwrap();
+        assert_eq!(
+            (found.ufrag.as_str(), found.pwd.as_str()),
+            ("top", "toppwd")
+        );
+        assert_eq!(
+            IceCredentials::of_sdp("v=0\r\na=ice-ufrag:x\r\nm=video 9 X 1\r\n"),
+            None
+        );
+        assert_eq!(IceCredentials::of_sdp("v=0 first"), None);
+    }
+
+    #[test]
+    fn new_ice_credentials_from_the_owner_restart_the_same_session() {
+        let mut h = Harness::new(8);
+        live_session(&mut h, &sid(1));
+        let restart = ice_offer("b", "pwd-b-0123456789abcdef");
+        let actions = h.offer_sdp(&sid(1), &restart);
+        assert_eq!(restarted(&actions, &sid(1)), Some(restart.clone()));
+        assert_eq!(started(&actions, &sid(1)), None, "no second peer");
+        assert_eq!(count(&actions), None, "the slot is the same");
+        assert_eq!(error_code(&actions, &sid(1)), None);
+        // The restart's answer goes to the viewer like the first one.
+        let answered = h.peer(&sid(1), PeerReport::Answer("v=0 answer 2".into()));
+        assert!(
+            matches!(&answered[..], [Action::Send { message: CameraMessage::Answer { sdp, .. }, .. }] if sdp == "v=0 answer 2")
+        );
+        assert_eq!(h.core.viewer_count(), 1);
+        // The connected session still never times out.
+        assert_eq!(h.advance(TIMEOUT * 2), vec![]);
+    }
+
+    #[test]
+    fn duplicates_of_any_offer_of_the_session_are_ignored() {
+        let mut h = Harness::new(8);
+        live_session(&mut h, &sid(1));
+        let first = ice_offer("a", "pwd-a-0123456789abcdef");
+        let restart = ice_offer("b", "pwd-b-0123456789abcdef");
+        assert!(restarted(&h.offer_sdp(&sid(1), &restart), &sid(1)).is_some());
+        assert_eq!(h.offer_sdp(&sid(1), &restart), vec![], "the restart again");
+        h.peer(&sid(1), PeerReport::Answer("v=0 answer 2".into()));
+        assert_eq!(
+            h.offer_sdp(&sid(1), &restart),
+            vec![],
+            "after its answer too"
+        );
+        assert_eq!(
+            h.offer_sdp(&sid(1), &first),
+            vec![],
+            "a late copy of the first offer"
+        );
+        // ... and after the session has ended.
+        h.viewer(&sid(1), ViewerInput::Hangup { mac: None });
+        h.ended(&sid(1), EndReason::ViewerHangup);
+        assert_eq!(h.offer_sdp(&sid(1), &restart), vec![]);
+        assert_eq!(h.offer_sdp(&sid(1), &first), vec![]);
+    }
+
+    #[test]
+    fn a_different_offer_without_new_ice_credentials_is_still_a_bad_request() {
+        let mut h = Harness::new(8);
+        live_session(&mut h, &sid(1));
+        let same_ufrag = format!("{}a=extra\r\n", ice_offer("a", "pwd-a-0123456789abcdef"));
+        let refused = h.offer_sdp(&sid(1), &same_ufrag);
+        assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(restarted(&refused, &sid(1)), None);
+        let same_pwd = h.offer_sdp(&sid(1), &ice_offer("b", "pwd-a-0123456789abcdef"));
+        assert_eq!(error_code(&same_pwd, &sid(1)), Some(ErrorCode::BadRequest));
+        let no_credentials = h.offer_sdp(&sid(1), "v=0 other");
+        assert_eq!(
+            error_code(&no_credentials, &sid(1)),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(h.core.viewer_count(), 1, "the session goes on");
+    }
+
+    #[test]
+    fn a_restart_waits_for_the_previous_answer_and_not_for_a_closing_session() {
+        let mut h = Harness::new(8);
+        h.offer_sdp(&sid(1), &ice_offer("a", "pwd-a-0123456789abcdef"));
+        let early = h.offer_sdp(&sid(1), &ice_offer("b", "pwd-b-0123456789abcdef"));
+        assert_eq!(
+            error_code(&early, &sid(1)),
+            Some(ErrorCode::BadRequest),
+            "first offer not answered"
+        );
+        h.peer(&sid(1), PeerReport::Answer("v=0 answer".into()));
+        assert!(restarted(
+            &h.offer_sdp(&sid(1), &ice_offer("c", "pwd-c-0123456789abcdef")),
+            &sid(1)
+        )
+        .is_some());
+        let in_flight = h.offer_sdp(&sid(1), &ice_offer("d", "pwd-d-0123456789abcdef"));
+        assert_eq!(
+            error_code(&in_flight, &sid(1)),
+            Some(ErrorCode::BadRequest),
+            "one restart in flight"
+        );
+        assert_eq!(restarted(&in_flight, &sid(1)), None);
+        h.peer(&sid(1), PeerReport::Answer("v=0 answer c".into()));
+        h.peer(&sid(1), PeerReport::IceFailed);
+        let closing = h.offer_sdp(&sid(1), &ice_offer("e", "pwd-e-0123456789abcdef"));
+        assert_eq!(error_code(&closing, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(restarted(&closing, &sid(1)), None);
+    }
+
+    #[test]
+    fn restarts_are_rate_limited_per_session() {
+        let mut h = Harness::new(8);
+        live_session(&mut h, &sid(1));
+        live_session(&mut h, &sid(2));
+        let restart = |h: &mut Harness, sid: &SessionId, n: u32| {
+            let actions = h.offer_sdp(
+                sid,
+                &ice_offer(&format!("r{n}"), &format!("pwd-r{n}-0123456789abcdef")),
+            );
+            let accepted = restarted(&actions, sid).is_some();
+            if accepted {
+                h.peer(sid, PeerReport::Answer(format!("v=0 answer {n}")));
+            }
+            (accepted, error_code(&actions, sid))
+        };
+        for n in 0..MAX_RESTARTS_PER_WINDOW as u32 {
+            assert_eq!(restart(&mut h, &sid(1), n), (true, None), "restart {n}");
+            h.advance(Duration::from_secs(1));
+        }
+        let over = restart(&mut h, &sid(1), 100);
+        assert_eq!(
+            over,
+            (false, Some(ErrorCode::BadRequest)),
+            "one too many in {RESTART_WINDOW:?}"
+        );
+        // Another session has its own budget, and the refused one still plays.
+        assert_eq!(restart(&mut h, &sid(2), 200), (true, None));
+        assert_eq!(h.core.viewer_count(), 2);
+        // Once the first restart has left the window, one more is allowed.
+        h.advance(RESTART_WINDOW - Duration::from_secs(MAX_RESTARTS_PER_WINDOW as u64));
+        assert_eq!(restart(&mut h, &sid(1), 101), (true, None));
+        assert_eq!(
+            restart(&mut h, &sid(1), 102),
+            (false, Some(ErrorCode::BadRequest))
+        );
+    }
+
+    #[test]
+    fn a_restart_the_peer_rejects_ends_the_session_with_an_error_and_a_hangup() {
+        let mut h = Harness::new(8);
+        live_session(&mut h, &sid(1));
+        h.offer_sdp(&sid(1), &ice_offer("b", "pwd-b-0123456789abcdef"));
+        let failed = h.peer(
+            &sid(1),
+            PeerReport::RestartFailed(Refusal::new(
+                ErrorCode::BadRequest,
+                "ICE restart rejected: x",
+            )),
+        );
+        assert_eq!(error_code(&failed, &sid(1)), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            hangup_reason(&failed, &sid(1)).as_deref(),
+            Some("restart-failed")
+        );
+        assert!(closes(&failed, &sid(1)));
+        assert_eq!(
+            h.ended(&sid(1), EndReason::Closed),
+            vec![Action::ViewerCount(0)]
+        );
     }
 
     #[test]
@@ -1171,6 +1509,46 @@ mod tests {
                 if *s == sid(2) && *mac == key_of("alice", exp).hangup_mac(sid(2).as_str()))
         });
         assert!(signed, "{timed_out:?}");
+    }
+
+    #[test]
+    fn only_the_sessions_own_valid_key_restarts_it() {
+        let mut h = keyed(8);
+        let exp = UNIX_NOW + 3600;
+        let first = ice_offer("a", "pwd-a-0123456789abcdef");
+        assert!(started(&signed_offer(&mut h, &sid(1), "alice", &first), &sid(1)).is_some());
+        h.peer(&sid(1), PeerReport::Answer("v=0 answer".into()));
+        h.peer(&sid(1), PeerReport::Connected);
+        // Another viewer's valid key, an unsigned offer: refused, nothing restarts.
+        let restart = ice_offer("b", "pwd-b-0123456789abcdef");
+        let hijack = signed_offer(&mut h, &sid(1), "bob", &restart);
+        assert_eq!(error_code(&hijack, &sid(1)), Some(ErrorCode::Unauthorized));
+        assert_eq!(restarted(&hijack, &sid(1)), None);
+        let unsigned = h.offer_sdp(&sid(1), &restart);
+        assert_eq!(
+            error_code(&unsigned, &sid(1)),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(restarted(&unsigned, &sid(1)), None);
+        // The owner restarts, and the restart's answer is signed like the first.
+        let own = signed_offer(&mut h, &sid(1), "alice", &restart);
+        assert_eq!(restarted(&own, &sid(1)), Some(restart));
+        let answered = h.peer(&sid(1), PeerReport::Answer("v=0 answer 2".into()));
+        let mac = key_of("alice", exp).answer_mac(sid(1).as_str(), "v=0 answer 2");
+        assert!(
+            matches!(&answered[..], [Action::Send { message: CameraMessage::Answer { mac: Some(m), .. }, .. }] if *m == mac)
+        );
+        // Once the owner's key has expired it restarts nothing (the session plays on).
+        h.now.unix_s = exp;
+        let late = signed_offer(
+            &mut h,
+            &sid(1),
+            "alice",
+            &ice_offer("c", "pwd-c-0123456789abcdef"),
+        );
+        assert_eq!(error_code(&late, &sid(1)), Some(ErrorCode::Unauthorized));
+        assert_eq!(restarted(&late, &sid(1)), None);
+        assert_eq!(h.core.viewer_count(), 1);
     }
 
     #[test]

@@ -26,9 +26,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 pub use viewer::TELEMETRY_LABEL;
-use viewer::{PeerOutput, PeerTask};
+use viewer::{PeerInput, PeerOutput, PeerTask};
 
-/// Candidates a live session may have waiting before further ones are dropped.
+/// Candidates (and restart offers) a live session may have waiting before further ones
+/// are dropped.
 const SESSION_INBOX: usize = 64;
 /// How often the core is told that time has passed (connect timeouts, expiries).
 const TICK: Duration = Duration::from_millis(250);
@@ -107,7 +108,8 @@ pub struct ManagerInputs {
 
 /// A running peer task, as the manager holds it.
 struct PeerHandle {
-    candidates: mpsc::Sender<Option<IceCandidate>>,
+    /// Candidates and ICE restart offers, in the order the viewer sent them.
+    inbox: mpsc::Sender<PeerInput>,
     close: CancellationToken,
     /// Why the core closed it, for the log.
     close_reason: Option<EndReason>,
@@ -237,9 +239,23 @@ impl SessionManager {
                 offer_sdp,
                 candidates,
             } => self.start_peer(sid, offer_sdp, candidates),
+            Action::RestartPeer { sid, offer_sdp } => {
+                if let Some(peer) = self.peers.get(&sid) {
+                    tracing::info!(%sid, "ICE restart requested by the viewer");
+                    if peer.inbox.try_send(PeerInput::Restart(offer_sdp)).is_err() {
+                        // The core waits for an answer that will not come; the page falls
+                        // back to a new session.
+                        tracing::warn!(%sid, "session inbox full; dropping an ICE restart");
+                    }
+                }
+            }
             Action::AddCandidate { sid, candidate } => {
                 if let Some(peer) = self.peers.get(&sid) {
-                    if peer.candidates.try_send(candidate).is_err() {
+                    if peer
+                        .inbox
+                        .try_send(PeerInput::Candidate(candidate))
+                        .is_err()
+                    {
                         tracing::warn!(%sid, "session inbox full; dropping candidate");
                     }
                 }
@@ -286,7 +302,7 @@ impl SessionManager {
         offer_sdp: String,
         early_candidates: Vec<Option<IceCandidate>>,
     ) {
-        let (candidates_tx, candidates) = mpsc::channel(SESSION_INBOX);
+        let (inbox_tx, inbox) = mpsc::channel(SESSION_INBOX);
         let close = CancellationToken::new();
         let gather_first = self.whep.contains_key(&sid);
         let task = PeerTask {
@@ -295,7 +311,7 @@ impl SessionManager {
             offer_sdp,
             early_candidates,
             gather_first,
-            candidates,
+            inbox,
             close: close.clone(),
             output: self.peer_output_tx.clone(),
         };
@@ -308,7 +324,7 @@ impl SessionManager {
         self.peers.insert(
             sid,
             PeerHandle {
-                candidates: candidates_tx,
+                inbox: inbox_tx,
                 close,
                 close_reason: None,
             },

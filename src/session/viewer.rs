@@ -37,6 +37,15 @@ pub(super) enum PeerOutput {
     Report(PeerReport),
 }
 
+/// What the manager hands a running peer task.
+#[derive(Debug)]
+pub(super) enum PeerInput {
+    /// A candidate the viewer trickled; `None` when it has gathered them all.
+    Candidate(Option<IceCandidate>),
+    /// An ICE restart offer the core accepted.
+    Restart(String),
+}
+
 /// One peer task's inputs and outputs.
 pub(super) struct PeerTask {
     pub ctx: Arc<SessionContext>,
@@ -45,7 +54,9 @@ pub(super) struct PeerTask {
     pub early_candidates: Vec<Option<IceCandidate>>,
     /// The transport cannot trickle (WHEP): gather every candidate into the answer.
     pub gather_first: bool,
-    pub candidates: mpsc::Receiver<Option<IceCandidate>>,
+    /// The viewer's candidates and ICE restart offers, in the order it sent them (a
+    /// restart's candidates must follow its offer).
+    pub inbox: mpsc::Receiver<PeerInput>,
     /// Cancelled when the core closes this session.
     pub close: CancellationToken,
     pub output: mpsc::UnboundedSender<(SessionId, PeerOutput)>,
@@ -210,8 +221,15 @@ impl PeerTask {
         let end = loop {
             tokio::select! {
                 _ = close.cancelled() => break (EndReason::Closed, None),
-                candidate = self.candidates.recv() => match candidate {
-                    Some(candidate) => add_remote_candidate(connection, candidate).await,
+                input = self.inbox.recv() => match input {
+                    Some(PeerInput::Candidate(candidate)) => add_remote_candidate(connection, candidate).await,
+                    Some(PeerInput::Restart(offer_sdp)) => {
+                        let report = match restart_ice(connection, peer.mux.as_ref(), offer_sdp).await {
+                            Ok(answer_sdp) => PeerOutput::Answer(answer_sdp),
+                            Err(refusal) => PeerOutput::Report(PeerReport::RestartFailed(refusal)),
+                        };
+                        self.emit(report);
+                    }
                     None => break (EndReason::Shutdown, None),
                 },
                 event = events.recv() => match event {
@@ -229,6 +247,12 @@ impl PeerTask {
                                 tracing::info!("viewer connected");
                                 self.emit(PeerOutput::Report(PeerReport::Connected));
                                 media = Some(self.start_media(track, ssrc, payload_type));
+                            }
+                            RTCPeerConnectionState::Connected => {
+                                // Back after an ICE restart or a blip: frames were lost on
+                                // the way, so the viewer's decoder needs a keyframe.
+                                tracing::info!("viewer connected again");
+                                self.ctx.fanout.keyframes().request();
                             }
                             RTCPeerConnectionState::Failed => {
                                 self.emit(PeerOutput::Report(PeerReport::IceFailed));
@@ -313,6 +337,44 @@ impl PeerTask {
             span,
         ))
     }
+}
+
+/// Applies an ICE restart offer to the live connection and answers it. The answerer
+/// restarts implicitly when the offer's ICE credentials change (rtc's
+/// `set_remote_description`): new local credentials, the same sockets and local candidates
+/// (they are in the answer), the same DTLS, track and data channel.
+async fn restart_ice(
+    connection: &Arc<dyn PeerConnection>,
+    mux: Option<&MuxRegistration>,
+    offer_sdp: String,
+) -> Result<String, Refusal> {
+    let rejected = |what: &str, err: webrtc::error::Error| {
+        tracing::warn!("ICE restart: {what}: {err}");
+        Refusal::new(
+            ErrorCode::BadRequest,
+            format!("ICE restart rejected: {what}: {err}"),
+        )
+    };
+    let offer =
+        RTCSessionDescription::offer(offer_sdp).map_err(|err| rejected("invalid offer", err))?;
+    connection
+        .set_remote_description(offer)
+        .await
+        .map_err(|err| rejected("offer not applied", err))?;
+    let answer = connection
+        .create_answer(None)
+        .await
+        .map_err(|err| rejected("no answer", err))?;
+    let answer_sdp = answer.sdp.clone();
+    if let Some(mux) = mux {
+        mux.register_local_description(&answer_sdp);
+    }
+    connection
+        .set_local_description(answer)
+        .await
+        .map_err(|err| rejected("answer not applied", err))?;
+    tracing::info!("answered an ICE restart");
+    Ok(answer_sdp)
 }
 
 /// Gives the peer one of the viewer's candidates.

@@ -116,9 +116,17 @@ test(spec ? spec.title : 'NATLAB_CASE names a case', { skip: !process.env.PEERCA
       const restoredAt = Date.now();
       await waitFor('30 new frames after the blip', 30000, async () => (await frames()) >= frozen + 30);
       const playingAgainMs = Date.now() - restoredAt;
-      const again = await page.evaluate(() => ({ state: document.getElementById('state').dataset.state, sessions: window.peercam.sessions }));
-      console.log(`figures: case ${which}: after a ${spec.blipMs} ms blip, 30 new frames ${playingAgainMs} ms after the restore (page state ${again.state})`);
+      const again = await page.evaluate(() => ({ state: document.getElementById('state').dataset.state, sessions: window.peercam.sessions,
+        recoveries: window.peercam.recoveries, restarts: window.peercam.iceRestarts, restartAnswers: window.peercam.restartAnswers }));
+      // How the page got it back: ICE on its own (the old pair answers again), or the page's
+      // ICE restart on the same session (after DISCONNECTED_BEFORE_RESTART_MS disconnected).
+      const recovery = again.recoveries.at(-1);
+      const restarted = /answered an ICE restart/.test(agent.log);
+      console.log(`figures: case ${which}: after a ${spec.blipMs} ms blip, 30 new frames ${playingAgainMs} ms after the restore, recovered by ${recovery?.by} ${recovery?.ms} ms after the page saw it go down `
+        + `(page: ${again.restarts} ICE restart(s) sent, ${again.restartAnswers} answered; camera ${restarted ? 'answered an ICE restart' : 'saw no ICE restart'}; page state ${again.state}, ${again.sessions} session(s))`);
       assert.equal(again.state, 'live');
+      assert.ok(recovery, 'the page recorded how it recovered');
+      assert.equal(again.sessions, 1, 'no new session');
       assert.doesNotMatch(agent.log, /session ended/, 'the same session carried on');
       // A viewer that never comes back: the camera frees its slot by itself.
       assert.equal(block('-I').status, 0);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::{RTCConfigurationBuilder, RTCOfferOptions};
 use rtc::peer_connection::transport::RTCIceServerTransportProtocol;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
@@ -664,20 +664,7 @@ impl TestViewer {
         let offer = pc.create_offer(None).await.unwrap();
         pc.set_local_description(offer.clone()).await.unwrap();
         *shared.offer_sent.lock().unwrap() = Some(Instant::now());
-        client
-            .publish(
-                &to_camera,
-                QoS::AtLeastOnce,
-                false,
-                match &access {
-                    Some(access) => json!({"type": "offer", "sdp": offer.sdp, "auth": access.offer_auth(sid, &offer.sdp)}),
-                    None => json!({"type": "offer", "sdp": offer.sdp}),
-                }
-                .to_string(),
-            )
-            .await
-            .unwrap();
-        TestViewer {
+        let viewer = TestViewer {
             sid: sid.to_owned(),
             access,
             shared,
@@ -685,7 +672,37 @@ impl TestViewer {
             pc,
             to_camera,
             _data_channel: data_channel,
-        }
+        };
+        viewer.publish_offer(&offer.sdp).await;
+        viewer
+    }
+
+    /// Publishes `sdp` as this session's offer, signed when the viewer holds a key.
+    async fn publish_offer(&self, sdp: &str) {
+        let offer = match &self.access {
+            Some(access) => {
+                json!({"type": "offer", "sdp": sdp, "auth": access.offer_auth(&self.sid, sdp)})
+            }
+            None => json!({"type": "offer", "sdp": sdp}),
+        };
+        self.publish_raw(offer.to_string().into_bytes()).await;
+    }
+
+    /// Restarts ICE on this session as a browser's `restartIce()` does: webrtc-rs makes an
+    /// offer with fresh ICE credentials (`ice_restart`), applies it, and it goes out on the
+    /// same sid (signed like the first). The camera's answer is applied by the signaling
+    /// task as it arrives. Returns the restart offer's SDP.
+    pub async fn restart_ice(&self) -> String {
+        let options = RTCOfferOptions { ice_restart: true };
+        let offer = self.pc.create_offer(Some(options)).await.unwrap();
+        self.pc.set_local_description(offer.clone()).await.unwrap();
+        self.publish_offer(&offer.sdp).await;
+        offer.sdp
+    }
+
+    /// The SDP of the viewer's local description in effect (its latest offer).
+    pub async fn local_sdp(&self) -> String {
+        self.pc.local_description().await.unwrap().sdp
     }
 
     pub fn stats(&self) -> ViewerStats {

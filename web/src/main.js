@@ -37,6 +37,13 @@ const UNSIGNED_REFUSAL_GRACE_MS = 1500;
 
 const BROKER_KEY = 'peercam.broker';
 
+/** How long a session that has played may stay `disconnected` before the page restarts ICE
+ *  (ICE often comes back on its own after a short blip; a restart costs a round trip). */
+const DISCONNECTED_BEFORE_RESTART_MS = 3000;
+/** How long an ICE restart (offer sent → connected again) may take before the page gives the
+ *  session up and starts a new one, as it did before restarts existed. */
+const RESTART_TIMEOUT_MS = 10000;
+
 /** Takes a link's secrets out of the address bar (a fragment never reaches a server, but it
  *  does reach history and screenshots) into this tab's sessionStorage: the access fields,
  *  and `broker`, a broker URL that may carry a login (`wss://user:password@host/mqtt`). */
@@ -136,6 +143,9 @@ class Session {
     this.ended = false;
     this.remoteSet = false;
     this.pendingCandidates = [];
+    this.appliedAnswers = new Set(); // SDPs applied: a late QoS 1 copy must not be applied again
+    this.restart = null; // { startedAt, answered, timer } while an ICE restart is under way
+    this.disconnectedAt = null;
   }
 
   start() {
@@ -187,17 +197,93 @@ class Session {
       this.send({ type: 'candidate', candidate: c ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex } : null });
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'connected') { this.everConnected = true; setState('live'); }
-      if (pc.connectionState === 'failed') this.end(this.noPathOr('failed'));
+      if (pc.connectionState === 'connected') this.onConnected();
+      else if (pc.connectionState === 'disconnected') this.onDisconnected();
+      else if (pc.connectionState === 'failed') this.onFailed();
     };
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    const sdp = pc.localDescription.sdp;
-    this.send(this.key ? { type: 'offer', sdp, auth: this.key.offerAuth(this.sid, sdp) } : { type: 'offer', sdp });
+    this.sendOffer(pc.localDescription.sdp);
     this.ui.stats.offerSentAt = performance.now();
     this.ui.stats.offerToFirstFrameMs = null;
     // The camera drops sessions that do not connect; do the same here.
     this.connectTimer = setTimeout(() => { if (pc.connectionState !== 'connected') this.end(this.noPathOr('failed')); }, 20000);
+  }
+
+  /** An offer (the first, or an ICE restart) on this session's sid, signed as offers are. */
+  sendOffer(sdp) {
+    this.send(this.key ? { type: 'offer', sdp, auth: this.key.offerAuth(this.sid, sdp) } : { type: 'offer', sdp });
+  }
+
+  onConnected() {
+    clearTimeout(this.connectTimer);
+    clearTimeout(this.disconnectTimer);
+    if (this.everConnected && (this.disconnectedAt != null || this.restart)) {
+      // Which recovery brought it back: the restart's answer, or ICE on its own before it.
+      const by = this.restart?.answered ? 'ice-restart' : 'ice-reconnect';
+      const since = this.restart?.answered ? this.restart.startedAt : this.disconnectedAt ?? this.restart.startedAt;
+      this.ui.stats.recoveries.push({ by, ms: Math.round(performance.now() - since) });
+    }
+    if (this.restart?.answered) {
+      clearTimeout(this.restart.timer);
+      this.restart = null;
+    }
+    this.disconnectedAt = null;
+    this.everConnected = true;
+    setState('live');
+  }
+
+  /** A session that had played lost its path: ICE may come back by itself; if it has not
+   *  after a few seconds, restart it. */
+  onDisconnected() {
+    if (!this.everConnected || this.ended) return;
+    this.disconnectedAt ??= performance.now();
+    clearTimeout(this.disconnectTimer);
+    this.disconnectTimer = setTimeout(() => {
+      if (this.pc?.connectionState === 'disconnected') this.restartIce('disconnected');
+    }, DISCONNECTED_BEFORE_RESTART_MS);
+  }
+
+  onFailed() {
+    if (this.everConnected && !this.restart) return this.restartIce('failed');
+    // A restart whose answer is in and still fails, or a session that never connected.
+    if (!this.restart || this.restart.answered) this.end(this.noPathOr('failed'));
+    // Otherwise the restart's answer is still on its way; its timer decides.
+  }
+
+  /** ICE restart on the same session (docs/signaling.md, "ICE restart"): an offer with new
+   *  ICE credentials on this sid. If the session does not play again within
+   *  RESTART_TIMEOUT_MS, it ends and a new session starts, as before restarts existed. */
+  async restartIce(why) {
+    if (this.ended || this.restart || !this.pc) return;
+    const pc = this.pc;
+    clearTimeout(this.disconnectTimer);
+    this.disconnectedAt ??= performance.now();
+    this.restart = { startedAt: performance.now(), answered: false };
+    this.restart.timer = setTimeout(() => this.giveUpRestart('timeout'), RESTART_TIMEOUT_MS);
+    this.ui.stats.iceRestarts += 1;
+    setState('reconnecting');
+    console.info(`ICE restart (${why})`);
+    try {
+      await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+      if (!this.ended) this.sendOffer(pc.localDescription.sdp);
+    } catch (e) {
+      console.warn('ICE restart:', e);
+      this.giveUpRestart('offer failed');
+    }
+  }
+
+  giveUpRestart(why) {
+    if (!this.restart || this.ended) return;
+    if (this.pc?.connectionState === 'connected') {
+      // ICE came back by itself meanwhile: nothing to give up.
+      clearTimeout(this.restart.timer);
+      this.restart = null;
+      return;
+    }
+    this.ui.stats.restartFallbacks += 1;
+    console.warn(`ICE restart did not bring the session back (${why}); starting a new one`);
+    this.end('reconnecting', `(ICE restart: ${why})`);
   }
 
   /** A session that never connected found no network path: say what would help, rather
@@ -220,11 +306,24 @@ class Session {
           console.warn('signaling: dropped an answer that is not signed with this access key');
           return;
         }
-        if (this.answered) return;
-        this.answered = true;
-        clearTimeout(this.refusalTimer);
-        if (this.refusal) setState('connecting');
+        if (this.appliedAnswers.has(message.sdp)) return; // a QoS 1 copy
+        const restarting = this.restart && !this.restart.answered && pc.signalingState === 'have-local-offer';
+        if (this.answered && !restarting) return;
+        this.appliedAnswers.add(message.sdp);
+        if (restarting) {
+          this.restart.answered = true;
+          this.ui.stats.restartAnswers += 1;
+        } else {
+          this.answered = true;
+          clearTimeout(this.refusalTimer);
+          if (this.refusal) setState('connecting');
+        }
         await pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
+        if (restarting && pc.connectionState === 'connected') {
+          // Already back on its own before the answer: the restart is over.
+          clearTimeout(this.restart.timer);
+          this.restart = null;
+        }
         this.remoteSet = true;
         for (const c of this.pendingCandidates.splice(0)) await pc.addIceCandidate(c);
       } else if (message.type === 'candidate') {
@@ -241,6 +340,7 @@ class Session {
         }
         if (message.reason === 'revoked') this.end('revoked', '', { sendHangup: false });
         else if (['connect-timeout', 'ice-failed'].includes(message.reason)) this.end(this.noPathOr('reconnecting'), `(${message.reason})`, { sendHangup: false });
+        else if (message.reason === 'restart-failed') this.end('reconnecting', `(${message.reason})`, { sendHangup: false });
         else this.end('reconnecting', `(${message.reason || 'hangup'})`);
       }
     } catch (e) {
@@ -252,6 +352,9 @@ class Session {
    *  signed: with a key, one is shown at once but believed only if no signed answer follows
    *  soon; after a signed answer, none can end the session (only a signed hangup can). */
   onRefusal(message) {
+    // A refused ICE restart (rate limit, bad offer) ends the restart at once in an open
+    // camera; with a key, an unsigned error changes nothing and the restart's timer decides.
+    if (this.restart && !this.restart.answered && !this.key) return this.giveUpRestart(`refused: ${message.message}`);
     if (this.answered) return;
     const state = message.code === 'unauthorized'
       ? refusalState(message.message)
@@ -270,6 +373,8 @@ class Session {
     this.ended = true;
     clearTimeout(this.connectTimer);
     clearTimeout(this.refusalTimer);
+    clearTimeout(this.disconnectTimer);
+    clearTimeout(this.restart?.timer);
     if (sendHangup) this.send(this.hangupMessage());
     try { this.pc?.close(); } catch { /* already closed */ }
     const client = this.client;
@@ -294,7 +399,10 @@ class App {
       cpu: new Chart($('chart-cpu'), '#f5b942', 100),
       temperature: new Chart($('chart-temperature'), '#ff6b6b'),
     };
-    this.stats = { telemetry: 0, latencyMs: null, framesDecoded: 0, presentedFrames: 0, rejectedAnswers: 0, rejectedBeforeAnswer: 0, ignoredHangups: 0 };
+    this.stats = { telemetry: 0, latencyMs: null, framesDecoded: 0, presentedFrames: 0, rejectedAnswers: 0, rejectedBeforeAnswer: 0, ignoredHangups: 0,
+      // ICE restarts started, answered by the camera, given up for a new session; and each
+      // recovery of a session that had played: { by: 'ice-restart' | 'ice-reconnect', ms }.
+      iceRestarts: 0, restartAnswers: 0, restartFallbacks: 0, recoveries: [], sessions: 0 };
     this.needsNewLink = false; // set by a refusal no retry can cure
     window.peercam = this.stats; // read by the browser test and handy in the console
   }
@@ -451,6 +559,7 @@ class App {
       },
     });
     this.session = session;
+    this.stats.sessions += 1;
     session.start();
   }
 
