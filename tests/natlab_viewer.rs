@@ -30,10 +30,8 @@ use common::viewer::{
     ice_servers_from_status, new_session_id, selected_pair_in, AccessKey, MqttEndpoint, Observer,
     PeerNetwork, TestViewer,
 };
-use common::{temp_dir, Agent, AgentOptions, BrokerMode};
+use common::{collect_output, private_file, temp_dir, Agent, AgentOptions, BrokerMode};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -118,7 +116,7 @@ fn require_viewer_namespace() {
 /// TCP on 3478 for credentials minted from the shared secret. Killed on drop.
 struct Coturn {
     child: Child,
-    log: Arc<Mutex<String>>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Coturn {
@@ -138,33 +136,11 @@ impl Coturn {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start coturn (turnserver) through lab-exec wan");
-        let log = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
+        let log = collect_output(&mut child, "coturn");
         let mut coturn = Coturn { child, log };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let log = coturn.log.lock().unwrap().to_lowercase();
+            let log = coturn.log.lock().unwrap().join("\n").to_lowercase();
             if log.contains("listener opened on") || log.contains("total general servers") {
                 return coturn;
             }
@@ -191,9 +167,7 @@ impl Drop for Coturn {
 /// for viewers, the case's ICE servers (TURN with the secret in a file), all interfaces.
 fn start_agent(case: &LabCase, connect_timeout_s: u64) -> Agent {
     let dir = temp_dir("lab-agent");
-    let turn_secret = dir.join("turn-secret");
-    std::fs::write(&turn_secret, format!("{}\n", case.turn_secret)).unwrap();
-    std::fs::set_permissions(&turn_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let turn_secret = private_file("lab-turn", &format!("{}\n", case.turn_secret));
     let ice_servers: String = case.spec["iceServers"]
         .as_array()
         .unwrap()

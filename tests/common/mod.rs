@@ -65,6 +65,34 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The lines a child prints on stdout and stderr, gathered as they come (and echoed with
+/// `[name]` when PEERCAM_TEST_ECHO is set).
+pub fn collect_output(child: &mut Child, name: &'static str) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let streams = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("PEERCAM_TEST_ECHO").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    log
+}
+
 /// A file only its owner may read (mode 0600), as the agent demands of its secrets.
 pub fn private_file(name: &str, contents: &str) -> PathBuf {
     let path = temp_dir(name).join("secret");
@@ -295,30 +323,7 @@ level = "info"
             .stderr(Stdio::piped())
             .spawn()
             .expect("start peercam");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if std::env::var_os("PEERCAM_TEST_ECHO").is_some() {
-                        eprintln!("[agent] {line}");
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = collect_output(&mut child, "agent");
         Agent {
             child,
             mqtt_port,
