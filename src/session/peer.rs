@@ -2,6 +2,7 @@
 //! interceptor, one local video track, and the handler that turns callbacks into events.
 //! It must never encode or copy frames: it only wraps shared RTP payloads in headers.
 
+use super::core::IceCredentials;
 use super::keyframe_requests::{KeyframeRequestForwarder, SLOT};
 use super::udp_mux::{ConnectionId, UdpMux};
 use crate::clock;
@@ -119,10 +120,8 @@ impl MuxRegistration {
     /// Lets the viewer's checks reach this connection from the first one, before the
     /// connection has sent any check of its own (which would teach the mux the same).
     pub fn register_local_description(&self, sdp: &str) {
-        for line in sdp.lines() {
-            if let Some(ufrag) = line.trim_end().strip_prefix("a=ice-ufrag:") {
-                self.mux.register_ufrag(self.connection, ufrag);
-            }
+        if let Some(ice) = IceCredentials::of_sdp(sdp) {
+            self.mux.register_ufrag(self.connection, &ice.ufrag);
         }
     }
 }
