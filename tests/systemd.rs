@@ -1,10 +1,11 @@
 //! The agent as systemd runs it: the notify protocol over a real NOTIFY_SOCKET datagram
-//! socket (READY, STATUS, WATCHDOG, RELOADING with MONOTONIC_USEC then READY, STOPPING), and
-//! SIGHUP re-reading the config.
+//! socket (READY, STATUS, WATCHDOG, RELOADING with MONOTONIC_USEC then READY, STOPPING),
+//! SIGHUP re-reading the config, and telemetry with /proc mounted as a hardened unit mounts
+//! it (`ProcSubset=pid`, `ProtectProc=invisible`).
 
 mod common;
 
-use common::viewer::Observer;
+use common::viewer::{Observer, TestViewer};
 use common::{require_loopback_only_network, Agent, AgentOptions};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -166,3 +167,78 @@ async fn notify_protocol_watchdog_and_reload() {
     println!("figures: pid {pid} sent {} notify lines", seen.len());
 }
 
+/// `/proc`'s `name:  N kB` line, in bytes, as this test (with a full /proc) reads it.
+fn host_meminfo_bytes(name: &str) -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with(&format!("{name}:")))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn host_load_1m() -> f64 {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap();
+    loadavg.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// With /proc mounted `subset=pid,hidepid=invisible` in a pid and mount namespace of its own
+/// (what `ProcSubset=pid` and `ProtectProc=invisible` give a unit), `/proc/stat` and
+/// `/proc/meminfo` do not exist. The telemetry a viewer receives then says `null` for what
+/// cannot be read (system CPU, used memory) and true figures for the rest: total memory and
+/// load from sysinfo(2), process CPU from the process's CPU clock, RSS from /proc/self.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telemetry_with_proc_subset_pid_is_true_or_null_never_zero() {
+    require_loopback_only_network();
+    let mount_proc_as_the_unit_does = "mount -t proc -o subset=pid,hidepid=invisible proc /proc \
+        && test ! -e /proc/stat && test ! -e /proc/meminfo && exec \"$0\" \"$@\"";
+    let agent = Agent::start(AgentOptions {
+        command_prefix: [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            mount_proc_as_the_unit_does,
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    agent.wait_for_log("/proc/stat is unreadable", Duration::from_secs(5));
+    let viewer = TestViewer::start(agent.mqtt_port, &agent.device).await;
+    let stats = viewer
+        .wait_until("3 telemetry messages", Duration::from_secs(20), |s| {
+            s.telemetry.len() >= 3
+        })
+        .await;
+    let telemetry = stats.telemetry.last().unwrap();
+    let (system, process) = (&telemetry["system"], &telemetry["process"]);
+    println!("figures: telemetry with proc subset=pid: system {system} process {process}");
+
+    assert!(system["cpu_percent"].is_null(), "{system}");
+    assert!(system["mem_used_bytes"].is_null(), "{system}");
+    // sysinfo(2)'s total RAM is the kernel's MemTotal, to the byte.
+    assert_eq!(
+        system["mem_total_bytes"].as_u64(),
+        Some(host_meminfo_bytes("MemTotal")),
+        "{system}"
+    );
+    // The kernel's load figure, read two ways a moment apart: loosely the same.
+    let load = system["load_avg_1m"].as_f64().expect("load is read");
+    let host_load = host_load_1m();
+    assert!(
+        (load - host_load).abs() <= 0.5 + host_load / 2.0,
+        "load {load} vs /proc/loadavg {host_load}"
+    );
+    // The agent encodes 30 frames a second: its CPU share is above zero.
+    assert!(process["cpu_percent"].as_f64().unwrap() > 0.0, "{process}");
+    assert!(
+        process["rss_bytes"].as_u64().unwrap() > 1 << 20,
+        "{process}"
+    );
+}
