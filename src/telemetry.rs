@@ -436,8 +436,11 @@ fn kernel_sysinfo() -> Option<KernelSysinfo> {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return None;
     }
+    // `totalram` is a C `unsigned long`: u64 here, u32 on 32-bit ARM boards.
+    #[allow(clippy::useless_conversion)]
+    let total_ram = u64::from(info.totalram);
     Some(KernelSysinfo {
-        total_ram_bytes: u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit)),
+        total_ram_bytes: total_ram.saturating_mul(u64::from(info.mem_unit)),
         // Fixed point with SI_LOAD_SHIFT = 16 fractional bits.
         load_1m: info.loads[0] as f64 / 65536.0,
     })
