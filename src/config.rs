@@ -617,6 +617,15 @@ impl Config {
             "mqtt.topic_prefix",
             format!("must be non-empty, without '+' or '#', and not start or end with '/' (got {prefix:?})"),
         )?;
+        check(
+            prefix.len() <= crate::signaling::protocol::MAX_TOPIC_PREFIX_BYTES,
+            "mqtt.topic_prefix",
+            format!(
+                "must be at most {} bytes, so a full message and its topic fit in one MQTT packet (got {})",
+                crate::signaling::protocol::MAX_TOPIC_PREFIX_BYTES,
+                prefix.len()
+            ),
+        )?;
         if let Some(client_id) = &self.mqtt.client_id {
             check(
                 !client_id.is_empty() && client_id.len() <= 128,
@@ -1210,6 +1219,17 @@ mod tests {
         );
         let e = error("[video\nwidth = 1");
         assert_eq!((e.key(), e.position), (None, Some((1, 7))), "{e}");
+    }
+
+    #[test]
+    fn a_topic_prefix_too_long_for_one_packet_is_refused() {
+        let longest = "p".repeat(crate::signaling::protocol::MAX_TOPIC_PREFIX_BYTES);
+        assert!(Config::from_toml_str(&format!("[mqtt]\ntopic_prefix = \"{longest}\"")).is_ok());
+        let error = Config::from_toml_str(&format!("[mqtt]\ntopic_prefix = \"{longest}p\""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mqtt.topic_prefix"), "{error}");
+        assert!(error.contains("at most 1024 bytes"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! systemd's notify protocol: READY once the service is up, STATUS lines with the viewer
-//! count, and watchdog pings only while the pipeline still produces frames.
+//! count, RELOADING (with the CLOCK_MONOTONIC time systemd 253+ requires) then READY around a
+//! reload, and watchdog pings only while the pipeline still produces frames.
 //! Without NOTIFY_SOCKET (not under systemd) every call is a no-op; it must never fail the service.
 
 use sd_notify::NotifyState;
@@ -22,11 +23,19 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// `RELOADING=1` with `MONOTONIC_USEC`: sd_notify(3) of systemd 253 and later requires the
+/// CLOCK_MONOTONIC time (µs) alongside RELOADING=1, so the manager can tell this reload from
+/// an older one. Call [`ready`] when the reload is done.
 pub fn reloading() {
-    send(&[
-        NotifyState::Reloading,
-        NotifyState::Status("reloading configuration"),
-    ]);
+    let status = NotifyState::Status("reloading configuration");
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, status]),
+        Err(err) => {
+            // Cannot happen on Linux; older systemd still takes a bare RELOADING=1.
+            tracing::debug!("CLOCK_MONOTONIC unreadable for RELOADING=1: {err}");
+            send(&[NotifyState::Reloading, status]);
+        }
+    }
 }
 
 pub fn stopping() {

@@ -5,10 +5,20 @@
 //! [`TelemetryMessage`] is serialized once and fanned out. It only reads the pipeline's
 //! [`PipelineCounters`]; the pipeline owns and bumps them.
 //!
+//! Each host or process figure comes from the one source that measures it, and is `null` in
+//! the message when that source cannot be read, never 0: the shipped unit once hid `/proc/stat`
+//! and `/proc/meminfo` (`ProcSubset=pid`), and a 0 there looked like an idle, empty machine.
+//! - system CPU: two readings of `/proc/stat`'s `cpu` line;
+//! - memory: `/proc/meminfo` (used = `MemTotal` − `MemAvailable`); without it the total still
+//!   comes from sysinfo(2) and the used figure is `null`;
+//! - load: sysinfo(2), the kernel's own 1-minute figure (the one `/proc/loadavg` shows), which
+//!   needs no `/proc`;
+//! - process CPU: this process's CPU clock (`CLOCK_PROCESS_CPUTIME_ID`) over monotonic time;
+//! - process RSS: `/proc/self/statm`, which `ProcSubset=pid` keeps.
+//!
 //! This module must never panic, never block the async runtime for long (a sample is a handful
-//! of small procfs/sysfs reads, no directory scans after construction, no full process-list
-//! refresh), and never emit NaN/infinity (serde_json would turn them into `null`, which a viewer
-//! could not parse back as a number).
+//! of small procfs/sysfs reads and syscalls, no directory scans after construction), and never
+//! emit NaN/infinity (serde_json would turn them into `null`, which means "cannot be read").
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,10 +27,7 @@ use std::time::{Duration, Instant};
 use crate::pipeline::{CountersSnapshot, PipelineCounters};
 
 use serde::{Deserialize, Serialize};
-use sysinfo::{
-    Components, CpuRefreshKind, MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate,
-    System,
-};
+use sysinfo::Components;
 
 /// Where Linux exposes thermal zones; scanned once when the sampler is built.
 const THERMAL_CLASS_DIR: &str = "/sys/class/thermal";
@@ -93,27 +100,25 @@ pub enum TelemetryKind {
     Telemetry,
 }
 
-/// Host-wide figures.
+/// Host-wide figures; each is `null` when its source cannot be read (see the module docs).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct SystemTelemetry {
-    /// Average across all cores, 0..=100.
-    pub cpu_percent: f64,
-    pub mem_used_bytes: u64,
-    pub mem_total_bytes: u64,
-    /// 0 when the platform does not report a load average.
-    pub load_avg_1m: f64,
+    /// Average across all cores over the last interval, 0..=100.
+    pub cpu_percent: Option<f64>,
+    /// `MemTotal` − `MemAvailable`: memory not available to new work without swapping.
+    pub mem_used_bytes: Option<u64>,
+    pub mem_total_bytes: Option<u64>,
+    pub load_avg_1m: Option<f64>,
     /// `null` when no temperature sensor is readable (common in VMs and containers).
     pub temperature_c: Option<f64>,
 }
 
-/// Figures for this peercam process.
+/// Figures for this peercam process; each is `null` when its source cannot be read.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ProcessTelemetry {
-    /// As sysinfo reports it: 100 per fully busy core, so up to `cores × 100` on multi-core.
-    /// sysinfo needs two nonzero CPU-time readings, so it can read 0 on the first sample of a
-    /// process that had used no measurable CPU when the sampler was built.
-    pub cpu_percent: f64,
-    pub rss_bytes: u64,
+    /// CPU time used over the last interval: 100 per fully busy core, so up to `cores × 100`.
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
 }
 
 /// The encoded video stream. Rates cover the last interval; counts are cumulative.
@@ -166,9 +171,10 @@ impl TelemetryMessage {
 /// `sample` does blocking file I/O, but only a few small procfs/sysfs reads (well under a
 /// millisecond on a Pi), so calling it from an async interval task is fine.
 pub struct TelemetrySampler {
-    /// `None` if sysinfo cannot initialise on this platform; host figures are then 0.
-    system: Option<System>,
-    own_pid: Option<Pid>,
+    /// The last `/proc/stat` reading; `None` when it could not be read.
+    previous_cpu_times: Option<CpuTimes>,
+    /// This process's CPU time at the last sample; `None` when the clock could not be read.
+    previous_process_cpu: Option<Duration>,
     temperature: TemperatureSource,
     width: u32,
     height: u32,
@@ -178,34 +184,23 @@ pub struct TelemetrySampler {
 }
 
 impl TelemetrySampler {
-    /// Builds the sampler and does the first CPU refresh, so the first [`sample`] (taken at
-    /// least `sysinfo::MINIMUM_CPU_UPDATE_INTERVAL` later) has a baseline. Also picks the
-    /// temperature sensor once, so later samples read a single file.
+    /// Builds the sampler and reads the CPU counters once, so the first [`sample`] has a
+    /// baseline. Also picks the temperature sensor once, so later samples read a single file.
     ///
     /// [`sample`]: TelemetrySampler::sample
     pub fn new(width: u32, height: u32) -> Self {
-        let mut system = match System::new() {
-            Ok(system) => Some(system),
-            Err(error) => {
-                tracing::warn!(%error, "system statistics unavailable; telemetry will report 0");
-                None
-            }
-        };
-        let own_pid = match sysinfo::get_current_pid() {
-            Ok(pid) => Some(pid),
-            Err(error) => {
-                tracing::warn!(%error, "own process id unavailable; process telemetry will report 0");
-                None
-            }
-        };
-        if let Some(system) = system.as_mut() {
-            refresh_host(system, own_pid, false);
+        let previous_cpu_times = read_cpu_times();
+        if previous_cpu_times.is_none() {
+            tracing::warn!("{PROC_STAT} is unreadable (e.g. ProcSubset=pid); telemetry reports system CPU as null");
+        }
+        if read_meminfo().is_none() {
+            tracing::warn!("{PROC_MEMINFO} is unreadable (e.g. ProcSubset=pid); telemetry reports used memory as null");
         }
         let temperature = TemperatureSource::discover();
         let now = Instant::now();
         Self {
-            system,
-            own_pid,
+            previous_cpu_times,
+            previous_process_cpu: process_cpu_time(),
             temperature,
             width,
             height,
@@ -215,7 +210,7 @@ impl TelemetrySampler {
         }
     }
 
-    /// Takes one sample: refreshes CPU (global + this process), memory, load and temperature,
+    /// Takes one sample: CPU (global + this process), memory, load and temperature,
     /// and computes fps, bitrate and mean encode time over the interval since the previous
     /// sample (for the first sample: since construction, against all-zero counters).
     pub fn sample(
@@ -225,16 +220,13 @@ impl TelemetrySampler {
         camera_online: bool,
     ) -> TelemetryMessage {
         let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.previous_sample_at);
         let current_counters = counters.snapshot();
-        let rates = compute_rates(
-            &self.previous_counters,
-            &current_counters,
-            now.saturating_duration_since(self.previous_sample_at),
-        );
+        let rates = compute_rates(&self.previous_counters, &current_counters, elapsed);
         self.previous_counters = current_counters;
         self.previous_sample_at = now;
 
-        let (system, process) = self.sample_host();
+        let (system, process) = self.sample_host(elapsed);
         TelemetryMessage {
             kind: TelemetryKind::Telemetry,
             ts_ms: crate::clock::unix_ms(),
@@ -266,66 +258,192 @@ impl TelemetrySampler {
         self.height = height;
     }
 
-    fn sample_host(&mut self) -> (SystemTelemetry, ProcessTelemetry) {
-        let temperature_c = self.temperature.read_celsius();
-        let load_avg_1m = match System::load_average() {
-            Ok(load) => round_to(load.one, 2),
-            Err(_) => 0.0,
+    /// Host and process figures over the `elapsed` time since the previous sample.
+    fn sample_host(&mut self, elapsed: Duration) -> (SystemTelemetry, ProcessTelemetry) {
+        let cpu_times = read_cpu_times();
+        let cpu_percent = match (self.previous_cpu_times, cpu_times) {
+            (Some(previous), Some(current)) => cpu_percent_between(previous, current),
+            _ => None,
         };
-        let Some(system) = self.system.as_mut() else {
-            return (
-                SystemTelemetry {
-                    cpu_percent: 0.0,
-                    mem_used_bytes: 0,
-                    mem_total_bytes: 0,
-                    load_avg_1m,
-                    temperature_c,
-                },
-                ProcessTelemetry {
-                    cpu_percent: 0.0,
-                    rss_bytes: 0,
-                },
-            );
-        };
-        refresh_host(system, self.own_pid, true);
+        self.previous_cpu_times = cpu_times;
 
-        let own_process = self.own_pid.and_then(|pid| system.process(pid));
-        let system_telemetry = SystemTelemetry {
-            cpu_percent: round_to(f64::from(system.global_cpu_usage()), 1).clamp(0.0, 100.0),
-            mem_used_bytes: system.used_memory(),
-            mem_total_bytes: system.total_memory(),
-            load_avg_1m,
-            temperature_c,
+        let process_cpu = process_cpu_time();
+        let process_cpu_percent = match (self.previous_process_cpu, process_cpu) {
+            (Some(previous), Some(current)) => {
+                process_cpu_percent(current.saturating_sub(previous), elapsed)
+            }
+            _ => None,
         };
-        let process_telemetry = ProcessTelemetry {
-            cpu_percent: own_process
-                .map(|process| round_to(f64::from(process.cpu_usage()), 1).max(0.0))
-                .unwrap_or(0.0),
-            rss_bytes: own_process.map(|process| process.memory()).unwrap_or(0),
+        self.previous_process_cpu = process_cpu;
+
+        let kernel = kernel_sysinfo();
+        let memory = read_meminfo();
+        let mem_total_bytes = memory
+            .map(|memory| memory.total_bytes)
+            .or(kernel.map(|kernel| kernel.total_ram_bytes));
+        let system = SystemTelemetry {
+            cpu_percent: cpu_percent.map(|percent| round_to(percent, 1)),
+            mem_used_bytes: memory.and_then(|memory| memory.used_bytes()),
+            mem_total_bytes,
+            load_avg_1m: kernel.map(|kernel| round_to(kernel.load_1m, 2)),
+            temperature_c: self.temperature.read_celsius(),
         };
-        (system_telemetry, process_telemetry)
+        let process = ProcessTelemetry {
+            cpu_percent: process_cpu_percent.map(|percent| round_to(percent, 1)),
+            rss_bytes: read_own_rss(),
+        };
+        (system, process)
     }
 }
 
-/// Refreshes only what telemetry reports: global CPU usage, RAM (not swap) when `with_memory`,
-/// and CPU + RSS of our own process — never the whole process list, never threads.
-fn refresh_host(system: &mut System, own_pid: Option<Pid>, with_memory: bool) {
-    // Global CPU first: the process refresh divides by the same global CPU time delta.
-    system.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
-    if with_memory {
-        system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+const PROC_STAT: &str = "/proc/stat";
+const PROC_MEMINFO: &str = "/proc/meminfo";
+const PROC_SELF_STATM: &str = "/proc/self/statm";
+
+/// Jiffies since boot from `/proc/stat`'s aggregate `cpu` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+/// Parses the aggregate `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq
+/// steal (guest and guest_nice are already counted in user and nice). Idle time is idle +
+/// iowait. `None` without a well-formed line (at least user..idle).
+fn parse_cpu_times(proc_stat: &str) -> Option<CpuTimes> {
+    let line = proc_stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("cpu"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if fields.len() < 4 {
+        return None;
     }
-    if let Some(pid) = own_pid {
-        system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&[pid]),
-            true,
-            // `nothing()` still includes tasks (threads) on Linux; those are costly and unused.
-            ProcessRefreshKind::nothing()
-                .with_cpu()
-                .with_memory()
-                .without_tasks(),
-        );
+    let total = fields
+        .iter()
+        .fold(0u64, |sum, &field| sum.saturating_add(field));
+    let idle = fields[3].saturating_add(fields.get(4).copied().unwrap_or(0));
+    Some(CpuTimes {
+        busy: total.saturating_sub(idle),
+        total,
+    })
+}
+
+/// Busy share of the CPU time between two readings, 0..=100; `None` when no time passed
+/// (or the counters went backwards), since nothing was measured.
+fn cpu_percent_between(previous: CpuTimes, current: CpuTimes) -> Option<f64> {
+    let total = current.total.checked_sub(previous.total)?;
+    let busy = current.busy.checked_sub(previous.busy)?;
+    if total == 0 {
+        return None;
     }
+    Some((busy as f64 * 100.0 / total as f64).clamp(0.0, 100.0))
+}
+
+/// CPU time over wall time, 100 per busy core; `None` for a zero interval.
+fn process_cpu_percent(cpu_time: Duration, elapsed: Duration) -> Option<f64> {
+    if elapsed.is_zero() {
+        return None;
+    }
+    let percent = cpu_time.as_secs_f64() * 100.0 / elapsed.as_secs_f64();
+    percent.is_finite().then_some(percent.max(0.0))
+}
+
+/// `/proc/meminfo`'s totals, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meminfo {
+    total_bytes: u64,
+    /// `MemAvailable` (Linux 3.14 and later).
+    available_bytes: Option<u64>,
+}
+
+impl Meminfo {
+    fn used_bytes(&self) -> Option<u64> {
+        self.available_bytes
+            .map(|available| self.total_bytes.saturating_sub(available))
+    }
+}
+
+/// Parses `MemTotal` and `MemAvailable` (`"MemTotal:  3884100 kB"`); `None` without a total.
+fn parse_meminfo(meminfo: &str) -> Option<Meminfo> {
+    let field = |name: &str| {
+        meminfo.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+            let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+    };
+    let total_bytes = field("MemTotal").filter(|&total| total > 0)?;
+    Some(Meminfo {
+        total_bytes,
+        available_bytes: field("MemAvailable"),
+    })
+}
+
+/// Resident pages, the second field of `/proc/self/statm`, in bytes.
+fn parse_statm_rss(statm: &str, page_size: u64) -> Option<u64> {
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(page_size)).filter(|&bytes| bytes > 0)
+}
+
+fn read_cpu_times() -> Option<CpuTimes> {
+    parse_cpu_times(&fs::read_to_string(PROC_STAT).ok()?)
+}
+
+fn read_meminfo() -> Option<Meminfo> {
+    parse_meminfo(&fs::read_to_string(PROC_MEMINFO).ok()?)
+}
+
+fn read_own_rss() -> Option<u64> {
+    // SAFETY: sysconf only reads a system constant.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    parse_statm_rss(&fs::read_to_string(PROC_SELF_STATM).ok()?, page_size)
+}
+
+/// This process's CPU time (all threads), from the kernel's scheduler accounting.
+fn process_cpu_time() -> Option<Duration> {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
+    if result != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(time.tv_sec).ok()?,
+        u32::try_from(time.tv_nsec).ok()?,
+    ))
+}
+
+/// What sysinfo(2) tells without `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct KernelSysinfo {
+    total_ram_bytes: u64,
+    load_1m: f64,
+}
+
+fn kernel_sysinfo() -> Option<KernelSysinfo> {
+    // SAFETY: an all-zero `struct sysinfo` is valid; sysinfo(2) only fills it in.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable `struct sysinfo`.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    // `totalram` is a C `unsigned long`: u64 here, u32 on 32-bit ARM boards.
+    #[allow(clippy::useless_conversion)]
+    let total_ram = u64::from(info.totalram);
+    Some(KernelSysinfo {
+        total_ram_bytes: total_ram.saturating_mul(u64::from(info.mem_unit)),
+        // Fixed point with SI_LOAD_SHIFT = 16 fractional bits.
+        load_1m: info.loads[0] as f64 / 65536.0,
+    })
 }
 
 // Compile-time check: callers may move the sampler into `spawn_blocking` or another task.
@@ -505,15 +623,15 @@ mod tests {
             ts_ms: 1_700_000_000_123,
             uptime_s: 42,
             system: SystemTelemetry {
-                cpu_percent: 12.5,
-                mem_used_bytes: 1_000,
-                mem_total_bytes: 4_000,
-                load_avg_1m: 0.75,
+                cpu_percent: Some(12.5),
+                mem_used_bytes: Some(1_000),
+                mem_total_bytes: Some(4_000),
+                load_avg_1m: Some(0.75),
                 temperature_c: None,
             },
             process: ProcessTelemetry {
-                cpu_percent: 150.0,
-                rss_bytes: 2_048,
+                cpu_percent: Some(150.0),
+                rss_bytes: Some(2_048),
             },
             video: VideoTelemetry {
                 width: 1280,
@@ -636,6 +754,118 @@ mod tests {
         assert_eq!(json["viewers"], 3);
         assert_eq!(json["video"]["bitrate_kbps"], 1000.0);
         assert_eq!(json["process"]["cpu_percent"], 150.0);
+        assert_eq!(json["system"]["load_avg_1m"], 0.75);
+    }
+
+    #[test]
+    fn unreadable_figures_are_null_in_json_and_parse_back() {
+        let mut message = sample_message();
+        message.system.cpu_percent = None;
+        message.system.mem_used_bytes = None;
+        message.process.cpu_percent = None;
+        let json: Value = serde_json::from_str(&message.to_json()).unwrap();
+        assert_eq!(json["system"]["cpu_percent"], Value::Null);
+        assert_eq!(json["system"]["mem_used_bytes"], Value::Null);
+        assert_eq!(json["system"]["mem_total_bytes"], 4_000);
+        assert_eq!(json["process"]["cpu_percent"], Value::Null);
+        let parsed: TelemetryMessage = serde_json::from_str(&message.to_json()).unwrap();
+        assert_eq!(parsed, message);
+    }
+
+    const PROC_STAT_SAMPLE: &str = "cpu  100 20 30 800 50 5 5 10 40 0\n\
+        cpu0 50 10 15 400 25 2 3 5 20 0\n\
+        intr 12345 0 0\nctxt 999\n";
+
+    #[test]
+    fn proc_stat_cpu_line_counts_iowait_as_idle_and_guest_once() {
+        // Total: user..steal = 1020 (guest is inside user); idle: 800 + 50.
+        assert_eq!(
+            parse_cpu_times(PROC_STAT_SAMPLE),
+            Some(CpuTimes {
+                busy: 170,
+                total: 1020
+            })
+        );
+        // Old kernels have only user nice system idle.
+        assert_eq!(
+            parse_cpu_times("cpu 1 2 3 4\n"),
+            Some(CpuTimes { busy: 6, total: 10 })
+        );
+    }
+
+    #[test]
+    fn proc_stat_without_cpu_line_is_none() {
+        assert_eq!(parse_cpu_times(""), None);
+        assert_eq!(parse_cpu_times("cpu0 1 2 3 4\n"), None);
+        assert_eq!(parse_cpu_times("cpu 1 2 x 4\n"), None);
+        assert_eq!(parse_cpu_times("cpu 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn cpu_percent_is_the_busy_share_between_readings() {
+        let previous = CpuTimes {
+            busy: 100,
+            total: 1_000,
+        };
+        let quarter_busy = CpuTimes {
+            busy: 150,
+            total: 1_200,
+        };
+        assert_eq!(cpu_percent_between(previous, quarter_busy), Some(25.0));
+        let idle = CpuTimes {
+            busy: 100,
+            total: 1_200,
+        };
+        assert_eq!(cpu_percent_between(previous, idle), Some(0.0));
+        // Nothing measured: no time passed, or the counters went backwards.
+        assert_eq!(cpu_percent_between(previous, previous), None);
+        assert_eq!(cpu_percent_between(quarter_busy, previous), None);
+    }
+
+    #[test]
+    fn process_cpu_percent_is_cpu_time_over_wall_time() {
+        let percent = |cpu_ms, wall_ms| {
+            process_cpu_percent(
+                Duration::from_millis(cpu_ms),
+                Duration::from_millis(wall_ms),
+            )
+        };
+        assert_eq!(percent(500, 1_000), Some(50.0));
+        assert_eq!(percent(3_000, 2_000), Some(150.0));
+        assert_eq!(percent(0, 1_000), Some(0.0));
+        assert_eq!(percent(10, 0), None);
+    }
+
+    #[test]
+    fn meminfo_used_is_total_minus_available() {
+        let meminfo = "MemTotal:        3884100 kB\nMemFree:          200000 kB\n\
+            MemAvailable:    2884100 kB\nBuffers:           1000 kB\n";
+        let parsed = parse_meminfo(meminfo).unwrap();
+        assert_eq!(parsed.total_bytes, 3_884_100 * 1024);
+        assert_eq!(parsed.used_bytes(), Some(1_000_000 * 1024));
+    }
+
+    #[test]
+    fn meminfo_without_available_has_no_used_figure_and_without_total_is_none() {
+        let old_kernel = parse_meminfo("MemTotal: 1024 kB\nMemFree: 512 kB\n").unwrap();
+        assert_eq!(old_kernel.total_bytes, 1024 * 1024);
+        assert_eq!(old_kernel.used_bytes(), None);
+        assert_eq!(parse_meminfo("MemFree: 512 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: 0 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: lots\n"), None);
+        // A field whose name only starts with MemTotal is not MemTotal.
+        assert_eq!(parse_meminfo("MemTotalish: 5 kB\n"), None);
+    }
+
+    #[test]
+    fn statm_rss_is_resident_pages_times_page_size() {
+        assert_eq!(
+            parse_statm_rss("765 404 375 5 0 123 0\n", 4096),
+            Some(404 * 4096)
+        );
+        assert_eq!(parse_statm_rss("765\n", 4096), None);
+        assert_eq!(parse_statm_rss("765 x\n", 4096), None);
+        assert_eq!(parse_statm_rss("765 0 0\n", 4096), None);
     }
 
     #[test]
@@ -723,10 +953,21 @@ mod tests {
         let mut sampler = TelemetrySampler::new(640, 480);
         sampler.set_video_size(1280, 720);
 
+        // Spend some CPU time, so this process's share cannot round to zero.
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let mut spins = 0u64;
+        while Instant::now() < deadline {
+            spins = std::hint::black_box(spins + 1);
+        }
         let message = sampler.sample(&counters, 2, true);
-        assert!(message.system.mem_total_bytes > 0);
-        assert!(message.process.rss_bytes > 0);
-        assert!(message.system.mem_used_bytes <= message.system.mem_total_bytes);
+        // This test runs with a full /proc: every host and process figure is readable.
+        let total = message.system.mem_total_bytes.unwrap();
+        assert!(total > 0);
+        assert!(message.system.mem_used_bytes.unwrap() <= total);
+        assert!(message.system.cpu_percent.is_some());
+        assert!(message.system.load_avg_1m.is_some());
+        assert!(message.process.rss_bytes.unwrap() > 0);
+        assert!(message.process.cpu_percent.unwrap() > 0.0);
         assert_eq!(message.video.width, 1280);
         assert_eq!(message.video.height, 720);
         assert_eq!(message.video.frames_encoded, 1);

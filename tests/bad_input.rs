@@ -1,12 +1,19 @@
 //! Malformed signaling input: each gets an `error` reply on its session topic (where one
-//! exists), never crashes the agent, and never disturbs a viewer that is streaming.
+//! exists), never crashes the agent, and never disturbs a viewer that is streaming. A packet
+//! over the MQTT packet cap (64 KiB payload + 4 KiB) closes only the connection it came on:
+//! the sender's at the embedded broker; the camera's own, for a moment, when an external
+//! broker delivers one.
 
 mod common;
 
 use common::viewer::{new_session_id, Observer, TestViewer};
-use common::{require_loopback_only_network, Agent, AgentOptions};
+use common::{require_loopback_only_network, Agent, AgentOptions, BrokerMode, Mosquitto};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::time::Duration;
+
+/// The agent's MQTT packet cap (`protocol::MAX_PACKET_BYTES`: 64 KiB of payload + 4 KiB).
+const PACKET_CAP: usize = 64 * 1024 + 4 * 1024;
 
 const NO_VIDEO_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
 m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
@@ -82,8 +89,9 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
             "unknown message type \"subscribe\"",
         ),
         (
+            // Over the protocol's 64 KiB, under the MQTT packet cap: it reaches the parser.
             "oversized",
-            json!({"type":"offer","sdp": "a".repeat(70_000)})
+            json!({"type":"offer","sdp": "a".repeat(66_000)})
                 .to_string()
                 .into_bytes(),
             "bytes, the limit is 65536",
@@ -266,5 +274,164 @@ async fn invalid_session_ids_get_no_reply(agent: &Agent) {
             !everything.messages_on(&to_camera).is_empty(),
             "the observer sees {to_camera}, so it would see a reply next to it"
         );
+    }
+}
+
+/// Publishes `payload_bytes` on a fresh session of `device` from a client of its own (which
+/// itself allows 1 MiB packets) and returns how its connection ended: the error its event
+/// loop reported after the publish went out, or a panic if it is still open after 10 s.
+async fn publish_oversized(port: u16, device: &str, payload_bytes: usize) -> String {
+    let mut options = MqttOptions::new(
+        format!("oversized-{:08x}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let topic = format!("peercam/{device}/session/{}/to-camera", new_session_id());
+    let payload = json!({"type": "offer", "sdp": "a".repeat(payload_bytes)}).to_string();
+    assert!(payload.len() > PACKET_CAP, "{} bytes", payload.len());
+    let ended = async {
+        let mut sent = false;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client
+                        .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+                        .await
+                        .unwrap();
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent = true,
+                Ok(_) => {}
+                Err(error) if sent => return error.to_string(),
+                Err(error) => panic!("the oversized publisher failed before publishing: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the broker closes a connection that sends a packet over the cap")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_packet_over_the_cap_closes_only_its_senders_connection_to_the_embedded_broker() {
+    require_loopback_only_network();
+    let agent = Agent::start(AgentOptions::default());
+    let device = agent.device.clone();
+    let bystander = TestViewer::start(agent.mqtt_port, &device).await;
+    bystander.wait_for_frames(10, Duration::from_secs(15)).await;
+
+    let ended = publish_oversized(agent.mqtt_port, &device, 100_000).await;
+    println!("figures: the embedded broker ended the oversized publisher's connection: {ended}");
+
+    // The camera's own connection stayed up, its viewer kept decoding, and a new viewer
+    // still gets through the same broker.
+    let before = bystander.stats().frames_decoded;
+    bystander
+        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
+            s.frames_decoded > before + 20
+        })
+        .await;
+    let newcomer = TestViewer::start(agent.mqtt_port, &device).await;
+    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
+    assert_eq!(
+        agent.count_log("MQTT connected"),
+        1,
+        "the camera never reconnected"
+    );
+    assert!(
+        agent.log_lines().iter().all(|l| !l.contains("panicked")),
+        "no panic in the agent log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_packet_over_the_cap_from_an_external_broker_costs_the_camera_one_reconnect() {
+    require_loopback_only_network();
+    // mosquitto forwards any size (its default message_size_limit is 0): the camera's client
+    // is what refuses the packet.
+    let mosquitto = Mosquitto::start();
+    let agent = Agent::start(AgentOptions {
+        broker: BrokerMode::External(mosquitto.port),
+        ..Default::default()
+    });
+    let device = agent.device.clone();
+    let bystander = TestViewer::start(mosquitto.port, &device).await;
+    bystander.wait_for_frames(10, Duration::from_secs(15)).await;
+
+    // mosquitto takes the packet from its sender; the camera's client drops its connection
+    // on it and reconnects with a clean session, so the packet is not delivered again.
+    let status_topic = format!("peercam/{device}/status");
+    let observer = Observer::start(mosquitto.port, std::slice::from_ref(&status_topic)).await;
+    let sender = tokio::spawn(publish_oversized_and_stay(mosquitto.port, device.clone()));
+    agent.wait_for_log("over the 69632-byte limit", Duration::from_secs(10));
+    let reconnected = std::time::Instant::now();
+    while agent.count_log("MQTT connected") < 2 {
+        assert!(
+            reconnected.elapsed() < Duration::from_secs(15),
+            "the camera did not reconnect; log:\n{}",
+            agent.log_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "figures: the camera reconnected {:?} after logging the oversized packet",
+        reconnected.elapsed()
+    );
+    // The retained status ends online again (mosquitto may have published the camera's
+    // last will in between).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while observer.latest(&status_topic).map(|v| v["state"].clone()) != Some(json!("online")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status after the reconnect: {:#?}",
+            observer.messages_on(&status_topic)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Media never went through the broker: the viewer kept decoding. Signaling works again.
+    let before = bystander.stats().frames_decoded;
+    bystander
+        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
+            s.frames_decoded > before + 20
+        })
+        .await;
+    let newcomer = TestViewer::start(mosquitto.port, &device).await;
+    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
+    assert_eq!(
+        agent.count_log("MQTT connected"),
+        2,
+        "one reconnect, no loop of redeliveries"
+    );
+    assert!(
+        agent.log_lines().iter().all(|l| !l.contains("panicked")),
+        "no panic in the agent log"
+    );
+    sender.abort();
+}
+
+/// Publishes an oversized offer to mosquitto (which accepts it) and keeps the sender's
+/// connection open, so only the camera's side can be what closes.
+async fn publish_oversized_and_stay(port: u16, device: String) {
+    let mut options = MqttOptions::new(
+        format!("oversized-{:08x}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let topic = format!("peercam/{device}/session/{}/to-camera", new_session_id());
+    let payload = json!({"type": "offer", "sdp": "a".repeat(100_000)}).to_string();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+                    .await;
+            }
+            Ok(_) => {}
+            Err(error) => panic!("mosquitto closed the oversized publisher: {error}"),
+        }
     }
 }

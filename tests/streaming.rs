@@ -68,7 +68,14 @@ async fn one_viewer_lifecycle(agent: &Agent) {
     assert_eq!(telemetry["type"], "telemetry");
     assert_eq!(telemetry["video"]["width"], 640);
     assert!(telemetry["video"]["frames_encoded"].as_u64().unwrap() > 0);
+    // A full /proc here: every host and process figure is read, none is null. The agent
+    // encodes all along, so neither CPU figure can be 0 (tests/systemd.rs has /proc limited).
     assert!(telemetry["system"]["mem_total_bytes"].as_u64().unwrap() > 0);
+    assert!(telemetry["system"]["mem_used_bytes"].as_u64().unwrap() > 0);
+    assert!(telemetry["system"]["cpu_percent"].as_f64().unwrap() > 0.0);
+    assert!(telemetry["system"]["load_avg_1m"].as_f64().is_some());
+    assert!(telemetry["process"]["cpu_percent"].as_f64().unwrap() > 0.0);
+    assert!(telemetry["process"]["rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(telemetry["viewers"], 1);
     let busy_status = observer
         .wait_for(&status, Duration::from_secs(5), |v| v["viewers"] == 1)

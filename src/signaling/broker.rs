@@ -1,10 +1,11 @@
 //! The embedded MQTT broker (rumqttd), so a camera works on a LAN with nothing else
 //! installed. rumqttd serves plain TCP (`broker.listen`) and checks every login through its
 //! auth hook against [`Gate`]; the WebSocket and TLS doors are relays in front of it
-//! (`relay`). It must never start half-way silently: a port it cannot take is a clear
-//! startup error.
+//! (`relay`). Packets are capped at the protocol's `MAX_PACKET_BYTES`. It must never start
+//! half-way silently: a port it cannot take is a clear startup error.
 
 use crate::signaling::broker_users::Gate;
+use crate::signaling::protocol::MAX_PACKET_BYTES;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -44,7 +45,9 @@ fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::S
         next_connection_delay_ms: 1,
         connections: rumqttd::ConnectionSettings {
             connection_timeout_ms: 10_000,
-            max_payload_size: 1024 * 1024,
+            // Checked against each packet's length before its body is read: a larger
+            // packet closes the connection that sent it, and no one else's.
+            max_payload_size: MAX_PACKET_BYTES,
             max_inflight_count: 256,
             auth: None,
             external_auth,

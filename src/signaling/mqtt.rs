@@ -7,7 +7,9 @@
 use crate::session::core::{Credential, Refusal, ViewerInput};
 use crate::session::{Signal, ToViewer};
 use crate::signaling::mqtt_security::{describe_failure, FailureContext, Password};
-use crate::signaling::protocol::{parse_viewer_message, Status, TopicError, Topics, ViewerMessage};
+use crate::signaling::protocol::{
+    parse_viewer_message, Status, TopicError, Topics, ViewerMessage, MAX_PACKET_BYTES,
+};
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
@@ -15,9 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Session payloads are limited to 64 KiB by the protocol; accept more on the wire so an
-/// oversized message gets a clear protocol error instead of a dropped connection.
-const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 const REQUEST_QUEUE: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -64,7 +63,10 @@ fn options(settings: &MqttSettings) -> MqttOptions {
     options
         .set_keep_alive(settings.keepalive)
         .set_clean_session(true)
-        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET)
+        // A payload a little over the protocol's 64 KiB still arrives and gets a bad-request
+        // reply; a larger packet makes rumqttc drop the connection before reading it, and the
+        // loop below reconnects with a clean session, so the broker does not send it again.
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         .set_last_will(LastWill::new(
             settings.topics.status(),
             Status::offline(&settings.device).to_json(),
@@ -173,7 +175,12 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    if connected {
+                    if let Some(length) = oversized_packet(&err) {
+                        tracing::warn!(
+                            "the broker sent a {length}-byte packet, over the {MAX_PACKET_BYTES}-byte limit; \
+                             reconnecting without it (cap packets at the broker: docs/security.md)"
+                        );
+                    } else if connected {
                         tracing::warn!("MQTT connection to {}:{} lost or refused: {err}; retrying", settings.host, settings.port);
                     } else {
                         let line = describe_failure(&err, &settings.failure_context);
@@ -220,6 +227,16 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
     }
     tracing::info!("MQTT signaling stopped");
+}
+
+/// The length of the packet that ended the connection for being over [`MAX_PACKET_BYTES`].
+fn oversized_packet(error: &rumqttc::ConnectionError) -> Option<usize> {
+    match error {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(length),
+        )) => Some(*length),
+        _ => None,
+    }
 }
 
 /// The retained status; the camera's own copy is the only true one.

@@ -19,6 +19,18 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Largest accepted SDP, in bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 
+/// Longest topic prefix (`mqtt.topic_prefix`) in bytes, so that every topic of the protocol
+/// fits in [`MAX_PACKET_BYTES`] beside a [`MAX_PAYLOAD_BYTES`] payload.
+pub const MAX_TOPIC_PREFIX_BYTES: usize = 1024;
+
+/// Largest MQTT packet, counted as its remaining length (topic, packet id and payload), that
+/// the embedded broker and the camera's client accept: a [`MAX_PAYLOAD_BYTES`] payload plus
+/// 4 KiB for the topic and headers. A payload between the two limits still reaches the
+/// parser and gets a `bad-request` reply naming the limit; a packet over this one is refused
+/// by closing the connection it came on (MQTT 3.1.1 has no other refusal), before its body
+/// is read.
+pub const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 4 * 1024;
+
 const SESSION_ID_MIN_LEN: usize = 8;
 const SESSION_ID_MAX_LEN: usize = 64;
 
@@ -2090,5 +2102,14 @@ mod tests {
             camera_error(&huge),
             "payload is 10485760 bytes, the limit is 65536"
         );
+    }
+
+    #[test]
+    fn a_full_payload_on_the_longest_topic_fits_the_packet_limit() {
+        let topics = Topics::new("p".repeat(MAX_TOPIC_PREFIX_BYTES), "d".repeat(64));
+        let longest_topic = topics.to_camera(&"s".repeat(SESSION_ID_MAX_LEN));
+        // Topic length field (2), topic, packet id (2), payload.
+        let remaining_length = 2 + longest_topic.len() + 2 + MAX_PAYLOAD_BYTES;
+        assert!(remaining_length <= MAX_PACKET_BYTES, "{remaining_length}");
     }
 }

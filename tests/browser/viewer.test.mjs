@@ -51,6 +51,33 @@ test('the page plays the camera with telemetry and latency', async () => {
   }
 });
 
+// The agent in a pid and mount namespace of its own with /proc mounted as a unit with
+// ProcSubset=pid and ProtectProc=invisible sees it: no /proc/stat, so system CPU is null.
+const PROC_SUBSET_PID = ['unshare', '--mount', '--pid', '--fork', '--kill-child', '--', 'sh', '-c',
+  'mount -t proc -o subset=pid,hidepid=invisible proc /proc && test ! -e /proc/stat && exec "$0" "$@"'];
+
+test('a null CPU figure shows as unknown and the page keeps playing', async () => {
+  const agent = await Agent.create({ webSocket: true, webRoot: join(repo, 'web', 'dist'), exec: PROC_SUBSET_PID });
+  try {
+    await agent.waitForLog('/proc/stat is unreadable', 5000);
+    const { page, context } = await openViewer(agent);
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await waitFor('30 decoded frames', 15000, async () => (await decodedFrames(page)) >= 30);
+    const telemetryBefore = await page.evaluate(() => window.peercam.telemetry);
+    await waitFor('telemetry updates', 5000, async () => (await page.evaluate(() => window.peercam.telemetry)) > telemetryBefore + 2);
+    assert.equal(await page.textContent('#cpu'), '–');
+    assert.match(await page.textContent('#fps'), /^\d+(\.\d+)?$/);
+    const frames = await decodedFrames(page);
+    await waitFor('more decoded frames', 5000, async () => (await decodedFrames(page)) > frames + 10);
+    assert.deepEqual(errors, [], 'no script error on null figures');
+    console.log(`figures: with proc subset=pid the page shows CPU ${JSON.stringify(await page.textContent('#cpu'))} after ${await page.evaluate(() => window.peercam.telemetry)} telemetry messages`);
+    await context.close();
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('two pages play at once; with max_viewers = 1 the second is told the camera is busy', async () => {
   const both = await startAgent();
   try {

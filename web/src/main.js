@@ -588,7 +588,8 @@ class App {
     if (message.type !== 'telemetry') return;
     this.stats.telemetry += 1;
     const { system = {}, video = {} } = message;
-    $('cpu').textContent = `${system.cpu_percent?.toFixed(0) ?? '–'} %`;
+    // A figure the camera cannot read is null (e.g. /proc/stat hidden): unknown, not 0.
+    $('cpu').textContent = typeof system.cpu_percent === 'number' ? `${system.cpu_percent.toFixed(0)} %` : '–';
     $('temperature').textContent = system.temperature_c == null ? 'n/a' : `${system.temperature_c.toFixed(1)} °C`;
     $('fps').textContent = `${video.fps?.toFixed(1) ?? '–'}`;
     $('bitrate').textContent = `${video.bitrate_kbps != null ? (video.bitrate_kbps / 1000).toFixed(2) : '–'} Mbit/s`;
