@@ -153,88 +153,101 @@ fn hex_bytes(text: &str) -> Option<[u8; 3]> {
 mod tests {
     use super::*;
 
-    /// An offer as Chromium 131 makes it for `addTransceiver("video", {direction:
-    /// "recvonly"})` plus a data channel, H.264 first by `setCodecPreferences` (as the
-    /// page does), its ICE and DTLS values replaced.
+    /// An offer captured from headless Chromium 148 (Debian's, the browser tests' one) for
+    /// `addTransceiver("video", {direction: "recvonly"})` with H.264 preferred by
+    /// `setCodecPreferences` (as the page does) plus a `telemetry` data channel.
     const CHROMIUM_OFFER: &str = "v=0\r\n\
-o=- 4127398463946530531 2 IN IP4 127.0.0.1\r\n\
+o=- 5517522285901854964 2 IN IP4 127.0.0.1\r\n\
 s=-\r\n\
 t=0 0\r\n\
 a=group:BUNDLE 0 1\r\n\
 a=extmap-allow-mixed\r\n\
 a=msid-semantic: WMS\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 102 103 104 105 106 107 108 109 127 125 39 40 45 46\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 103 107 109 115 117 39 41 43\r\n\
 c=IN IP4 0.0.0.0\r\n\
 a=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Yx3f\r\n\
-a=ice-pwd:cnkZ8mN3OeQWk1m2ZpQk8Vn5\r\n\
+a=ice-ufrag:DQbC\r\n\
+a=ice-pwd:lu0+8RSIAWPdvWN1gvtjYfMN\r\n\
 a=ice-options:trickle\r\n\
-a=fingerprint:sha-256 5B:3C:0A:9E:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC\r\n\
+a=fingerprint:sha-256 CD:DE:BD:50:81:54:94:3F:18:04:FA:0E:D6:BD:E6:1B:14:56:6F:B7:08:34:DE:46:76:FA:0F:D5:9A:77:1D:75\r\n\
 a=setup:actpass\r\n\
 a=mid:0\r\n\
 a=extmap:1 urn:ietf:params:rtp-hdrext:toffset\r\n\
 a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
 a=extmap:3 urn:3gpp:video-orientation\r\n\
+a=extmap:4 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:5 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n\
+a=extmap:6 http://www.webrtc.org/experiments/rtp-hdrext/video-content-type\r\n\
+a=extmap:7 http://www.webrtc.org/experiments/rtp-hdrext/video-timing\r\n\
+a=extmap:8 http://www.webrtc.org/experiments/rtp-hdrext/color-space\r\n\
+a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
 a=recvonly\r\n\
 a=rtcp-mux\r\n\
 a=rtcp-rsize\r\n\
-a=rtpmap:102 H264/90000\r\n\
-a=rtcp-fb:102 goog-remb\r\n\
-a=rtcp-fb:102 transport-cc\r\n\
-a=rtcp-fb:102 ccm fir\r\n\
-a=rtcp-fb:102 nack\r\n\
-a=rtcp-fb:102 nack pli\r\n\
-a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
-a=rtpmap:103 rtx/90000\r\n\
-a=fmtp:103 apt=102\r\n\
-a=rtpmap:104 H264/90000\r\n\
-a=rtcp-fb:104 ccm fir\r\n\
-a=rtcp-fb:104 nack\r\n\
-a=rtcp-fb:104 nack pli\r\n\
-a=fmtp:104 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
-a=rtpmap:105 rtx/90000\r\n\
-a=fmtp:105 apt=104\r\n\
-a=rtpmap:106 H264/90000\r\n\
-a=rtcp-fb:106 ccm fir\r\n\
-a=rtcp-fb:106 nack\r\n\
-a=rtcp-fb:106 nack pli\r\n\
-a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
-a=rtpmap:107 rtx/90000\r\n\
-a=fmtp:107 apt=106\r\n\
-a=rtpmap:108 H264/90000\r\n\
-a=rtcp-fb:108 ccm fir\r\n\
-a=rtcp-fb:108 nack\r\n\
-a=rtcp-fb:108 nack pli\r\n\
-a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n\
-a=rtpmap:109 rtx/90000\r\n\
-a=fmtp:109 apt=108\r\n\
-a=rtpmap:127 H264/90000\r\n\
-a=rtcp-fb:127 ccm fir\r\n\
-a=rtcp-fb:127 nack\r\n\
-a=rtcp-fb:127 nack pli\r\n\
-a=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
-a=rtpmap:125 rtx/90000\r\n\
-a=fmtp:125 apt=127\r\n\
+a=rtpmap:103 H264/90000\r\n\
+a=rtcp-fb:103 goog-remb\r\n\
+a=rtcp-fb:103 transport-cc\r\n\
+a=rtcp-fb:103 ccm fir\r\n\
+a=rtcp-fb:103 nack\r\n\
+a=rtcp-fb:103 nack pli\r\n\
+a=fmtp:103 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:107 H264/90000\r\n\
+a=rtcp-fb:107 goog-remb\r\n\
+a=rtcp-fb:107 transport-cc\r\n\
+a=rtcp-fb:107 ccm fir\r\n\
+a=rtcp-fb:107 nack\r\n\
+a=rtcp-fb:107 nack pli\r\n\
+a=fmtp:107 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
+a=rtpmap:109 H264/90000\r\n\
+a=rtcp-fb:109 goog-remb\r\n\
+a=rtcp-fb:109 transport-cc\r\n\
+a=rtcp-fb:109 ccm fir\r\n\
+a=rtcp-fb:109 nack\r\n\
+a=rtcp-fb:109 nack pli\r\n\
+a=fmtp:109 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:115 H264/90000\r\n\
+a=rtcp-fb:115 goog-remb\r\n\
+a=rtcp-fb:115 transport-cc\r\n\
+a=rtcp-fb:115 ccm fir\r\n\
+a=rtcp-fb:115 nack\r\n\
+a=rtcp-fb:115 nack pli\r\n\
+a=fmtp:115 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n\
+a=rtpmap:117 H264/90000\r\n\
+a=rtcp-fb:117 goog-remb\r\n\
+a=rtcp-fb:117 transport-cc\r\n\
+a=rtcp-fb:117 ccm fir\r\n\
+a=rtcp-fb:117 nack\r\n\
+a=rtcp-fb:117 nack pli\r\n\
+a=fmtp:117 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
 a=rtpmap:39 H264/90000\r\n\
+a=rtcp-fb:39 goog-remb\r\n\
+a=rtcp-fb:39 transport-cc\r\n\
 a=rtcp-fb:39 ccm fir\r\n\
 a=rtcp-fb:39 nack\r\n\
 a=rtcp-fb:39 nack pli\r\n\
 a=fmtp:39 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=4d001f\r\n\
-a=rtpmap:40 rtx/90000\r\n\
-a=fmtp:40 apt=39\r\n\
-a=rtpmap:45 H264/90000\r\n\
-a=rtcp-fb:45 ccm fir\r\n\
-a=rtcp-fb:45 nack\r\n\
-a=rtcp-fb:45 nack pli\r\n\
-a=fmtp:45 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n\
-a=rtpmap:46 rtx/90000\r\n\
-a=fmtp:46 apt=45\r\n\
+a=rtpmap:41 H264/90000\r\n\
+a=rtcp-fb:41 goog-remb\r\n\
+a=rtcp-fb:41 transport-cc\r\n\
+a=rtcp-fb:41 ccm fir\r\n\
+a=rtcp-fb:41 nack\r\n\
+a=rtcp-fb:41 nack pli\r\n\
+a=fmtp:41 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f4001f\r\n\
+a=rtpmap:43 H264/90000\r\n\
+a=rtcp-fb:43 goog-remb\r\n\
+a=rtcp-fb:43 transport-cc\r\n\
+a=rtcp-fb:43 ccm fir\r\n\
+a=rtcp-fb:43 nack\r\n\
+a=rtcp-fb:43 nack pli\r\n\
+a=fmtp:43 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=f4001f\r\n\
 m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
 c=IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Yx3f\r\n\
-a=ice-pwd:cnkZ8mN3OeQWk1m2ZpQk8Vn5\r\n\
+a=ice-ufrag:DQbC\r\n\
+a=ice-pwd:lu0+8RSIAWPdvWN1gvtjYfMN\r\n\
 a=ice-options:trickle\r\n\
-a=fingerprint:sha-256 5B:3C:0A:9E:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC\r\n\
+a=fingerprint:sha-256 CD:DE:BD:50:81:54:94:3F:18:04:FA:0E:D6:BD:E6:1B:14:56:6F:B7:08:34:DE:46:76:FA:0F:D5:9A:77:1D:75\r\n\
 a=setup:actpass\r\n\
 a=mid:1\r\n\
 a=sctp-port:5000\r\n\
@@ -263,8 +276,8 @@ a=rtpmap:126 H264/90000\r\na=rtpmap:97 H264/90000\r\n";
 
     #[test]
     fn offers_without_constrained_baseline_in_mode_1_are_refused() {
-        // Only packetization-mode 0 for CB: 106 becomes mode 0; the other mode 1 payloads
-        // are plain Baseline (102), Main (127) and High (45).
+        // Only packetization-mode 0 for CB: 109 becomes mode 0; the other mode 1 payloads
+        // are plain Baseline (103), Main (117) and High 4:4:4 Predictive (41).
         let mode0 = CHROMIUM_OFFER.replace(
             "packetization-mode=1;profile-level-id=42e01f",
             "packetization-mode=0;profile-level-id=42e01f",
@@ -280,7 +293,7 @@ a=rtpmap:126 H264/90000\r\na=rtpmap:97 H264/90000\r\n";
         let bare = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
         assert_eq!(check_offer(bare), Err(OfferProblem::NoConstrainedBaseline));
         // The rtpmap names a payload type the m= line does not list.
-        let unlisted = CHROMIUM_OFFER.replace(" 106 107 ", " 107 ");
+        let unlisted = CHROMIUM_OFFER.replace(" 109 115 ", " 115 ");
         assert_eq!(
             check_offer(&unlisted),
             Err(OfferProblem::NoConstrainedBaseline)
