@@ -248,7 +248,14 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebrtcConfig {
+    /// Connected viewers at once.
     pub max_viewers: usize,
+    /// Sessions between their offer and connected at once, apart from `max_viewers`.
+    pub max_pending: usize,
+    /// New sessions' offers taken per second (a token bucket's rate)...
+    pub offers_per_s: u32,
+    /// ...and how many may come at once (its size).
+    pub offer_burst: u32,
     pub ice_servers: Vec<IceServer>,
     pub connect_timeout_s: u64,
     /// Local UDP addresses ICE binds; a wildcard means every non-loopback interface.
@@ -428,6 +435,9 @@ impl Default for WebrtcConfig {
     fn default() -> Self {
         WebrtcConfig {
             max_viewers: 8,
+            max_pending: 4,
+            offers_per_s: 2,
+            offer_burst: 8,
             ice_servers: Vec::new(),
             connect_timeout_s: 15,
             udp_addrs: vec!["0.0.0.0:0".into()],
@@ -641,6 +651,9 @@ impl Config {
         self.validate_mqtt_security()?;
         let w = &self.webrtc;
         in_range("webrtc.max_viewers", w.max_viewers, 1..=64)?;
+        in_range("webrtc.max_pending", w.max_pending, 1..=64)?;
+        in_range("webrtc.offers_per_s", w.offers_per_s, 1..=100)?;
+        in_range("webrtc.offer_burst", w.offer_burst, 1..=100)?;
         in_range("webrtc.connect_timeout_s", w.connect_timeout_s, 1..=300)?;
         for (i, server) in w.ice_servers.iter().enumerate() {
             let key = format!("webrtc.ice_servers[{i}].urls");
@@ -1251,6 +1264,12 @@ mod tests {
             ("[mqtt]\ntopic_prefix = \"a/#\"", "mqtt.topic_prefix"),
             ("[mqtt]\nkeepalive_s = 1", "mqtt.keepalive_s"),
             ("[webrtc]\nmax_viewers = 0", "webrtc.max_viewers"),
+            ("[webrtc]\nmax_pending = 0", "webrtc.max_pending"),
+            ("[webrtc]\nmax_pending = 65", "webrtc.max_pending"),
+            ("[webrtc]\noffers_per_s = 0", "webrtc.offers_per_s"),
+            ("[webrtc]\noffers_per_s = 101", "webrtc.offers_per_s"),
+            ("[webrtc]\noffer_burst = 0", "webrtc.offer_burst"),
+            ("[webrtc]\noffer_burst = 101", "webrtc.offer_burst"),
             (
                 "[webrtc]\nconnect_timeout_s = 0",
                 "webrtc.connect_timeout_s",

@@ -13,7 +13,7 @@ use crate::ice::IceServers;
 use crate::listener::Incoming;
 use crate::notify;
 use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
-use crate::session::core::Limits;
+use crate::session::core::{Limits, OfferRate};
 use crate::session::peer::PeerSettings;
 use crate::session::udp_mux::UdpMux;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
@@ -609,6 +609,11 @@ pub async fn run(
     });
     let limits = Limits {
         max_viewers: config.webrtc.max_viewers,
+        max_pending: config.webrtc.max_pending,
+        offer_rate: OfferRate {
+            per_s: config.webrtc.offers_per_s,
+            burst: config.webrtc.offer_burst,
+        },
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
     };
     let (revoked_tx, revoked) = watch::channel(config.auth.revoked.clone());

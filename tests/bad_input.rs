@@ -20,6 +20,11 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:0\
 a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11\r\na=setup:actpass\r\n\
 a=sctp-port:5000\r\n";
 
+/// Valid SDP with a receiving video section, but VP8 only: nothing the camera can send.
+const VP8_ONLY_OFFER: &str = "v=0\r\no=- 3 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n";
+
 /// Well-formed enough to pass validation; used as a conflicting second offer.
 const OTHER_VIDEO_OFFER: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtpmap:102 H264/90000\r\n";
@@ -111,6 +116,20 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
             "offer SDP has no video section (m=video)",
         ),
         (
+            "offer without H.264 Constrained Baseline",
+            json!({"type":"offer","sdp": VP8_ONLY_OFFER})
+                .to_string()
+                .into_bytes(),
+            "offer has no H.264 video the camera can send (needs Constrained Baseline",
+        ),
+        (
+            "candidate longer than 1 KiB",
+            json!({"type":"candidate","candidate":{"candidate": format!("candidate:1 1 udp 1 127.0.0.1 9 typ host{}", " x".repeat(600)),"sdpMid":"0"}})
+                .to_string()
+                .into_bytes(),
+            "field \"candidate.candidate\" of candidate message must be at most 1024 bytes",
+        ),
+        (
             "malformed candidate",
             json!({"type":"candidate","candidate":{"candidate":"bogus","sdpMid":"0"}})
                 .to_string()
@@ -191,6 +210,9 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
         agent.log_lines().iter().all(|l| !l.contains("panicked")),
         "no panic in the agent log"
     );
+    // Only the bystander and the newcomer got a peer connection: every bad offer was
+    // refused before one was built.
+    assert_eq!(agent.count_log("new viewer session"), 2);
 }
 
 /// Publishes a payload that draws an error on a valid sid (`{}`: no type) on topics whose

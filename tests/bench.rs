@@ -53,6 +53,8 @@ async fn agent_cpu_and_latency_at_720p30() {
         width: 1280,
         height: 720,
         fps: 30,
+        // Five viewers offer at once: room for all of them connecting together.
+        webrtc_extra: "max_pending = 5".into(),
         ..Default::default()
     });
     measure("0 viewers (capture only; the encoder idles)", agent.pid()).await;

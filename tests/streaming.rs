@@ -122,6 +122,8 @@ async fn five_viewers_share_one_encoder() {
     let fps = 15;
     let agent = Agent::start(AgentOptions {
         fps,
+        // The five offer at once: room for all of them connecting together.
+        webrtc_extra: "max_pending = 5".into(),
         ..Default::default()
     });
     let mut viewers = Vec::new();
@@ -311,7 +313,8 @@ async fn five_viewers_share_one_udp_port() {
         .port();
     let agent = Agent::start(AgentOptions {
         fps: 15,
-        webrtc_extra: format!("udp_port = {udp_port}"),
+        // The five offer at once: room for all of them connecting together.
+        webrtc_extra: format!("udp_port = {udp_port}\nmax_pending = 5"),
         ..Default::default()
     });
     let mut viewers = Vec::new();

@@ -4,6 +4,7 @@
 //! It must never see a topic, JSON, HTTP, a socket, a task or the real clock: the time
 //! comes with every call, so tests drive every rule faster than real time.
 
+use super::offer_check;
 use crate::auth::{AccessPolicy, ViewerKey};
 use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, OfferAuth, SessionId};
 use std::collections::hash_map::DefaultHasher;
@@ -40,10 +41,13 @@ pub enum EndReason {
     Revoked,
     /// The camera's WebRTC stack rejected an ICE restart offer of a live session.
     RestartFailed,
+    /// The session connected after `max_viewers` others had: the slots were taken while it
+    /// was pending, and a connected viewer is never displaced.
+    Busy,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 10] = [
         EndReason::ViewerHangup,
         EndReason::ConnectTimeout,
         EndReason::IceFailed,
@@ -53,6 +57,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::Revoked,
         EndReason::RestartFailed,
+        EndReason::Busy,
     ];
 
     /// The wire token, e.g. `"ice-failed"`.
@@ -67,6 +72,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Revoked => "revoked",
             EndReason::RestartFailed => "restart-failed",
+            EndReason::Busy => "busy",
         }
     }
 
@@ -184,16 +190,64 @@ pub enum Action {
     },
     /// Close the peer of `sid`; it answers with [`PeerReport::Ended`] once freed.
     ClosePeer { sid: SessionId, reason: EndReason },
-    /// The number of viewers changed (the status and its subscribers follow it).
+    /// The number of connected viewers changed (the status and its subscribers follow it).
     ViewerCount(usize),
 }
 
 /// Limits the core enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Connected viewers at once (`webrtc.max_viewers`).
     pub max_viewers: usize,
+    /// Sessions between their offer and connected at once (`webrtc.max_pending`), counted
+    /// apart from `max_viewers`: sessions that never connect cannot lock viewers out.
+    pub max_pending: usize,
+    /// New sessions' offers the camera takes (`webrtc.offers_per_s`, `webrtc.offer_burst`).
+    pub offer_rate: OfferRate,
     /// From offer to connected; also how long candidates may wait for their offer.
     pub connect_timeout: Duration,
+}
+
+/// A token bucket's rate: `per_s` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferRate {
+    pub per_s: u32,
+    pub burst: u32,
+}
+
+/// Admits offers at [`OfferRate`]: full at first, one token per admitted offer, refilled
+/// with the time each call brings (never the real clock).
+#[derive(Debug)]
+struct TokenBucket {
+    rate: OfferRate,
+    tokens: f64,
+    updated: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(rate: OfferRate) -> TokenBucket {
+        TokenBucket {
+            rate,
+            tokens: f64::from(rate.burst),
+            updated: None,
+        }
+    }
+
+    /// Takes a token if there is one at `now`.
+    fn try_take(&mut self, now: Instant) -> bool {
+        if let Some(updated) = self.updated {
+            let refill =
+                now.saturating_duration_since(updated).as_secs_f64() * f64::from(self.rate.per_s);
+            self.tokens = (self.tokens + refill).min(f64::from(self.rate.burst));
+        }
+        self.updated = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +262,8 @@ enum Phase {
 
 struct Session {
     phase: Phase,
+    /// Has connected (and so holds a viewer slot rather than a pending one, until freed).
+    connected: bool,
     /// Hashes of the offers this session has taken, oldest first (bounded): any of them
     /// again is a duplicate.
     offers: VecDeque<u64>,
@@ -298,6 +354,7 @@ pub struct SessionCore {
     sessions: HashMap<SessionId, Session>,
     early: HashMap<SessionId, EarlyCandidates>,
     ended: HashMap<SessionId, Ended>,
+    offers: TokenBucket,
     viewers_reported: usize,
 }
 
@@ -311,6 +368,7 @@ impl SessionCore {
             sessions: HashMap::new(),
             early: HashMap::new(),
             ended: HashMap::new(),
+            offers: TokenBucket::new(limits.offer_rate),
             viewers_reported: 0,
         }
     }
@@ -343,9 +401,16 @@ impl SessionCore {
         actions
     }
 
-    /// Sessions holding a viewer slot: connecting, connected, or closing.
+    /// Viewers holding a slot of `max_viewers`: sessions that have connected (a closing one
+    /// until its peer is freed). The status and telemetry `viewers`.
     pub fn viewer_count(&self) -> usize {
-        self.sessions.len()
+        self.sessions.values().filter(|s| s.connected).count()
+    }
+
+    /// Sessions holding a slot of `max_pending`: offered, not connected (a closing one until
+    /// its peer is freed).
+    pub fn pending_count(&self) -> usize {
+        self.sessions.len() - self.viewer_count()
     }
 
     /// True while `sid` holds a slot.
@@ -371,9 +436,10 @@ impl SessionCore {
                 }
             }
         }
-        if self.sessions.len() != self.viewers_reported {
-            self.viewers_reported = self.sessions.len();
-            actions.push(Action::ViewerCount(self.viewers_reported));
+        let viewers = self.viewer_count();
+        if viewers != self.viewers_reported {
+            self.viewers_reported = viewers;
+            actions.push(Action::ViewerCount(viewers));
         }
         actions
     }
@@ -458,6 +524,16 @@ impl SessionCore {
             }
         };
         let now = time.instant;
+        // What the camera cannot answer gets no peer connection.
+        if let Err(problem) = offer_check::check_offer(&sdp) {
+            self.early.remove(&sid);
+            refuse(
+                &sid,
+                Refusal::new(ErrorCode::BadRequest, problem.to_string()),
+                out,
+            );
+            return;
+        }
         let refusal = if self.shutting_down {
             Some(Refusal::new(
                 ErrorCode::Unavailable,
@@ -468,11 +544,23 @@ impl SessionCore {
                 ErrorCode::Unavailable,
                 "the camera is unavailable right now; try again later",
             ))
-        } else if self.sessions.len() >= self.limits.max_viewers {
+        } else if self.viewer_count() >= self.limits.max_viewers {
             let max = self.limits.max_viewers;
             Some(Refusal::new(
                 ErrorCode::Busy,
                 format!("the camera already has its maximum of {max} viewers"),
+            ))
+        } else if self.pending_count() >= self.limits.max_pending {
+            let max = self.limits.max_pending;
+            Some(Refusal::new(
+                ErrorCode::Busy,
+                format!("too many sessions are connecting (at most {max} at once); try again in a few seconds"),
+            ))
+        } else if !self.offers.try_take(now) {
+            let OfferRate { per_s, burst } = self.limits.offer_rate;
+            Some(Refusal::new(
+                ErrorCode::Busy,
+                format!("too many offers (at most {per_s} a second, {burst} at once); try again in a few seconds"),
             ))
         } else {
             None
@@ -489,6 +577,7 @@ impl SessionCore {
             .unwrap_or_default();
         let mut session = Session {
             phase: Phase::Connecting { since: now },
+            connected: false,
             offers: VecDeque::new(),
             ice: IceCredentials::of_sdp(&sdp),
             negotiating: true,
@@ -609,6 +698,7 @@ impl SessionCore {
     }
 
     fn peer(&mut self, now: Instant, sid: SessionId, report: PeerReport, out: &mut Vec<Action>) {
+        let viewers = self.viewer_count();
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -626,7 +716,13 @@ impl SessionCore {
             }
             PeerReport::Connected => {
                 if matches!(session.phase, Phase::Connecting { .. }) {
-                    session.phase = Phase::Connected;
+                    if viewers >= self.limits.max_viewers {
+                        // Other pending sessions connected first and took the last slots.
+                        self.close(&sid, EndReason::Busy, out);
+                    } else {
+                        session.phase = Phase::Connected;
+                        session.connected = true;
+                    }
                 }
             }
             PeerReport::RestartFailed(refusal) => {
@@ -783,10 +879,20 @@ mod tests {
         }
 
         fn with_access(max_viewers: usize, access: Option<AccessPolicy>) -> Harness {
+            // Pending sessions and the offer rate are loose unless a test is about them.
             let limits = Limits {
                 max_viewers,
+                max_pending: 64,
+                offer_rate: OfferRate {
+                    per_s: 1000,
+                    burst: 1000,
+                },
                 connect_timeout: TIMEOUT,
             };
+            Harness::with_limits(limits, access)
+        }
+
+        fn with_limits(limits: Limits, access: Option<AccessPolicy>) -> Harness {
             Harness {
                 core: SessionCore::new(limits, access),
                 now: Now {
@@ -808,7 +914,7 @@ mod tests {
         }
 
         fn offer(&mut self, sid: &SessionId) -> Vec<Action> {
-            self.offer_sdp(sid, &format!("v=0 offer of {sid}"))
+            self.offer_sdp(sid, &sdp(&format!("offer of {sid}")))
         }
 
         fn offer_sdp(&mut self, sid: &SessionId, sdp: &str) -> Vec<Action> {
@@ -838,11 +944,29 @@ mod tests {
             )
         }
 
+        /// An offer for `sid` whose peer connects at once.
+        fn connected(&mut self, sid: &SessionId) -> Vec<Action> {
+            let mut actions = self.offer(sid);
+            assert!(started(&actions, sid).is_some(), "{actions:?}");
+            actions.extend(self.peer(sid, PeerReport::Connected));
+            actions
+        }
+
         fn advance(&mut self, by: Duration) -> Vec<Action> {
             self.now.instant += by;
             self.now.unix_s += by.as_secs();
             self.input(Input::Tick)
         }
+    }
+
+    /// A valid offer (a receiving video section with H.264 Constrained Baseline in
+    /// packetization-mode 1) without ICE credentials, told apart by its session name.
+    fn sdp(name: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns={name}\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n\
+             a=recvonly\r\na=rtpmap:102 H264/90000\r\n\
+             a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
+        )
     }
 
     fn sid(n: u32) -> SessionId {
@@ -904,19 +1028,22 @@ mod tests {
     }
 
     #[test]
-    fn an_offer_starts_a_peer_and_counts_a_viewer() {
+    fn an_offer_starts_a_peer_and_a_connected_one_counts_a_viewer() {
         let mut h = Harness::new(8);
         let actions = h.offer(&sid(1));
         assert_eq!(started(&actions, &sid(1)), Some(vec![]));
-        assert_eq!(count(&actions), Some(1));
-        assert_eq!(h.core.viewer_count(), 1);
+        assert_eq!(count(&actions), None, "a pending session is no viewer yet");
+        assert_eq!((h.core.viewer_count(), h.core.pending_count()), (0, 1));
+        let connected = h.peer(&sid(1), PeerReport::Connected);
+        assert_eq!(count(&connected), Some(1));
+        assert_eq!((h.core.viewer_count(), h.core.pending_count()), (1, 0));
     }
 
     #[test]
     fn busy_at_max_viewers_and_a_freed_slot_is_usable_again() {
         let mut h = Harness::new(2);
-        h.offer(&sid(1));
-        h.offer(&sid(2));
+        h.connected(&sid(1));
+        h.connected(&sid(2));
         let refused = h.offer(&sid(3));
         assert_eq!(error_code(&refused, &sid(3)), Some(ErrorCode::Busy));
         assert_eq!(started(&refused, &sid(3)), None);
@@ -932,12 +1059,142 @@ mod tests {
         assert!(started(&h.offer(&sid(5)), &sid(5)).is_some());
     }
 
+    fn limited(max_viewers: usize, max_pending: usize, per_s: u32, burst: u32) -> Harness {
+        let limits = Limits {
+            max_viewers,
+            max_pending,
+            offer_rate: OfferRate { per_s, burst },
+            connect_timeout: TIMEOUT,
+        };
+        Harness::with_limits(limits, None)
+    }
+
+    fn error_message(actions: &[Action], of: &SessionId) -> String {
+        actions
+            .iter()
+            .find_map(|action| match action {
+                Action::Send {
+                    sid,
+                    message: CameraMessage::Error { message, .. },
+                } if sid == of => Some(message.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn pending_sessions_are_bounded_apart_and_never_displace_a_viewer() {
+        let mut h = limited(2, 2, 1000, 1000);
+        h.connected(&sid(1));
+        // Two offers that never connect fill the pending slots, not the viewer slots.
+        assert!(started(&h.offer(&sid(2)), &sid(2)).is_some());
+        assert!(started(&h.offer(&sid(3)), &sid(3)).is_some());
+        let over = h.offer(&sid(4));
+        assert_eq!(error_code(&over, &sid(4)), Some(ErrorCode::Busy));
+        assert!(
+            error_message(&over, &sid(4)).starts_with("too many sessions are connecting"),
+            "{over:?}"
+        );
+        assert_eq!(started(&over, &sid(4)), None);
+        assert!(
+            !h.core.has_session(&sid(4)),
+            "a refused offer keeps nothing"
+        );
+        // They time out; the connected viewer is untouched.
+        let expired = h.advance(TIMEOUT);
+        assert!(closes(&expired, &sid(2)) && closes(&expired, &sid(3)));
+        assert!(!closes(&expired, &sid(1)));
+        h.ended(&sid(2), EndReason::ConnectTimeout);
+        h.ended(&sid(3), EndReason::ConnectTimeout);
+        // A valid viewer is served again and takes the second viewer slot.
+        let served = h.connected(&sid(5));
+        assert_eq!(count(&served), Some(2));
+        assert_eq!((h.core.viewer_count(), h.core.pending_count()), (2, 0));
+    }
+
+    #[test]
+    fn a_pending_session_connecting_after_the_slots_are_gone_is_hung_up_as_busy() {
+        let mut h = limited(1, 4, 1000, 1000);
+        h.offer(&sid(1));
+        h.offer(&sid(2));
+        assert_eq!(count(&h.peer(&sid(2), PeerReport::Connected)), Some(1));
+        let late = h.peer(&sid(1), PeerReport::Connected);
+        assert_eq!(hangup_reason(&late, &sid(1)).as_deref(), Some("busy"));
+        assert!(closes(&late, &sid(1)));
+        assert!(!closes(&late, &sid(2)), "the connected viewer stays");
+        assert_eq!(count(&late), None);
+        assert_eq!(h.ended(&sid(1), EndReason::Busy), vec![]);
+        assert_eq!(h.core.viewer_count(), 1);
+    }
+
+    #[test]
+    fn offers_are_rate_limited_by_a_token_bucket() {
+        let mut h = limited(64, 64, 2, 4);
+        for n in 0..4 {
+            assert!(started(&h.offer(&sid(n)), &sid(n)).is_some(), "burst {n}");
+        }
+        let over = h.offer(&sid(10));
+        assert_eq!(error_code(&over, &sid(10)), Some(ErrorCode::Busy));
+        assert!(
+            error_message(&over, &sid(10)).starts_with("too many offers"),
+            "{over:?}"
+        );
+        assert_eq!(started(&over, &sid(10)), None);
+        // Half a token after 250 ms is not enough; a whole one after 500 ms is.
+        h.advance(Duration::from_millis(250));
+        assert_eq!(
+            error_code(&h.offer(&sid(11)), &sid(11)),
+            Some(ErrorCode::Busy)
+        );
+        h.advance(Duration::from_millis(250));
+        // An offer refused for itself takes no token.
+        let vp8 = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+        let bad = h.offer_sdp(&sid(12), vp8);
+        assert_eq!(error_code(&bad, &sid(12)), Some(ErrorCode::BadRequest));
+        assert!(started(&h.connected(&sid(13)), &sid(13)).is_some());
+        assert_eq!(
+            error_code(&h.offer(&sid(14)), &sid(14)),
+            Some(ErrorCode::Busy)
+        );
+        // However long the camera was idle, at most a burst comes at once.
+        h.advance(Duration::from_secs(60));
+        for n in 20..24 {
+            assert!(started(&h.offer(&sid(n)), &sid(n)).is_some(), "burst {n}");
+        }
+        assert_eq!(
+            error_code(&h.offer(&sid(24)), &sid(24)),
+            Some(ErrorCode::Busy)
+        );
+    }
+
+    #[test]
+    fn offers_the_camera_cannot_answer_get_no_peer_and_leave_nothing() {
+        let mut h = limited(8, 1, 1000, 1);
+        h.viewer(&sid(1), ViewerInput::Candidate(candidate(1)));
+        let high_only = sdp("x").replace("profile-level-id=42e01f", "profile-level-id=64001f");
+        let refused = h.offer_sdp(&sid(1), &high_only);
+        assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::BadRequest));
+        assert!(
+            error_message(&refused, &sid(1)).contains("Constrained Baseline"),
+            "{refused:?}"
+        );
+        assert_eq!(started(&refused, &sid(1)), None);
+        assert!(!h.core.has_session(&sid(1)));
+        let sendonly = sdp("y").replace("a=recvonly", "a=sendonly");
+        let refused = h.offer_sdp(&sid(2), &sendonly);
+        assert_eq!(error_code(&refused, &sid(2)), Some(ErrorCode::BadRequest));
+        assert_eq!(started(&refused, &sid(2)), None);
+        // Neither took the one pending slot nor the one token: a valid viewer is served,
+        // and the refused sid's early candidate is gone with it.
+        assert_eq!(started(&h.offer(&sid(1)), &sid(1)), Some(vec![]));
+    }
+
     #[test]
     fn max_viewers_changes_live() {
         let mut h = Harness::new(1);
-        h.offer(&sid(1));
+        h.connected(&sid(1));
         h.core.set_max_viewers(2);
-        assert!(started(&h.offer(&sid(2)), &sid(2)).is_some());
+        h.connected(&sid(2));
         h.core.set_max_viewers(1);
         assert_eq!(
             error_code(&h.offer(&sid(3)), &sid(3)),
@@ -953,12 +1210,12 @@ mod tests {
     #[test]
     fn the_same_offer_twice_is_ignored_and_a_different_one_is_a_bad_request() {
         let mut h = Harness::new(8);
-        h.offer_sdp(&sid(1), "v=0 first");
-        assert_eq!(h.offer_sdp(&sid(1), "v=0 first"), vec![]);
-        let different = h.offer_sdp(&sid(1), "v=0 second");
+        h.offer_sdp(&sid(1), &sdp("first"));
+        assert_eq!(h.offer_sdp(&sid(1), &sdp("first")), vec![]);
+        let different = h.offer_sdp(&sid(1), &sdp("second"));
         assert_eq!(error_code(&different, &sid(1)), Some(ErrorCode::BadRequest));
         assert_eq!(started(&different, &sid(1)), None);
-        assert_eq!(h.core.viewer_count(), 1);
+        assert_eq!(h.core.pending_count(), 1);
     }
 
     // --- ICE restarts ---
@@ -967,7 +1224,8 @@ mod tests {
     fn ice_offer(ufrag: &str, pwd: &str) -> String {
         format!(
             "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n\
-             a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=recvonly\r\n"
+             a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=recvonly\r\na=rtpmap:102 H264/90000\r\n\
+             a=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n"
         )
     }
 
@@ -1063,7 +1321,7 @@ mod tests {
         assert_eq!(restarted(&refused, &sid(1)), None);
         let same_pwd = h.offer_sdp(&sid(1), &ice_offer("b", "pwd-a-0123456789abcdef"));
         assert_eq!(error_code(&same_pwd, &sid(1)), Some(ErrorCode::BadRequest));
-        let no_credentials = h.offer_sdp(&sid(1), "v=0 other");
+        let no_credentials = h.offer_sdp(&sid(1), &sdp("other"));
         assert_eq!(
             error_code(&no_credentials, &sid(1)),
             Some(ErrorCode::BadRequest)
@@ -1231,11 +1489,11 @@ mod tests {
     #[test]
     fn messages_after_the_end_are_ignored() {
         let mut h = Harness::new(8);
-        h.offer_sdp(&sid(1), "v=0 first");
+        h.offer_sdp(&sid(1), &sdp("first"));
         h.viewer(&sid(1), ViewerInput::Hangup { mac: None });
         h.ended(&sid(1), EndReason::ViewerHangup);
         assert_eq!(
-            h.offer_sdp(&sid(1), "v=0 first"),
+            h.offer_sdp(&sid(1), &sdp("first")),
             vec![],
             "a late duplicate offer"
         );
@@ -1253,7 +1511,7 @@ mod tests {
         );
         assert_eq!(h.peer(&sid(1), PeerReport::Connected), vec![]);
         // Reusing the id for a new offer is a mistake the viewer is told about.
-        let reused = h.offer_sdp(&sid(1), "v=0 second");
+        let reused = h.offer_sdp(&sid(1), &sdp("second"));
         assert_eq!(error_code(&reused, &sid(1)), Some(ErrorCode::BadRequest));
         assert_eq!(started(&reused, &sid(1)), None);
         // After the memory expires the id is simply unknown again.
@@ -1289,10 +1547,9 @@ mod tests {
             Some("connect-timeout")
         );
         assert!(closes(&actions, &sid(1)));
-        assert_eq!(
-            h.ended(&sid(1), EndReason::ConnectTimeout),
-            vec![Action::ViewerCount(0)]
-        );
+        assert_eq!(h.core.pending_count(), 1, "held until the peer is freed");
+        assert_eq!(h.ended(&sid(1), EndReason::ConnectTimeout), vec![]);
+        assert_eq!(h.core.pending_count(), 0);
     }
 
     #[test]
@@ -1334,8 +1591,8 @@ mod tests {
             },
         );
         assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::BadRequest));
-        assert_eq!(count(&refused), Some(0));
-        h.offer(&sid(2));
+        assert_eq!(h.core.pending_count(), 0);
+        h.connected(&sid(2));
         let failed = h.ended(&sid(2), EndReason::Failed);
         assert_eq!(
             hangup_reason(&failed, &sid(2)).as_deref(),
@@ -1360,17 +1617,18 @@ mod tests {
         }
         let late = h.offer(&sid(3));
         assert_eq!(error_code(&late, &sid(3)), Some(ErrorCode::Unavailable));
-        h.ended(&sid(1), EndReason::Shutdown);
         assert_eq!(
-            h.ended(&sid(2), EndReason::Shutdown),
+            h.ended(&sid(1), EndReason::Shutdown),
             vec![Action::ViewerCount(0)]
         );
+        assert_eq!(h.ended(&sid(2), EndReason::Shutdown), vec![]);
+        assert_eq!(h.core.pending_count(), 0);
     }
 
     #[test]
     fn offers_while_the_camera_is_unavailable_are_refused() {
         let mut h = Harness::new(8);
-        h.offer(&sid(1));
+        h.connected(&sid(1));
         h.input(Input::Camera { available: false });
         let refused = h.offer(&sid(2));
         assert_eq!(error_code(&refused, &sid(2)), Some(ErrorCode::Unavailable));
@@ -1393,7 +1651,7 @@ mod tests {
         );
         assert_eq!(error_code(&actions, &sid(1)), Some(ErrorCode::BadRequest));
         assert!(!closes(&actions, &sid(1)));
-        assert_eq!(h.core.viewer_count(), 1);
+        assert!(h.core.has_session(&sid(1)));
     }
 
     #[test]
@@ -1406,22 +1664,25 @@ mod tests {
 
     #[test]
     fn the_viewer_count_follows_every_rule() {
-        let mut h = Harness::new(3);
+        let mut h = Harness::new(2);
         let mut counts = Vec::new();
         let mut record = |actions: Vec<Action>| counts.extend(count(&actions));
-        record(h.offer(&sid(1)));
+        record(h.offer(&sid(1))); // pending: no viewer yet
         record(h.offer(&sid(2)));
         record(h.offer(&sid(3)));
-        record(h.offer(&sid(4))); // busy: no change
         record(h.peer(&sid(1), PeerReport::Connected));
         record(h.peer(&sid(2), PeerReport::Connected));
+        record(h.peer(&sid(3), PeerReport::Connected)); // one too many: busy, no change
+        record(h.ended(&sid(3), EndReason::Busy));
+        record(h.offer(&sid(4))); // busy: no change
         record(h.viewer(&sid(1), ViewerInput::Hangup { mac: None }));
         record(h.ended(&sid(1), EndReason::ViewerHangup));
-        record(h.advance(TIMEOUT)); // sid 3 times out
-        record(h.ended(&sid(3), EndReason::ConnectTimeout));
+        record(h.offer(&sid(5)));
+        record(h.advance(TIMEOUT)); // sid 5 times out
+        record(h.ended(&sid(5), EndReason::ConnectTimeout));
         record(h.peer(&sid(2), PeerReport::IceFailed));
         record(h.ended(&sid(2), EndReason::IceFailed));
-        assert_eq!(counts, vec![1, 2, 3, 2, 1, 0]);
+        assert_eq!(counts, vec![1, 2, 1, 0]);
     }
 
     // --- access keys ---
@@ -1460,10 +1721,10 @@ mod tests {
         assert_eq!(error_code(&refused, &sid(1)), Some(ErrorCode::Unauthorized));
         assert_eq!(started(&refused, &sid(1)), None);
         assert_eq!(count(&refused), None);
-        let revoked = signed_offer(&mut h, &sid(2), "mallory", "v=0 m");
+        let revoked = signed_offer(&mut h, &sid(2), "mallory", &sdp("m"));
         assert_eq!(error_code(&revoked, &sid(2)), Some(ErrorCode::Unauthorized));
         // The refused sid kept no state: its early candidates are gone too.
-        let admitted = signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        let admitted = signed_offer(&mut h, &sid(1), "alice", &sdp("a"));
         assert_eq!(started(&admitted, &sid(1)), Some(vec![]));
     }
 
@@ -1472,7 +1733,7 @@ mod tests {
         let mut h = keyed(8);
         let exp = UNIX_NOW + 3600;
         let key = key_of("alice", exp);
-        signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        signed_offer(&mut h, &sid(1), "alice", &sdp("a"));
         let answered = h.peer(&sid(1), PeerReport::Answer("v=0 answer".into()));
         assert_eq!(
             answered,
@@ -1492,7 +1753,7 @@ mod tests {
             vec![]
         );
         // ... and so does a different offer not signed by the session's key.
-        let hijack = signed_offer(&mut h, &sid(1), "bob", "v=0 b");
+        let hijack = signed_offer(&mut h, &sid(1), "bob", &sdp("b"));
         assert_eq!(error_code(&hijack, &sid(1)), Some(ErrorCode::Unauthorized));
         assert_eq!(started(&hijack, &sid(1)), None);
         // The owner's signed hangup ends it.
@@ -1502,7 +1763,7 @@ mod tests {
             &sid(1)
         ));
         // The camera's own hangups are signed.
-        signed_offer(&mut h, &sid(2), "alice", "v=0 c");
+        signed_offer(&mut h, &sid(2), "alice", &sdp("c"));
         let timed_out = h.advance(TIMEOUT);
         let signed = timed_out.iter().any(|action| {
             matches!(action, Action::Send { sid: s, message: CameraMessage::Hangup { mac: Some(mac), .. } }
@@ -1558,7 +1819,7 @@ mod tests {
         let grant =
             crate::auth::AccessGrant::new(&secret, "cam1", "tv", UNIX_NOW + 60, "http://c/");
         let offer = |token: &str| ViewerInput::Offer {
-            sdp: "v=0 w".into(),
+            sdp: sdp("w"),
             credential: Some(Credential::Bearer(token.into())),
         };
         let refused = h.viewer(&sid(1), offer("tv.1.bad"));
@@ -1570,13 +1831,13 @@ mod tests {
     #[test]
     fn revoking_a_viewer_ends_its_sessions_only() {
         let mut h = keyed(8);
-        signed_offer(&mut h, &sid(1), "alice", "v=0 a");
-        signed_offer(&mut h, &sid(2), "bob", "v=0 b");
+        signed_offer(&mut h, &sid(1), "alice", &sdp("a"));
+        signed_offer(&mut h, &sid(2), "bob", &sdp("b"));
         let actions = h.core.set_revoked(&["bob".to_owned()]);
         assert_eq!(hangup_reason(&actions, &sid(2)).as_deref(), Some("revoked"));
         assert!(closes(&actions, &sid(2)));
         assert!(!closes(&actions, &sid(1)));
-        let again = signed_offer(&mut h, &sid(3), "bob", "v=0 b2");
+        let again = signed_offer(&mut h, &sid(3), "bob", &sdp("b2"));
         assert_eq!(error_code(&again, &sid(3)), Some(ErrorCode::Unauthorized));
     }
 
@@ -1584,7 +1845,7 @@ mod tests {
     fn keys_expire_on_the_unix_clock() {
         let mut h = keyed(8);
         h.now.unix_s = UNIX_NOW + 3600;
-        let late = signed_offer(&mut h, &sid(1), "alice", "v=0 a");
+        let late = signed_offer(&mut h, &sid(1), "alice", &sdp("a"));
         assert_eq!(error_code(&late, &sid(1)), Some(ErrorCode::Unauthorized));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod core;
 pub mod keyframe_requests;
+pub mod offer_check;
 pub mod peer;
 pub mod udp_mux;
 mod viewer;
@@ -319,7 +320,13 @@ impl SessionManager {
         let span = tracing::info_span!("session", %sid);
         let handle = self.tasks.spawn(task.run().instrument(span));
         let task = handle.id();
-        tracing::info!(%sid, transport, viewers = self.core.viewer_count(), "new viewer session");
+        tracing::info!(
+            %sid,
+            transport,
+            viewers = self.core.viewer_count(),
+            pending = self.core.pending_count(),
+            "new viewer session"
+        );
         self.task_sessions.insert(task, sid.clone());
         self.peers.insert(
             sid,

@@ -18,6 +18,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// Largest accepted SDP, in bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
+/// Largest `candidate` string of a candidate (an `a=candidate` line is far shorter): the
+/// camera holds candidates that arrive before their offer, so each must be small.
+pub const MAX_CANDIDATE_BYTES: usize = 1024;
+/// Largest `sdpMid` and `usernameFragment` of a candidate (an ICE ufrag has at most 256
+/// characters, RFC 8839).
+pub const MAX_CANDIDATE_FIELD_BYTES: usize = 256;
 
 /// Longest topic prefix (`mqtt.topic_prefix`) in bytes, so that every topic of the protocol
 /// fits in [`MAX_PACKET_BYTES`] beside a [`MAX_PAYLOAD_BYTES`] payload.
@@ -899,6 +905,16 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
         }
         None => return Err(missing(MESSAGE, "candidate.candidate")),
     };
+    if candidate.len() > MAX_CANDIDATE_BYTES {
+        return Err(invalid_field(
+            MESSAGE,
+            "candidate.candidate",
+            format!(
+                "must be at most {MAX_CANDIDATE_BYTES} bytes, found {}",
+                candidate.len()
+            ),
+        ));
+    }
     if !candidate.is_empty() && !candidate.starts_with("candidate:") {
         return Err(invalid_field(
             MESSAGE,
@@ -921,6 +937,16 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
                 MESSAGE,
                 "candidate.sdpMid",
                 "must not contain control characters".to_owned(),
+            ))
+        }
+        Some(Value::String(mid)) if mid.len() > MAX_CANDIDATE_FIELD_BYTES => {
+            return Err(invalid_field(
+                MESSAGE,
+                "candidate.sdpMid",
+                format!(
+                    "must be at most {MAX_CANDIDATE_FIELD_BYTES} bytes, found {}",
+                    mid.len()
+                ),
             ))
         }
         Some(Value::String(mid)) => Some(mid.clone()),
@@ -952,6 +978,16 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
     };
     let username_fragment = match init.get("usernameFragment") {
         None | Some(Value::Null) => None,
+        Some(Value::String(ufrag)) if ufrag.len() > MAX_CANDIDATE_FIELD_BYTES => {
+            return Err(invalid_field(
+                MESSAGE,
+                "candidate.usernameFragment",
+                format!(
+                    "must be at most {MAX_CANDIDATE_FIELD_BYTES} bytes, found {}",
+                    ufrag.len()
+                ),
+            ))
+        }
         Some(Value::String(ufrag)) => Some(ufrag.clone()),
         Some(other) => {
             return Err(invalid_field(
@@ -1528,6 +1564,18 @@ mod tests {
             (
                 serde_json::json!({"type": "candidate", "candidate": {"candidate": "candidate:1", "sdpMLineIndex": "0"}}),
                 "field \"candidate.sdpMLineIndex\" of candidate message must be an integer from 0 to 65535 or null, found a string",
+            ),
+            (
+                serde_json::json!({"type": "candidate", "candidate": {"candidate": format!("candidate:1 1 udp 1 127.0.0.1 9 typ host{}", " x".repeat(500)), "sdpMid": "0"}}),
+                "field \"candidate.candidate\" of candidate message must be at most 1024 bytes, found 1040",
+            ),
+            (
+                serde_json::json!({"type": "candidate", "candidate": {"candidate": "candidate:1", "sdpMid": "m".repeat(257)}}),
+                "field \"candidate.sdpMid\" of candidate message must be at most 256 bytes, found 257",
+            ),
+            (
+                serde_json::json!({"type": "candidate", "candidate": {"candidate": "candidate:1", "sdpMid": "0", "usernameFragment": "u".repeat(300)}}),
+                "field \"candidate.usernameFragment\" of candidate message must be at most 256 bytes, found 300",
             ),
             (
                 serde_json::json!({"type": "candidate", "candidate": {"candidate": "candidate:1", "sdpMid": "0", "usernameFragment": 3}}),

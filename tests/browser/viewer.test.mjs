@@ -4,11 +4,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import mqtt from 'mqtt';
 import { repo, artifacts, waitFor, Agent, useChromium, openPage, decodedFrames } from './harness.mjs';
 
 /** The agent serving the built viewer page, with MQTT over WebSocket for it. */
-const startAgent = ({ maxViewers = 8 } = {}) =>
-  Agent.create({ maxViewers, webSocket: true, webRoot: join(repo, 'web', 'dist') });
+const startAgent = ({ maxViewers = 8, webrtcExtra = '' } = {}) =>
+  Agent.create({ maxViewers, webrtcExtra, webSocket: true, webRoot: join(repo, 'web', 'dist') });
 
 const browser = useChromium();
 
@@ -103,6 +104,41 @@ test('two pages play at once; with max_viewers = 1 the second is told the camera
     await second.context.close();
   } finally {
     await single.stop();
+  }
+});
+
+test('a page refused because too many sessions are connecting says so and plays once one is free', async () => {
+  // One pending slot, taken by an offer that never goes further (a genuine Chromium offer
+  // published raw, no ICE): the page is refused until it times out after 3 s.
+  const agent = await startAgent({ webrtcExtra: 'max_pending = 1\nconnect_timeout_s = 3' });
+  const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${agent.ports.mqtt}`, { protocolVersion: 4 });
+  try {
+    const blank = await browser().newPage();
+    const sdp = await blank.evaluate(async () => {
+      const pc = new RTCPeerConnection();
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      const offer = await pc.createOffer();
+      pc.close();
+      return offer.sdp;
+    });
+    await blank.close();
+    const sid = `abandoned${Date.now()}`;
+    await client.subscribeAsync(`peercam/cam1/session/${sid}/to-viewer`, { qos: 1 });
+    const answered = new Promise((resolve) => client.on('message', (_, payload) => {
+      if (JSON.parse(payload.toString()).type === 'answer') resolve();
+    }));
+    await client.publishAsync(`peercam/cam1/session/${sid}/to-camera`, JSON.stringify({ type: 'offer', sdp }), { qos: 1 });
+    await answered;
+    const viewer = await openViewer(agent);
+    await waitFor('crowded state', 10000, async () => (await viewer.page.getAttribute('#state', 'data-state')) === 'crowded');
+    const sentence = await viewer.page.textContent('#state');
+    assert.match(sentence, /joining the camera at once/);
+    console.log(`figures: crowded page says "${sentence}"`);
+    await waitFor('the page plays by itself', 20000, async () => (await decodedFrames(viewer.page)) >= 30);
+    await viewer.context.close();
+  } finally {
+    await client.endAsync();
+    await agent.stop();
   }
 });
 

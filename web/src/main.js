@@ -17,6 +17,7 @@ const SENTENCES = {
   offline: 'The camera is offline. The video resumes by itself when it comes back.',
   unavailable: 'The camera device is unavailable right now (unplugged or failing). Waiting for it…',
   busy: 'The camera already has its maximum number of viewers. Try again later.',
+  crowded: 'Too many viewers are joining the camera at once. Trying again in a few seconds…',
   unreachable: 'The broker cannot be reached. Retrying…',
   failed: 'No network path to the camera (ICE failed). Retrying…',
   'no-path': 'The camera could not be reached directly from this network: a TURN server is needed (see docs/nat.md in peercam). Trying again every 30 s.',
@@ -108,6 +109,16 @@ function element(tag, className, text) {
 function randomId() {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
   return 'web' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** How long the page waits after "too many sessions are connecting" or "too many offers":
+ *  those limits free up within seconds (docs/signaling.md, error `busy`). */
+const CROWDED_RETRY_MS = 3000;
+
+/** The page state for a `busy` error, from the limit its message starts with: the camera's
+ *  viewers are all there (`busy`), or too many are joining at once (`crowded`). */
+function busyState(message) {
+  return typeof message === 'string' && message.startsWith('too many') ? 'crowded' : 'busy';
 }
 
 function setState(state, detail) {
@@ -341,6 +352,8 @@ class Session {
         if (message.reason === 'revoked') this.end('revoked', '', { sendHangup: false });
         else if (['connect-timeout', 'ice-failed'].includes(message.reason)) this.end(this.noPathOr('reconnecting'), `(${message.reason})`, { sendHangup: false });
         else if (message.reason === 'restart-failed') this.end('reconnecting', `(${message.reason})`, { sendHangup: false });
+        // Connected after the last viewer slot went to another (docs/signaling.md, hangup).
+        else if (message.reason === 'busy') this.end('busy', '', { sendHangup: false });
         else this.end('reconnecting', `(${message.reason || 'hangup'})`);
       }
     } catch (e) {
@@ -358,7 +371,8 @@ class Session {
     if (this.answered) return;
     const state = message.code === 'unauthorized'
       ? refusalState(message.message)
-      : { busy: 'busy', unavailable: 'unavailable' }[message.code] || 'error';
+      : message.code === 'busy' ? busyState(message.message)
+        : { unavailable: 'unavailable' }[message.code] || 'error';
     if (!this.key) return this.end(state, message.message);
     // The latest refusal is the one shown; a forger can change the words, not the outcome.
     this.refusal = state;
@@ -554,7 +568,7 @@ class App {
         if (NEEDS_NEW_LINK.has(reason)) return this.refused(reason, detail);
         setState(reason, detail);
         // Busy sessions retry slowly, ones that found no path slower; the rest with backoff.
-        this.scheduleRetry({ busy: 10000, 'no-path': 30000 }[reason] ?? this.backoff);
+        this.scheduleRetry({ busy: 10000, crowded: CROWDED_RETRY_MS, 'no-path': 30000 }[reason] ?? this.backoff);
         this.backoff = Math.min(this.backoff * 2, 5000);
       },
     });
