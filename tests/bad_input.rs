@@ -198,18 +198,7 @@ async fn malformed_input_is_refused_and_a_valid_viewer_still_works() {
     invalid_session_ids_get_no_reply(&agent).await;
 
     // The bystander never noticed; a new viewer still works.
-    let before = bystander.stats().frames_decoded;
-    bystander
-        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
-            s.frames_decoded > before + 20
-        })
-        .await;
-    let newcomer = TestViewer::start(agent.mqtt_port, &device).await;
-    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
-    assert!(
-        agent.log_lines().iter().all(|l| !l.contains("panicked")),
-        "no panic in the agent log"
-    );
+    still_serving(&agent, &bystander, agent.mqtt_port).await;
     // Only the bystander and the newcomer got a peer connection: every bad offer was
     // refused before one was built.
     assert_eq!(agent.count_log("new viewer session"), 2);
@@ -348,22 +337,11 @@ async fn a_packet_over_the_cap_closes_only_its_senders_connection_to_the_embedde
 
     // The camera's own connection stayed up, its viewer kept decoding, and a new viewer
     // still gets through the same broker.
-    let before = bystander.stats().frames_decoded;
-    bystander
-        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
-            s.frames_decoded > before + 20
-        })
-        .await;
-    let newcomer = TestViewer::start(agent.mqtt_port, &device).await;
-    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
+    still_serving(&agent, &bystander, agent.mqtt_port).await;
     assert_eq!(
         agent.count_log("MQTT connected"),
         1,
         "the camera never reconnected"
-    );
-    assert!(
-        agent.log_lines().iter().all(|l| !l.contains("panicked")),
-        "no panic in the agent log"
     );
 }
 
@@ -413,22 +391,11 @@ async fn a_packet_over_the_cap_from_an_external_broker_costs_the_camera_one_reco
     }
 
     // Media never went through the broker: the viewer kept decoding. Signaling works again.
-    let before = bystander.stats().frames_decoded;
-    bystander
-        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
-            s.frames_decoded > before + 20
-        })
-        .await;
-    let newcomer = TestViewer::start(mosquitto.port, &device).await;
-    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
+    still_serving(&agent, &bystander, mosquitto.port).await;
     assert_eq!(
         agent.count_log("MQTT connected"),
         2,
         "one reconnect, no loop of redeliveries"
-    );
-    assert!(
-        agent.log_lines().iter().all(|l| !l.contains("panicked")),
-        "no panic in the agent log"
     );
     sender.abort();
 }
@@ -456,4 +423,21 @@ async fn publish_oversized_and_stay(port: u16, device: String) {
             Err(error) => panic!("mosquitto closed the oversized publisher: {error}"),
         }
     }
+}
+
+/// The watching viewer kept decoding, a new viewer gets through the broker at `port`, and
+/// nothing in the agent panicked.
+async fn still_serving(agent: &Agent, bystander: &TestViewer, port: u16) {
+    let before = bystander.stats().frames_decoded;
+    bystander
+        .wait_until("bystander keeps decoding", Duration::from_secs(5), |s| {
+            s.frames_decoded > before + 20
+        })
+        .await;
+    let newcomer = TestViewer::start(port, &agent.device).await;
+    newcomer.wait_for_frames(30, Duration::from_secs(15)).await;
+    assert!(
+        agent.log_lines().iter().all(|l| !l.contains("panicked")),
+        "no panic in the agent log"
+    );
 }

@@ -512,12 +512,8 @@ impl SessionCore {
                     Ok(key) => Some(key),
                     Err(denial) => {
                         // Nothing of an unauthorized offer stays: no peer, no state.
-                        self.early.remove(&sid);
-                        refuse(
-                            &sid,
-                            Refusal::new(ErrorCode::Unauthorized, denial.to_string()),
-                            out,
-                        );
+                        let refusal = Refusal::new(ErrorCode::Unauthorized, denial.to_string());
+                        self.refuse_unstarted(&sid, refusal, out);
                         return;
                     }
                 }
@@ -526,12 +522,8 @@ impl SessionCore {
         let now = time.instant;
         // What the camera cannot answer gets no peer connection.
         if let Err(problem) = offer_check::check_offer(&sdp) {
-            self.early.remove(&sid);
-            refuse(
-                &sid,
-                Refusal::new(ErrorCode::BadRequest, problem.to_string()),
-                out,
-            );
+            let refusal = Refusal::new(ErrorCode::BadRequest, problem.to_string());
+            self.refuse_unstarted(&sid, refusal, out);
             return;
         }
         let refusal = if self.shutting_down {
@@ -566,8 +558,7 @@ impl SessionCore {
             None
         };
         if let Some(refusal) = refusal {
-            self.early.remove(&sid);
-            refuse(&sid, refusal, out);
+            self.refuse_unstarted(&sid, refusal, out);
             return;
         }
         let candidates = self
@@ -683,15 +674,11 @@ impl SessionCore {
             since: now,
         });
         if early.candidates.len() >= MAX_EARLY_CANDIDATES {
-            self.early.remove(&sid);
-            refuse(
-                &sid,
-                Refusal::new(
-                    ErrorCode::BadRequest,
-                    "too many candidates before the offer",
-                ),
-                out,
+            let refusal = Refusal::new(
+                ErrorCode::BadRequest,
+                "too many candidates before the offer",
             );
+            self.refuse_unstarted(&sid, refusal, out);
             return;
         }
         early.candidates.push(candidate);
@@ -751,6 +738,13 @@ impl SessionCore {
 
     /// Ends a live session: tells the viewer why (where it does not know) and closes its
     /// peer. The slot stays taken until the peer reports `Ended`.
+    /// Refuses a session that never started: nothing of it stays, not even the candidates
+    /// that came before its offer.
+    fn refuse_unstarted(&mut self, sid: &SessionId, refusal: Refusal, out: &mut Vec<Action>) {
+        self.early.remove(sid);
+        refuse(sid, refusal, out);
+    }
+
     fn close(&mut self, sid: &SessionId, reason: EndReason, out: &mut Vec<Action>) {
         let Some(session) = self.sessions.get_mut(sid) else {
             return;
@@ -786,12 +780,8 @@ impl SessionCore {
             .map(|(sid, _)| sid.clone())
             .collect();
         for sid in orphaned {
-            self.early.remove(&sid);
-            refuse(
-                &sid,
-                Refusal::new(ErrorCode::BadRequest, "no offer received for this session"),
-                out,
-            );
+            let refusal = Refusal::new(ErrorCode::BadRequest, "no offer received for this session");
+            self.refuse_unstarted(&sid, refusal, out);
         }
         self.ended
             .retain(|_, ended| now.duration_since(ended.at) < ENDED_SESSION_MEMORY);
