@@ -457,14 +457,13 @@ fn access_policy(config: &Config) -> anyhow::Result<Option<AccessPolicy>> {
 }
 
 /// The ICE UDP mux at `webrtc.udp_port` on the IPs of `webrtc.udp_addrs` (validated).
-async fn bind_udp_mux(udp_addrs: &[String], port: u16) -> anyhow::Result<UdpMux> {
+fn bind_udp_mux(udp_addrs: &[String], port: u16) -> anyhow::Result<UdpMux> {
     let ips = udp_addrs
         .iter()
         .filter_map(|text| text.parse::<std::net::SocketAddr>().ok())
         .map(|addr| addr.ip())
         .collect();
     let mux = UdpMux::bind(ips, port)
-        .await
         .with_context(|| format!("webrtc.udp_port = {port}: cannot bind the shared UDP port"))?;
     tracing::info!(addrs = ?mux.local_addrs(), "every session shares one UDP port");
     Ok(mux)
@@ -593,9 +592,7 @@ pub async fn run(
 
     let udp_mux = match config.webrtc.udp_port {
         0 => None,
-        port => Some(Arc::new(
-            bind_udp_mux(&config.webrtc.udp_addrs, port).await?,
-        )),
+        port => Some(Arc::new(bind_udp_mux(&config.webrtc.udp_addrs, port)?)),
     };
     let ctx = Arc::new(SessionContext {
         peer_settings: PeerSettings {
