@@ -288,19 +288,30 @@ async fn invalid_session_ids_get_no_reply(agent: &Agent) {
     }
 }
 
-/// Publishes `payload_bytes` on a fresh session of `device` from a client of its own (which
-/// itself allows 1 MiB packets) and returns how its connection ended: the error its event
-/// loop reported after the publish went out, or a panic if it is still open after 10 s.
-async fn publish_oversized(port: u16, device: &str, payload_bytes: usize) -> String {
+/// A client of its own (which itself allows 1 MiB packets) and an offer of `payload_bytes`
+/// for a fresh session of `device`: its topic and payload.
+fn oversized_publisher(
+    port: u16,
+    device: &str,
+    payload_bytes: usize,
+) -> (AsyncClient, rumqttc::EventLoop, String, String) {
     let mut options = MqttOptions::new(
         format!("oversized-{:08x}", rand::random::<u32>()),
         "127.0.0.1",
         port,
     );
     options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (client, eventloop) = AsyncClient::new(options, 16);
     let topic = format!("peercam/{device}/session/{}/to-camera", new_session_id());
     let payload = json!({"type": "offer", "sdp": "a".repeat(payload_bytes)}).to_string();
+    (client, eventloop, topic, payload)
+}
+
+/// Publishes `payload_bytes` on a fresh session of `device` from a client of its own (which
+/// itself allows 1 MiB packets) and returns how its connection ended: the error its event
+/// loop reported after the publish went out, or a panic if it is still open after 10 s.
+async fn publish_oversized(port: u16, device: &str, payload_bytes: usize) -> String {
+    let (client, mut eventloop, topic, payload) = oversized_publisher(port, device, payload_bytes);
     assert!(payload.len() > PACKET_CAP, "{} bytes", payload.len());
     let ended = async {
         let mut sent = false;
@@ -403,15 +414,7 @@ async fn a_packet_over_the_cap_from_an_external_broker_costs_the_camera_one_reco
 /// Publishes an oversized offer to mosquitto (which accepts it) and keeps the sender's
 /// connection open, so only the camera's side can be what closes.
 async fn publish_oversized_and_stay(port: u16, device: String) {
-    let mut options = MqttOptions::new(
-        format!("oversized-{:08x}", rand::random::<u32>()),
-        "127.0.0.1",
-        port,
-    );
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let topic = format!("peercam/{device}/session/{}/to-camera", new_session_id());
-    let payload = json!({"type": "offer", "sdp": "a".repeat(100_000)}).to_string();
+    let (client, mut eventloop, topic, payload) = oversized_publisher(port, &device, 100_000);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
