@@ -295,6 +295,12 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     /// Directory holding the built viewer page (index.html and its assets).
     pub web_root: PathBuf,
+    /// Connections held open at once (each page's MQTT-over-WebSocket is one); one over
+    /// the limit is closed at once.
+    pub max_connections: usize,
+    /// Seconds a client gets to send a request's headers, the first or the next on a
+    /// kept-alive connection: a silent or idle connection is closed after it.
+    pub header_timeout_s: u64,
 }
 
 /// Who may watch: access keys derived from the camera's secret, or anyone (open).
@@ -452,6 +458,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: Some(addr("127.0.0.1:8080")),
             web_root: PathBuf::from("/usr/share/peercam/web"),
+            max_connections: 128,
+            header_timeout_s: 10,
         }
     }
 }
@@ -652,6 +660,8 @@ impl Config {
         let w = &self.webrtc;
         in_range("webrtc.max_viewers", w.max_viewers, 1..=64)?;
         in_range("webrtc.max_pending", w.max_pending, 1..=64)?;
+        in_range("http.max_connections", self.http.max_connections, 1..=4096)?;
+        in_range("http.header_timeout_s", self.http.header_timeout_s, 1..=300)?;
         in_range("webrtc.offers_per_s", w.offers_per_s, 1..=100)?;
         in_range("webrtc.offer_burst", w.offer_burst, 1..=100)?;
         in_range("webrtc.connect_timeout_s", w.connect_timeout_s, 1..=300)?;
@@ -1266,6 +1276,8 @@ mod tests {
             ("[webrtc]\nmax_viewers = 0", "webrtc.max_viewers"),
             ("[webrtc]\nmax_pending = 0", "webrtc.max_pending"),
             ("[webrtc]\nmax_pending = 65", "webrtc.max_pending"),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            ("[http]\nheader_timeout_s = 0", "http.header_timeout_s"),
             ("[webrtc]\noffers_per_s = 0", "webrtc.offers_per_s"),
             ("[webrtc]\noffers_per_s = 101", "webrtc.offers_per_s"),
             ("[webrtc]\noffer_burst = 0", "webrtc.offer_burst"),

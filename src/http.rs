@@ -2,19 +2,36 @@
 //! tells the page where the embedded broker takes WebSocket clients) and, when given, other
 //! routes beside them (WHEP, the broker relay at `/mqtt`); over TLS when `[tls]` is set.
 //! It must never carry media, nor hold session logic of its own. Every response it sends
-//! carries the security headers below.
+//! carries the security headers below, and every connection it serves is bounded: in
+//! number (the listener's limit), in how long its headers may take or it may sit idle, in
+//! how large a request body may be and how long a request may run.
 
+use crate::health::{self, Heartbeat};
 use crate::listener::Incoming;
 use crate::tls::ServerTls;
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// The largest request body taken: a WHEP offer or trickle fragment is a few KiB; the
+/// protocol's own message limit is 64 KiB.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// How long one request may take to be answered (a WHEP answer waits for gathering).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connections get to finish when the server stops.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 /// Anyone who can publish to the broker can put text in front of the page, so the page's
 /// origin runs only its own script and frames, and browsers neither sniff nor leak URLs.
@@ -52,13 +69,20 @@ pub fn router(web_root: PathBuf, page: PageConfig, extra: Option<Router>) -> Rou
         Some(extra) => router.merge(extra),
         None => router,
     };
-    with_security_headers(
+    with_limits_and_security_headers(
         router.fallback_service(ServeDir::new(web_root).fallback(ServeFile::new(index))),
     )
 }
 
-/// `router` with [`SECURITY_HEADERS`] on every response.
-pub fn with_security_headers(router: Router) -> Router {
+/// `router` with [`SECURITY_HEADERS`] on every response, and the body and time limits
+/// on every request.
+pub fn with_limits_and_security_headers(router: Router) -> Router {
+    let router = router
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
     SECURITY_HEADERS
         .into_iter()
         .fold(router, |router, (name, value)| {
@@ -69,27 +93,98 @@ pub fn with_security_headers(router: Router) -> Router {
         })
 }
 
+/// Serves `app` on every connection `incoming` hands over until `stop`: HTTP/1.1 with
+/// upgrades (WebSocket), each connection in its own task, closed when its client takes
+/// longer than `header_timeout` to send a request's headers (the first, or the next one
+/// on a kept-alive connection). axum's own `serve` sets no such timeout.
+pub async fn serve_connections(
+    mut incoming: Incoming,
+    app: Router,
+    header_timeout: Duration,
+    heartbeat: Heartbeat,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
+    loop {
+        let (conn, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = beats.tick() => {
+                heartbeat.beat();
+                continue;
+            }
+            next = incoming.next() => match next {
+                Some(accepted) => accepted,
+                None => break,
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(conn), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, "HTTP connection ended: {err}");
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(DRAIN_LIMIT, connections.wait()).await;
+}
+
+/// What every HTTP listener (the page's, the broker's WebSocket door) bounds, and the
+/// broker's TLS door too for its number of connections (`[http]`'s keys).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// See [`serve_connections`].
+    pub header_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(http: &crate::config::HttpConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: http.max_connections,
+            header_timeout: Duration::from_secs(http.header_timeout_s),
+        }
+    }
+}
+
 /// Binds `listen` (a clear error if it cannot) and serves `app`, over TLS when `tls` is
 /// given, until `stop` is cancelled.
 pub async fn serve(
     listen: SocketAddr,
+    limits: ConnectionLimits,
     tls: Option<ServerTls>,
     web_root: &std::path::Path,
     app: Router,
+    heartbeat: Heartbeat,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let listener = Incoming::bind(listen, "http.listen", tls).await?;
+    let incoming = Incoming::bind(listen, "http.listen", tls, limits.max_connections).await?;
     if !web_root.join("index.html").exists() {
         tracing::warn!(web_root = %web_root.display(), "no index.html in http.web_root; build the page (web/) or fix the path");
     }
     tracing::info!(%listen, web_root = %web_root.display(), "viewer page at {scheme}://{listen}/");
-    Ok(tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!("http server stopped: {err}");
-        }
-    }))
+    Ok(tokio::spawn(serve_connections(
+        incoming,
+        app,
+        limits.header_timeout,
+        heartbeat,
+        stop,
+    )))
 }

@@ -8,18 +8,19 @@ use crate::clock;
 use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
+use crate::health::{self, Parts};
 use crate::http::{self, PageConfig};
 use crate::ice::IceServers;
 use crate::listener::Incoming;
 use crate::notify;
-use crate::pipeline::{Liveness, Pipeline, PipelineCounters, PipelineHealth};
+use crate::pipeline::{Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::core::{Limits, OfferRate};
 use crate::session::peer::PeerSettings;
 use crate::session::udp_mux::UdpMux;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
 use crate::signaling::broker_users::{Credential, Gate};
-use crate::signaling::mqtt::{self, MqttSettings};
+use crate::signaling::mqtt::{self, MqttLiveness, MqttSettings};
 use crate::signaling::mqtt_security::{self, FailureContext, Password};
 use crate::signaling::protocol::{AuthMode, CameraState, Status, Topics, VideoInfo};
 use crate::signaling::relay;
@@ -224,33 +225,32 @@ fn service_status(viewers: usize, camera_available: bool) -> String {
     format!("{viewers} viewer(s); {camera}")
 }
 
-/// Pings systemd's watchdog only while the encoder keeps finishing frames, so a stuck
-/// capture or encoder gets the service restarted.
+/// Pings systemd's watchdog only while the encoder keeps finishing frames and every part
+/// of the service is alive, so a stuck or dead part gets the service restarted.
 async fn watchdog_loop(
     interval: Duration,
-    health: Arc<PipelineHealth>,
+    pipeline: Arc<PipelineHealth>,
     stall_limit: Duration,
+    parts: Arc<Parts>,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
-    let mut stalled = false;
+    let mut withheld = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.cancelled() => break,
         }
-        match health.liveness(stall_limit) {
-            Liveness::Alive => {
-                stalled = false;
+        match health::watchdog_withheld_because(pipeline.liveness(stall_limit), &parts.verdict()) {
+            None => {
+                withheld = false;
                 notify::watchdog_ping();
             }
-            Liveness::Stalled(age) if !stalled => {
-                stalled = true;
-                tracing::error!(
-                    "no frame through the pipeline for {age:?}; withholding watchdog pings"
-                );
+            Some(reason) if !withheld => {
+                withheld = true;
+                tracing::error!("{reason}; withholding watchdog pings");
             }
-            Liveness::Stalled(_) => {}
+            Some(_) => {}
         }
     }
 }
@@ -475,24 +475,45 @@ async fn start_broker(
     config: &Config,
     gate: Option<Arc<Gate>>,
     tls: Option<&ServerTls>,
+    parts: &Arc<Parts>,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     if config.mqtt.broker != BrokerTarget::Embedded {
         return Ok(());
     }
+    let limits = http::ConnectionLimits::from_config(&config.http);
     let listen = config.broker.listen;
-    tokio::task::spawn_blocking(move || broker::start(listen, gate)).await??;
+    let running = parts.register("the embedded broker's thread", Duration::MAX);
+    tokio::task::spawn_blocking(move || broker::start(listen, gate, Some(running))).await??;
     let target = config.broker.local_addr();
     if let Some(ws) = config.broker.ws_listen {
-        let incoming = Incoming::bind(ws, "broker.ws_listen", tls.cloned()).await?;
+        let incoming =
+            Incoming::bind(ws, "broker.ws_listen", tls.cloned(), limits.max_connections).await?;
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         tracing::info!("MQTT over WebSocket at {scheme}://{ws}/");
-        tokio::spawn(relay::serve_websocket(incoming, target, stop.child_token()));
+        tokio::spawn(relay::serve_websocket(
+            incoming,
+            target,
+            limits.header_timeout,
+            parts.register("broker.ws_listen", health::LOOP_STALL_LIMIT),
+            stop.child_token(),
+        ));
     }
     if let (Some(addr), Some(tls)) = (config.broker.tls_listen, tls) {
-        let incoming = Incoming::bind(addr, "broker.tls_listen", Some(tls.clone())).await?;
+        let incoming = Incoming::bind(
+            addr,
+            "broker.tls_listen",
+            Some(tls.clone()),
+            limits.max_connections,
+        )
+        .await?;
         tracing::info!("MQTT over TLS at mqtts://{addr}");
-        tokio::spawn(relay::serve_tls(incoming, target, stop.child_token()));
+        tokio::spawn(relay::serve_tls(
+            incoming,
+            target,
+            parts.register("broker.tls_listen", health::LOOP_STALL_LIMIT),
+            stop.child_token(),
+        ));
     }
     Ok(())
 }
@@ -503,6 +524,7 @@ async fn start_http(
     ice: &Arc<IceServers>,
     tls: Option<ServerTls>,
     signals: mpsc::Sender<Signal>,
+    parts: &Arc<Parts>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(listen) = config.http.listen else {
@@ -536,7 +558,16 @@ async fn start_http(
     };
     let app = http::router(config.http.web_root.clone(), page, extra);
     Ok(Some(
-        http::serve(listen, tls, &config.http.web_root, app, stop).await?,
+        http::serve(
+            listen,
+            http::ConnectionLimits::from_config(&config.http),
+            tls,
+            &config.http.web_root,
+            app,
+            parts.register("the HTTP server", health::LOOP_STALL_LIMIT),
+            stop,
+        )
+        .await?,
     ))
 }
 
@@ -567,7 +598,8 @@ pub async fn run(
         });
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.device.id);
     let mqtt_settings = mqtt_settings(&config, topics, gate.as_ref().map(|gate| gate.internal()))?;
-    start_broker(&config, gate.clone(), tls.as_ref(), &stop).await?;
+    let parts = Parts::new(stop.clone());
+    start_broker(&config, gate.clone(), tls.as_ref(), &parts, &stop).await?;
 
     let counters = Arc::new(PipelineCounters::default());
     let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
@@ -621,14 +653,27 @@ pub async fn run(
             camera_available: camera_available.clone(),
             revoked,
             stop: stop.child_token(),
+            heartbeat: parts.register("the session core", health::LOOP_STALL_LIMIT),
         }),
     );
     // MQTT ends after the manager, once its last hangup is out (its inbox closes).
+    let mqtt_liveness = MqttLiveness {
+        transport: parts.register("MQTT signaling", health::LOOP_STALL_LIMIT),
+        // Our own broker keeps our link up; down for three keepalives, it is wedged or gone.
+        embedded_broker: (config.mqtt.broker == BrokerTarget::Embedded).then(|| {
+            let keepalive = Duration::from_secs(config.mqtt.keepalive_s.into());
+            parts.register(
+                "the embedded broker",
+                (keepalive * 3).max(Duration::from_secs(30)),
+            )
+        }),
+    };
     let signaling = tokio::spawn(mqtt::run(
         mqtt_settings,
         status,
         signals_tx.clone(),
         to_viewers,
+        mqtt_liveness,
     ));
     let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(publish_status(
@@ -654,10 +699,19 @@ pub async fn run(
             interval,
             Arc::clone(pipeline.health()),
             notify::stall_limit(config.video.fps),
+            Arc::clone(&parts),
             stop.child_token(),
         ));
     }
-    let http = start_http(&config, &ice, tls.clone(), signals_tx, stop.child_token()).await;
+    let http = start_http(
+        &config,
+        &ice,
+        tls.clone(),
+        signals_tx,
+        &parts,
+        stop.child_token(),
+    )
+    .await;
     let http = match http {
         Ok(http) => http,
         Err(err) => {
@@ -707,6 +761,11 @@ pub async fn run(
     tokio::task::spawn_blocking(move || pipeline.stop())
         .await
         .ok();
+    let ended = parts.ended_early();
+    if !ended.is_empty() {
+        // A non-zero exit: systemd's Restart=on-failure starts a fresh service.
+        anyhow::bail!("stopped because {} ended", ended.join(", "));
+    }
     tracing::info!("peercam stopped");
     Ok(())
 }

@@ -17,6 +17,7 @@ use self::core::{
 };
 use crate::auth::AccessPolicy;
 use crate::fanout::FanOut;
+use crate::health::Heartbeat;
 use crate::signaling::protocol::{CameraMessage, ErrorCode, IceCandidate, SessionId};
 use peer::PeerSettings;
 use std::collections::HashMap;
@@ -105,6 +106,8 @@ pub struct ManagerInputs {
     pub revoked: watch::Receiver<Vec<String>>,
     /// Hangs up everyone and ends the manager.
     pub stop: CancellationToken,
+    /// The session core's proof of life for the watchdog, beaten on every tick.
+    pub heartbeat: Heartbeat,
 }
 
 /// A running peer task, as the manager holds it.
@@ -132,6 +135,8 @@ pub struct SessionManager {
     peer_output: mpsc::UnboundedReceiver<(SessionId, PeerOutput)>,
     to_viewers: mpsc::UnboundedSender<ToViewer>,
     viewers: watch::Sender<usize>,
+    /// Session tasks that panicked (or were aborted) rather than ending.
+    failed_tasks: u64,
 }
 
 impl SessionManager {
@@ -156,6 +161,7 @@ impl SessionManager {
             peer_output,
             to_viewers,
             viewers,
+            failed_tasks: 0,
         }
     }
 
@@ -168,6 +174,7 @@ impl SessionManager {
             mut camera_available,
             mut revoked,
             stop,
+            heartbeat,
         } = inputs;
         self.core.set_max_viewers(*max_viewers.borrow_and_update());
         self.apply(Input::Camera {
@@ -185,7 +192,10 @@ impl SessionManager {
                     Some(signal) => self.signal(signal),
                     None => break,
                 },
-                _ = ticks.tick() => self.apply(Input::Tick),
+                _ = ticks.tick() => {
+                    heartbeat.beat();
+                    self.apply(Input::Tick);
+                }
                 Ok(()) = camera_available.changed() => {
                     let available = *camera_available.borrow_and_update();
                     // The pipeline logs the camera's fault once; sessions just wait for it.
@@ -246,7 +256,7 @@ impl SessionManager {
                     if peer.inbox.try_send(PeerInput::Restart(offer_sdp)).is_err() {
                         // The core waits for an answer that will not come; the page falls
                         // back to a new session.
-                        tracing::warn!(%sid, "session inbox full; dropping an ICE restart");
+                        crate::warn_throttled!(%sid, "session inbox full; dropping an ICE restart");
                     }
                 }
             }
@@ -257,7 +267,7 @@ impl SessionManager {
                         .try_send(PeerInput::Candidate(candidate))
                         .is_err()
                     {
-                        tracing::warn!(%sid, "session inbox full; dropping candidate");
+                        crate::warn_throttled!(%sid, "session inbox full; dropping candidate");
                     }
                 }
             }
@@ -359,7 +369,9 @@ impl SessionManager {
         let (task, (reason, refusal)) = match done {
             Ok(finished) => finished,
             Err(err) => {
-                tracing::error!("a session task failed: {err}");
+                self.failed_tasks += 1;
+                let failed = self.failed_tasks;
+                tracing::error!(failed, "a session task failed: {err}; freeing its slot");
                 let refusal = Refusal::new(ErrorCode::Internal, "the camera's session failed");
                 (err.id(), (EndReason::Failed, Some(refusal)))
             }
@@ -392,7 +404,7 @@ impl SessionManager {
                     return; // a WHEP session's id, guessed on another transport
                 }
                 if let ViewerInput::Invalid(refusal) = &message {
-                    tracing::warn!(%sid, "bad message from viewer: {}", refusal.message);
+                    crate::warn_throttled!(%sid, "bad message from viewer: {}", refusal.message);
                 }
                 self.apply(Input::Viewer { sid, message });
             }

@@ -317,7 +317,7 @@ async fn receive(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>)
             // ICMP errors surface here for whichever peer caused them; the socket is fine.
             Err(err) if is_transient(&err) => continue,
             Err(err) => {
-                tracing::warn!(%local, "ICE UDP mux receive: {err}");
+                crate::warn_throttled!(%local, "ICE UDP mux receive: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

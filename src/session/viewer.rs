@@ -134,7 +134,7 @@ impl PeerTask {
             )
         })?;
         if let Err(err) = connection.set_remote_description(offer).await {
-            tracing::warn!("rejecting offer: {err}");
+            crate::warn_throttled!("rejecting offer: {err}");
             return Err(refused(
                 EndReason::BadOffer,
                 ErrorCode::BadRequest,
@@ -142,7 +142,7 @@ impl PeerTask {
             ));
         }
         let answer = connection.create_answer(None).await.map_err(|err| {
-            tracing::warn!("cannot answer offer: {err}");
+            crate::warn_throttled!("cannot answer offer: {err}");
             refused(
                 EndReason::BadOffer,
                 ErrorCode::BadRequest,

@@ -4,6 +4,7 @@
 //! It must never carry media, decide anything about a session, or stall sessions while
 //! the broker is away.
 
+use crate::health::{self, Heartbeat};
 use crate::session::core::{Credential, Refusal, ViewerInput};
 use crate::session::{Signal, ToViewer};
 use crate::signaling::mqtt_security::{describe_failure, FailureContext, Password};
@@ -87,7 +88,7 @@ pub fn signal_from_wire(topics: &Topics, topic: &str, payload: &[u8]) -> Option<
         Ok(sid) => sid,
         Err(TopicError::NotASessionTopic { .. }) => return None,
         Err(err) => {
-            tracing::warn!(topic = %topic, "ignoring message: {err}");
+            crate::warn_throttled!(topic = %topic, "ignoring message: {err}");
             return None;
         }
     };
@@ -103,6 +104,23 @@ pub fn signal_from_wire(topics: &Topics, topic: &str, payload: &[u8]) -> Option<
     Some(Signal::Viewer { sid, message })
 }
 
+/// The transport's proofs of life: its own loop's, and, with the embedded broker, the
+/// broker's: the link to it is up (a broker that stops answering fails the keepalive, and
+/// then the reconnections).
+pub struct MqttLiveness {
+    pub transport: Heartbeat,
+    pub embedded_broker: Option<Heartbeat>,
+}
+
+impl MqttLiveness {
+    fn beat(&self, connected: bool) {
+        self.transport.beat();
+        if let (true, Some(broker)) = (connected, &self.embedded_broker) {
+            broker.beat();
+        }
+    }
+}
+
 /// Runs the signaling connection until the session manager closes `to_viewers` (after
 /// its last hangup); then publishes the offline status and disconnects cleanly. `status`
 /// holds the retained status JSON.
@@ -111,7 +129,9 @@ pub async fn run(
     mut status: watch::Receiver<String>,
     signals: mpsc::Sender<Signal>,
     mut to_viewers: mpsc::UnboundedReceiver<ToViewer>,
+    liveness: MqttLiveness,
 ) {
+    let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
     let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
     let status_topic = settings.topics.status();
     let session_filter = settings.topics.to_camera_filter();
@@ -126,6 +146,7 @@ pub async fn run(
     let mut last_correction: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            _ = beats.tick() => liveness.beat(connected),
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
             }
@@ -170,7 +191,7 @@ pub async fn run(
                         continue;
                     };
                     if signals.try_send(signal).is_err() {
-                        tracing::warn!(topic = %publish.topic, "signaling backlog full; dropping message");
+                        crate::warn_throttled!(topic = %publish.topic, "signaling backlog full; dropping message");
                     }
                 }
                 Ok(_) => {}

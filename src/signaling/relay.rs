@@ -4,6 +4,7 @@
 //! byte to the broker's TCP listener, which authenticates it like any other client.
 //! It must never parse, alter or authenticate MQTT itself.
 
+use crate::health::{self, Heartbeat};
 use crate::listener::{Conn, Incoming};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -12,15 +13,16 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Where the page's server offers MQTT over WebSocket.
 pub const MQTT_PATH: &str = "/mqtt";
-/// The largest WebSocket message taken from a client: the broker's packet limit (1 MiB)
-/// plus room for framing several packets into one message.
-const MAX_MESSAGE: usize = 2 * 1024 * 1024;
+/// The largest WebSocket message taken from a client: room for a few of the broker's
+/// largest packets framed into one message.
+const MAX_MESSAGE: usize = 4 * crate::signaling::protocol::MAX_PACKET_BYTES;
 
 async fn upgrade(State(broker): State<SocketAddr>, ws: WebSocketUpgrade) -> Response {
     ws.protocols(["mqtt"])
@@ -47,7 +49,9 @@ async fn connect(broker: SocketAddr) -> Option<TcpStream> {
             Some(stream)
         }
         Err(err) => {
-            tracing::warn!("cannot reach the embedded broker at {broker} to relay a client: {err}");
+            crate::warn_throttled!(
+                "cannot reach the embedded broker at {broker} to relay a client: {err}"
+            );
             None
         }
     }
@@ -85,22 +89,33 @@ async fn relay_websocket(mut ws: WebSocket, broker: SocketAddr) {
     let _ = ws.send(Message::Close(None)).await;
 }
 
-/// Serves the broker's WebSocket listener until `stop`.
-pub async fn serve_websocket(incoming: Incoming, broker: SocketAddr, stop: CancellationToken) {
-    let app = crate::http::with_security_headers(websocket_app(broker));
-    if let Err(err) = axum::serve(incoming, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!("broker WebSocket listener stopped: {err}");
-    }
+/// Serves the broker's WebSocket listener until `stop`, with the page server's limits.
+pub async fn serve_websocket(
+    incoming: Incoming,
+    broker: SocketAddr,
+    header_timeout: Duration,
+    heartbeat: Heartbeat,
+    stop: CancellationToken,
+) {
+    let app = crate::http::with_limits_and_security_headers(websocket_app(broker));
+    crate::http::serve_connections(incoming, app, header_timeout, heartbeat, stop).await;
 }
 
 /// Relays each MQTT-over-TLS connection to the broker until `stop`.
-pub async fn serve_tls(mut incoming: Incoming, broker: SocketAddr, stop: CancellationToken) {
+pub async fn serve_tls(
+    mut incoming: Incoming,
+    broker: SocketAddr,
+    heartbeat: Heartbeat,
+    stop: CancellationToken,
+) {
+    let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
     loop {
         let conn = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = beats.tick() => {
+                heartbeat.beat();
+                continue;
+            }
             next = incoming.next() => match next {
                 Some((conn, _)) => conn,
                 None => break,

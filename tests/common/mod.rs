@@ -130,6 +130,8 @@ pub struct AgentOptions {
     pub mqtt_extra: String,
     /// Serve HTTP (the page and WHEP) on a free loopback port.
     pub http: bool,
+    /// Extra lines for the `[http]` section (e.g. its connection limits).
+    pub http_extra: String,
     /// Extra lines for the `[webrtc]` section (e.g. ICE servers).
     pub webrtc_extra: String,
     /// The `[auth]` section: open by default, so tests that are not about access keys need
@@ -167,6 +169,7 @@ impl Default for AgentOptions {
             broker: BrokerMode::Embedded,
             mqtt_extra: String::new(),
             http: false,
+            http_extra: String::new(),
             webrtc_extra: String::new(),
             auth_section: "[auth]\nmode = \"open\"".into(),
             broker_extra: String::new(),
@@ -248,6 +251,7 @@ udp_addrs = {udp_addrs:?}
 {webrtc_extra}
 [http]
 listen = "{http}"
+{http_extra}
 [telemetry]
 interval_ms = {ti}
 [log]
@@ -266,6 +270,7 @@ level = "info"
             cto = options.connect_timeout_s,
             ti = options.telemetry_interval_ms,
             webrtc_extra = options.webrtc_extra,
+            http_extra = options.http_extra,
             auth_section = options.auth_section,
             mqtt_extra = options.mqtt_extra,
             broker_extra = options.broker_extra,

@@ -47,6 +47,8 @@ pub struct MqttEndpoint {
     /// MQTT keep-alive. The broker gives up on a silent client after 1.5 times this and
     /// publishes its last will: for a viewer, its hangup.
     pub keep_alive: Duration,
+    /// MQTT over a plain WebSocket at this path (as the page connects), instead of TCP.
+    pub websocket_path: Option<String>,
 }
 
 impl MqttEndpoint {
@@ -58,11 +60,20 @@ impl MqttEndpoint {
             credentials: None,
             sid_is_client_id: false,
             keep_alive: Duration::from_secs(5),
+            websocket_path: None,
         }
     }
 
     fn options(&self, client_id: String) -> MqttOptions {
-        let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        let mut options = match &self.websocket_path {
+            Some(path) => {
+                let url = format!("ws://{}:{}{path}", self.host, self.port);
+                let mut options = MqttOptions::new(client_id, url, self.port);
+                options.set_transport(Transport::Ws);
+                options
+            }
+            None => MqttOptions::new(client_id, &self.host, self.port),
+        };
         options.set_keep_alive(self.keep_alive);
         options.set_max_packet_size(1 << 20, 1 << 20);
         if let Some(tls) = &self.tls {
