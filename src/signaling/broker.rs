@@ -4,6 +4,7 @@
 //! (`relay`). Packets are capped at the protocol's `MAX_PACKET_BYTES`. It must never start
 //! half-way silently: a port it cannot take is a clear startup error.
 
+use crate::health::Heartbeat;
 use crate::signaling::broker_users::Gate;
 use crate::signaling::protocol::MAX_PACKET_BYTES;
 use std::collections::HashMap;
@@ -57,8 +58,13 @@ fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::S
 }
 
 /// Starts the broker on its own threads and returns once it accepts TCP connections.
-/// With a `gate`, every connection must log in.
-pub fn start(listen: SocketAddr, gate: Option<Arc<Gate>>) -> Result<(), BrokerError> {
+/// With a `gate`, every connection must log in. `running` is held by the broker's thread
+/// for as long as the broker runs.
+pub fn start(
+    listen: SocketAddr,
+    gate: Option<Arc<Gate>>,
+    running: Option<Heartbeat>,
+) -> Result<(), BrokerError> {
     ensure_free(listen, "broker.listen")?;
     let users = gate.is_some();
     let config = rumqttd::Config {
@@ -87,6 +93,7 @@ pub fn start(listen: SocketAddr, gate: Option<Arc<Gate>>) -> Result<(), BrokerEr
     std::thread::Builder::new()
         .name("mqtt-broker".to_owned())
         .spawn(move || {
+            let _running = running;
             let mut broker = rumqttd::Broker::new(config);
             if let Err(err) = broker.start() {
                 tracing::error!("embedded broker stopped: {err}");
