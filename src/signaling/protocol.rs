@@ -895,7 +895,7 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
         }
     };
     let candidate = match init.get("candidate") {
-        Some(Value::String(candidate)) => candidate,
+        Some(Value::String(candidate)) => candidate.clone(),
         Some(other) => {
             return Err(invalid_field(
                 MESSAGE,
@@ -905,59 +905,16 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
         }
         None => return Err(missing(MESSAGE, "candidate.candidate")),
     };
-    if candidate.len() > MAX_CANDIDATE_BYTES {
-        return Err(invalid_field(
+    let optional_string = |field: &'static str, path: &'static str| match init.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(other) => Err(invalid_field(
             MESSAGE,
-            "candidate.candidate",
-            format!(
-                "must be at most {MAX_CANDIDATE_BYTES} bytes, found {}",
-                candidate.len()
-            ),
-        ));
-    }
-    if !candidate.is_empty() && !candidate.starts_with("candidate:") {
-        return Err(invalid_field(
-            MESSAGE,
-            "candidate.candidate",
-            "must be empty or start with \"candidate:\"".to_owned(),
-        ));
-    }
-    // The string becomes an SDP attribute line; a line break would inject SDP lines.
-    if candidate.chars().any(char::is_control) {
-        return Err(invalid_field(
-            MESSAGE,
-            "candidate.candidate",
-            "must not contain control characters".to_owned(),
-        ));
-    }
-    let sdp_mid = match init.get("sdpMid") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(mid)) if mid.chars().any(char::is_control) => {
-            return Err(invalid_field(
-                MESSAGE,
-                "candidate.sdpMid",
-                "must not contain control characters".to_owned(),
-            ))
-        }
-        Some(Value::String(mid)) if mid.len() > MAX_CANDIDATE_FIELD_BYTES => {
-            return Err(invalid_field(
-                MESSAGE,
-                "candidate.sdpMid",
-                format!(
-                    "must be at most {MAX_CANDIDATE_FIELD_BYTES} bytes, found {}",
-                    mid.len()
-                ),
-            ))
-        }
-        Some(Value::String(mid)) => Some(mid.clone()),
-        Some(other) => {
-            return Err(invalid_field(
-                MESSAGE,
-                "candidate.sdpMid",
-                format!("must be a string or null, found {}", describe(other)),
-            ))
-        }
+            path,
+            format!("must be a string or null, found {}", describe(other)),
+        )),
     };
+    let sdp_mid = optional_string("sdpMid", "candidate.sdpMid")?;
     let sdp_mline_index = match init.get("sdpMLineIndex") {
         None | Some(Value::Null) => None,
         Some(value) => Some(
@@ -976,9 +933,69 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
                 })?,
         ),
     };
-    let username_fragment = match init.get("usernameFragment") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(ufrag)) if ufrag.len() > MAX_CANDIDATE_FIELD_BYTES => {
+    let username_fragment = optional_string("usernameFragment", "candidate.usernameFragment")?;
+    let candidate = IceCandidate {
+        candidate,
+        sdp_mid,
+        sdp_mline_index,
+        username_fragment,
+    };
+    check_candidate(&candidate)?;
+    Ok(Some(candidate))
+}
+
+/// Checks what a candidate says, whichever transport brought it (a candidate message, a
+/// WHEP sdpfrag): each field within its limit, no control characters where the text ends
+/// up in SDP, and a media section named. Errors name the field as a candidate message has it.
+pub fn check_candidate(candidate: &IceCandidate) -> Parsed<()> {
+    const MESSAGE: &str = "candidate";
+    let text = &candidate.candidate;
+    if text.len() > MAX_CANDIDATE_BYTES {
+        return Err(invalid_field(
+            MESSAGE,
+            "candidate.candidate",
+            format!(
+                "must be at most {MAX_CANDIDATE_BYTES} bytes, found {}",
+                text.len()
+            ),
+        ));
+    }
+    if !text.is_empty() && !text.starts_with("candidate:") {
+        return Err(invalid_field(
+            MESSAGE,
+            "candidate.candidate",
+            "must be empty or start with \"candidate:\"".to_owned(),
+        ));
+    }
+    // The string becomes an SDP attribute line; a line break would inject SDP lines.
+    if text.chars().any(char::is_control) {
+        return Err(invalid_field(
+            MESSAGE,
+            "candidate.candidate",
+            "must not contain control characters".to_owned(),
+        ));
+    }
+    if let Some(mid) = &candidate.sdp_mid {
+        if mid.chars().any(char::is_control) {
+            return Err(invalid_field(
+                MESSAGE,
+                "candidate.sdpMid",
+                "must not contain control characters".to_owned(),
+            ));
+        }
+        if mid.len() > MAX_CANDIDATE_FIELD_BYTES {
+            return Err(invalid_field(
+                MESSAGE,
+                "candidate.sdpMid",
+                format!(
+                    "must be at most {MAX_CANDIDATE_FIELD_BYTES} bytes, found {}",
+                    mid.len()
+                ),
+            ));
+        }
+    }
+    if let Some(ufrag) = &candidate.username_fragment {
+        if ufrag.len() > MAX_CANDIDATE_FIELD_BYTES {
             return Err(invalid_field(
                 MESSAGE,
                 "candidate.usernameFragment",
@@ -986,18 +1003,10 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
                     "must be at most {MAX_CANDIDATE_FIELD_BYTES} bytes, found {}",
                     ufrag.len()
                 ),
-            ))
+            ));
         }
-        Some(Value::String(ufrag)) => Some(ufrag.clone()),
-        Some(other) => {
-            return Err(invalid_field(
-                MESSAGE,
-                "candidate.usernameFragment",
-                format!("must be a string or null, found {}", describe(other)),
-            ))
-        }
-    };
-    if !candidate.is_empty() && sdp_mid.is_none() && sdp_mline_index.is_none() {
+    }
+    if !text.is_empty() && candidate.sdp_mid.is_none() && candidate.sdp_mline_index.is_none() {
         return Err(invalid_field(
             MESSAGE,
             "candidate",
@@ -1005,12 +1014,7 @@ fn parse_candidate_field(object: &Map<String, Value>) -> Parsed<Option<IceCandid
                 .to_owned(),
         ));
     }
-    Ok(Some(IceCandidate {
-        candidate: candidate.clone(),
-        sdp_mid,
-        sdp_mline_index,
-        username_fragment,
-    }))
+    Ok(())
 }
 
 /// Typed access to the fields of one message, with errors naming message and field.
