@@ -196,6 +196,8 @@ impl Pipeline {
             keyframe_interval_s = encoder_settings.keyframe_interval_s,
             "H.264 encoder ready (openh264, constrained baseline)"
         );
+        // Fix the origin of capture instants before the first frame, so none is clamped to it.
+        crate::clock::monotonic_origin();
         let health = Arc::new(PipelineHealth::default());
         let (streamed_mode_tx, streamed_mode) = watch::channel(None);
         let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
@@ -357,6 +359,7 @@ impl EncodeStage {
             Captured::H264 {
                 access_unit,
                 capture_us,
+                monotonic_us,
                 sequence,
                 ..
             } => {
@@ -368,7 +371,7 @@ impl EncodeStage {
                 }
                 match self
                     .passthrough
-                    .access_unit(&access_unit, capture_us, sequence)
+                    .access_unit(&access_unit, capture_us, monotonic_us, sequence)
                 {
                     Some(frame) => {
                         self.counters.record_encoded(
@@ -491,6 +494,7 @@ mod tests {
                 width: VIVID_NEAREST.width,
                 height: VIVID_NEAREST.height,
                 capture_us: 0,
+                monotonic_us: 0,
                 sequence: 0,
             })
         }
@@ -588,6 +592,7 @@ mod tests {
                         height: SCRIPTED.height,
                         i420,
                         capture_us: crate::clock::unix_us(),
+                        monotonic_us: crate::clock::monotonic_us(),
                         sequence: self.sequence,
                     }))
                 }
