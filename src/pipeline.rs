@@ -99,6 +99,9 @@ pub struct PipelineCounters {
     pub frames_captured: AtomicU64,
     pub frames_encoded: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Of `frames_dropped`: frames the camera delivered malformed (impossible geometry,
+    /// truncated, corrupt or oversized JPEG, flagged by the driver).
+    pub frames_rejected: AtomicU64,
     pub keyframes: AtomicU64,
     pub bytes_encoded: AtomicU64,
     pub encode_us_total: AtomicU64,
@@ -126,6 +129,12 @@ impl PipelineCounters {
         self.frames_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one frame the camera delivered malformed: rejected, so dropped as well.
+    pub fn record_rejected(&self) {
+        self.frames_rejected.fetch_add(1, Ordering::Relaxed);
+        self.record_dropped();
+    }
+
     /// Copies the counters. Each load is relaxed, so the copy is not one atomic cut across all
     /// counters; for once-a-second rates the skew of at most one frame is irrelevant.
     pub fn snapshot(&self) -> CountersSnapshot {
@@ -133,6 +142,7 @@ impl PipelineCounters {
             frames_captured: self.frames_captured.load(Ordering::Relaxed),
             frames_encoded: self.frames_encoded.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
             keyframes: self.keyframes.load(Ordering::Relaxed),
             bytes_encoded: self.bytes_encoded.load(Ordering::Relaxed),
             encode_us_total: self.encode_us_total.load(Ordering::Relaxed),
@@ -146,6 +156,7 @@ pub struct CountersSnapshot {
     pub frames_captured: u64,
     pub frames_encoded: u64,
     pub frames_dropped: u64,
+    pub frames_rejected: u64,
     pub keyframes: u64,
     pub bytes_encoded: u64,
     pub encode_us_total: u64,
@@ -292,7 +303,7 @@ fn capture_loop(
             Ok(captured) => captured,
             Err(SourceError::Frame(reason)) => {
                 bad_frames += 1;
-                counters.record_dropped();
+                counters.record_rejected();
                 if bad_frames == 1 || bad_frames.is_power_of_two() {
                     tracing::warn!(bad_frames, "dropping a bad frame: {reason}");
                 }
@@ -532,6 +543,80 @@ mod tests {
         assert_eq!(*mode.borrow(), Some(VIVID_NEAREST));
     }
 
+    /// A camera whose driver describes its buffers impossibly: each capture goes through
+    /// the real converter, which must refuse it.
+    struct MalformedCamera {
+        captures: usize,
+    }
+
+    impl VideoSource for MalformedCamera {
+        fn next_frame(&mut self) -> Result<Captured, SourceError> {
+            use crate::source::convert::{to_i420, Layout, PixelFormat};
+            std::thread::sleep(Duration::from_millis(2));
+            let layout = |format, width, height, stride| Layout {
+                format,
+                width,
+                height,
+                stride,
+            };
+            let cases = [
+                (layout(PixelFormat::Yuyv, 64, 48, 100), vec![0; 8192]),
+                (layout(PixelFormat::Nv12, 64, 0, 0), vec![0; 8192]),
+                (layout(PixelFormat::Yu12, 64, 48, 0), vec![0; 100]),
+                (
+                    layout(PixelFormat::Mjpeg, 64, 48, 0),
+                    b"\xff\xd8 cut".to_vec(),
+                ),
+            ];
+            let (layout, data) = &cases[self.captures % cases.len()];
+            self.captures += 1;
+            let mut i420 = Vec::new();
+            to_i420(*layout, data, &mut i420).map_err(|e| SourceError::Frame(e.to_string()))?;
+            unreachable!("the converter accepted {layout:?}");
+        }
+
+        fn describe(&self) -> String {
+            "a camera with impossible buffers".to_owned()
+        }
+
+        fn streamed_mode(&self) -> Option<StreamedMode> {
+            None
+        }
+    }
+
+    #[test]
+    fn malformed_camera_frames_are_dropped_and_counted_as_rejected() {
+        let health = PipelineHealth::default();
+        let counters = PipelineCounters::default();
+        let (frames_tx, frames_rx) = sync_channel(ENCODE_QUEUE_FRAMES);
+        let (camera_tx, camera) = watch::channel(true);
+        let (mode_tx, _mode) = watch::channel(None);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                capture_loop(
+                    Box::new(MalformedCamera { captures: 0 }),
+                    frames_tx,
+                    &health,
+                    &counters,
+                    &camera_tx,
+                    &mode_tx,
+                    || {},
+                )
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while counters.snapshot().frames_rejected < 8 {
+                assert!(Instant::now() < deadline, "{:?}", counters.snapshot());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            health.stop.store(true, Ordering::Relaxed);
+        });
+        let counted = counters.snapshot();
+        assert_eq!(counted.frames_dropped, counted.frames_rejected);
+        assert_eq!(counted.frames_captured, 0);
+        assert!(frames_rx.try_recv().is_err(), "nothing reached the encoder");
+        assert!(*camera.borrow(), "a bad frame is not a lost camera");
+    }
+
     #[test]
     fn counters_accumulate_encoded_dropped_and_keyframes() {
         let counters = PipelineCounters::default();
@@ -541,12 +626,14 @@ mod tests {
         counters.record_encoded(1_000, true, 4_000);
         counters.record_encoded(250, false, 2_000);
         counters.record_dropped();
+        counters.record_rejected();
         assert_eq!(
             counters.snapshot(),
             CountersSnapshot {
                 frames_captured: 3,
                 frames_encoded: 2,
-                frames_dropped: 1,
+                frames_dropped: 2,
+                frames_rejected: 1,
                 keyframes: 1,
                 bytes_encoded: 1_250,
                 encode_us_total: 6_000,

@@ -130,6 +130,8 @@ pub struct VideoTelemetry {
     pub bitrate_kbps: f64,
     pub frames_encoded: u64,
     pub frames_dropped: u64,
+    /// Of `frames_dropped`: frames the camera delivered malformed.
+    pub frames_rejected: u64,
     pub keyframes: u64,
     pub encode_ms_avg: f64,
 }
@@ -240,6 +242,7 @@ impl TelemetrySampler {
                 bitrate_kbps: round_to(rates.bitrate_kbps, 1),
                 frames_encoded: current_counters.frames_encoded,
                 frames_dropped: current_counters.frames_dropped,
+                frames_rejected: current_counters.frames_rejected,
                 keyframes: current_counters.keyframes,
                 encode_ms_avg: round_to(rates.encode_ms_avg, 2),
             },
@@ -640,6 +643,7 @@ mod tests {
                 bitrate_kbps: 1000.0,
                 frames_encoded: 300,
                 frames_dropped: 2,
+                frames_rejected: 1,
                 keyframes: 5,
                 encode_ms_avg: 2.5,
             },
@@ -739,6 +743,7 @@ mod tests {
                 "fps",
                 "frames_dropped",
                 "frames_encoded",
+                "frames_rejected",
                 "height",
                 "keyframes",
                 "width"
