@@ -133,6 +133,8 @@ pub struct VideoTelemetry {
     /// Of `frames_dropped`: frames the camera delivered malformed.
     pub frames_rejected: u64,
     pub keyframes: u64,
+    /// Times the encoder was rebuilt after failing repeatedly.
+    pub encoder_restarts: u64,
     pub encode_ms_avg: f64,
 }
 
@@ -243,6 +245,7 @@ impl TelemetrySampler {
                 frames_encoded: current_counters.frames_encoded,
                 frames_dropped: current_counters.frames_dropped,
                 frames_rejected: current_counters.frames_rejected,
+                encoder_restarts: current_counters.encoder_restarts,
                 keyframes: current_counters.keyframes,
                 encode_ms_avg: round_to(rates.encode_ms_avg, 2),
             },
@@ -645,6 +648,7 @@ mod tests {
                 frames_dropped: 2,
                 frames_rejected: 1,
                 keyframes: 5,
+                encoder_restarts: 0,
                 encode_ms_avg: 2.5,
             },
             viewers: 3,
@@ -740,6 +744,7 @@ mod tests {
             [
                 "bitrate_kbps",
                 "encode_ms_avg",
+                "encoder_restarts",
                 "fps",
                 "frames_dropped",
                 "frames_encoded",
