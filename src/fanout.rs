@@ -24,15 +24,19 @@ const RTP_CLOCK_HZ: u128 = 90_000;
 pub struct PacketizedFrame {
     pub payloads: Vec<Bytes>,
     pub keyframe: bool,
-    /// 90 kHz RTP timestamp derived from the capture time.
+    /// 90 kHz RTP timestamp derived from the monotonic capture instant: it follows the
+    /// frames' real spacing and never steps with the wall clock.
     pub rtp_timestamp: u32,
+    /// Unix capture time (the latency stamp's), for logs; never for RTP.
     pub capture_us: u64,
     pub sequence: u64,
 }
 
-/// Converts a capture time (Unix µs) to a 90 kHz RTP timestamp (wrapping).
-pub fn rtp_timestamp_from_capture(capture_us: u64) -> u32 {
-    (capture_us as u128 * RTP_CLOCK_HZ / 1_000_000) as u32
+/// Converts a monotonic capture instant (`clock::monotonic_us`) to a 90 kHz RTP
+/// timestamp (wrapping). Never fed Unix time: NTP stepping the wall clock by hours would
+/// step the stream by hours, and a step back would run its timestamps backwards.
+pub fn rtp_timestamp_from_monotonic(monotonic_us: u64) -> u32 {
+    (monotonic_us as u128 * RTP_CLOCK_HZ / 1_000_000) as u32
 }
 
 /// Coalesced keyframe requests from viewers (joins, PLI, FIR), read by the encoder.
@@ -187,7 +191,7 @@ impl FanOut {
         let shared = Arc::new(PacketizedFrame {
             payloads,
             keyframe: frame.keyframe,
-            rtp_timestamp: rtp_timestamp_from_capture(frame.capture_us),
+            rtp_timestamp: rtp_timestamp_from_monotonic(frame.monotonic_us),
             capture_us: frame.capture_us,
             sequence: frame.sequence,
         });
@@ -239,20 +243,48 @@ mod tests {
             access_unit: Bytes::from(vec![0, 0, 0, 1, nal, 0x88, 0x84, 0x21]),
             keyframe,
             capture_us: 1_000_000 + sequence * 33_333,
+            monotonic_us: sequence * 33_333,
             sequence,
         }
     }
 
     #[test]
-    fn rtp_timestamp_is_90khz_of_capture_time() {
-        assert_eq!(rtp_timestamp_from_capture(1_000_000), 90_000);
+    fn rtp_timestamp_is_90khz_of_the_monotonic_capture_instant() {
+        assert_eq!(rtp_timestamp_from_monotonic(1_000_000), 90_000);
         assert_eq!(
-            rtp_timestamp_from_capture(1_000_000 + 33_333),
+            rtp_timestamp_from_monotonic(1_000_000 + 33_333),
             90_000 + 2_999
         );
         // Wraps at 2^32 ticks instead of overflowing.
         let wrap_us = (1u128 << 32) * 1_000_000 / 90_000;
-        assert!(rtp_timestamp_from_capture(wrap_us as u64 + 1_000) < 1_000);
+        assert!(rtp_timestamp_from_monotonic(wrap_us as u64 + 1_000) < 1_000);
+    }
+
+    #[tokio::test]
+    async fn rtp_timestamps_ignore_wall_clock_steps() {
+        let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+        let mut viewer = fanout.subscribe();
+        const HOUR_US: u64 = 3_600_000_000;
+        // NTP steps the wall clock back an hour after frame 2 and forward three after 4.
+        let steps = [0, 0, 0, -1, -1, 2, 2];
+        for (sequence, hours) in steps.into_iter().enumerate() {
+            let mut frame = frame(sequence as u64, sequence == 0);
+            let wall = frame.capture_us + 10 * HOUR_US;
+            frame.capture_us = wall.checked_add_signed(hours * HOUR_US as i64).unwrap();
+            fanout.publish(frame);
+        }
+        let mut previous: Option<u32> = None;
+        let mut received = 0;
+        while let Ok(frame) = viewer.frames.try_recv() {
+            if let Some(previous) = previous {
+                // One frame period (33.333 ms) at 90 kHz, whatever the wall clock did.
+                let ticks = frame.rtp_timestamp.wrapping_sub(previous);
+                assert!((2_999..=3_000).contains(&ticks), "{ticks}");
+            }
+            previous = Some(frame.rtp_timestamp);
+            received += 1;
+        }
+        assert_eq!(received, steps.len());
     }
 
     #[test]
@@ -294,7 +326,7 @@ mod tests {
         assert_eq!(sub.frames.recv().await.unwrap().sequence, 3);
         assert_eq!(
             first.rtp_timestamp,
-            rtp_timestamp_from_capture(first.capture_us)
+            rtp_timestamp_from_monotonic(2 * 33_333)
         );
     }
 

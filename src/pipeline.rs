@@ -21,6 +21,12 @@ const ENCODE_QUEUE_FRAMES: usize = 2;
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Consecutive encode failures before the encoder is rebuilt (and again after twice, four
+/// times … as many): one odd frame costs that frame, not a rebuild, while a wedged openh264
+/// instance costs at most this many frames (a sixth of a second at 30 fps); a fault a
+/// rebuild does not cure is retried ever more rarely instead of several times a second.
+const ENCODE_FAILURES_BEFORE_REBUILD: u64 = 5;
+
 /// `PipelineHealth::last_progress_us` before the pipeline made any progress.
 const NO_PROGRESS: u64 = u64::MAX;
 
@@ -99,9 +105,14 @@ pub struct PipelineCounters {
     pub frames_captured: AtomicU64,
     pub frames_encoded: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Of `frames_dropped`: frames the camera delivered malformed (impossible geometry,
+    /// truncated, corrupt or oversized JPEG, flagged by the driver).
+    pub frames_rejected: AtomicU64,
     pub keyframes: AtomicU64,
     pub bytes_encoded: AtomicU64,
     pub encode_us_total: AtomicU64,
+    /// Times the encoder was rebuilt after repeated failures.
+    pub encoder_restarts: AtomicU64,
 }
 
 impl PipelineCounters {
@@ -126,6 +137,12 @@ impl PipelineCounters {
         self.frames_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one frame the camera delivered malformed: rejected, so dropped as well.
+    pub fn record_rejected(&self) {
+        self.frames_rejected.fetch_add(1, Ordering::Relaxed);
+        self.record_dropped();
+    }
+
     /// Copies the counters. Each load is relaxed, so the copy is not one atomic cut across all
     /// counters; for once-a-second rates the skew of at most one frame is irrelevant.
     pub fn snapshot(&self) -> CountersSnapshot {
@@ -133,9 +150,11 @@ impl PipelineCounters {
             frames_captured: self.frames_captured.load(Ordering::Relaxed),
             frames_encoded: self.frames_encoded.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
             keyframes: self.keyframes.load(Ordering::Relaxed),
             bytes_encoded: self.bytes_encoded.load(Ordering::Relaxed),
             encode_us_total: self.encode_us_total.load(Ordering::Relaxed),
+            encoder_restarts: self.encoder_restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -146,9 +165,11 @@ pub struct CountersSnapshot {
     pub frames_captured: u64,
     pub frames_encoded: u64,
     pub frames_dropped: u64,
+    pub frames_rejected: u64,
     pub keyframes: u64,
     pub bytes_encoded: u64,
     pub encode_us_total: u64,
+    pub encoder_restarts: u64,
 }
 
 /// Whether the pipeline still deserves the systemd watchdog's pings.
@@ -174,6 +195,7 @@ impl Liveness {
 pub struct Pipeline {
     health: Arc<PipelineHealth>,
     streamed_mode: watch::Receiver<Option<StreamedMode>>,
+    encoder_restarts: watch::Receiver<u64>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -196,9 +218,12 @@ impl Pipeline {
             keyframe_interval_s = encoder_settings.keyframe_interval_s,
             "H.264 encoder ready (openh264, constrained baseline)"
         );
+        // Fix the origin of capture instants before the first frame, so none is clamped to it.
+        crate::clock::monotonic_origin();
         let health = Arc::new(PipelineHealth::default());
         let (streamed_mode_tx, streamed_mode) = watch::channel(None);
         let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
+        let (encoder_restarts_tx, encoder_restarts) = watch::channel(0);
 
         let capture = {
             let health = Arc::clone(&health);
@@ -229,6 +254,8 @@ impl Pipeline {
                         passthrough: Passthrough::default(),
                         fanout,
                         counters,
+                        failures: EncodeFailures::default(),
+                        encoder_restarts: encoder_restarts_tx,
                     };
                     while !health.stopping() {
                         match frames_rx.recv_timeout(Duration::from_millis(100)) {
@@ -242,6 +269,7 @@ impl Pipeline {
         Ok(Self {
             health,
             streamed_mode,
+            encoder_restarts,
             threads: vec![capture, encode],
         })
     }
@@ -254,6 +282,11 @@ impl Pipeline {
     /// differ from the configured one), once the first frame came; changes notify.
     pub fn streamed_mode(&self) -> watch::Receiver<Option<StreamedMode>> {
         self.streamed_mode.clone()
+    }
+
+    /// How many times the encoder was rebuilt after repeated failures; changes notify.
+    pub fn encoder_restarts(&self) -> watch::Receiver<u64> {
+        self.encoder_restarts.clone()
     }
 
     /// Stops both threads and waits for them.
@@ -290,7 +323,7 @@ fn capture_loop(
             Ok(captured) => captured,
             Err(SourceError::Frame(reason)) => {
                 bad_frames += 1;
-                counters.record_dropped();
+                counters.record_rejected();
                 if bad_frames == 1 || bad_frames.is_power_of_two() {
                     tracing::warn!(bad_frames, "dropping a bad frame: {reason}");
                 }
@@ -346,9 +379,85 @@ struct EncodeStage {
     passthrough: Passthrough,
     fanout: Arc<FanOut>,
     counters: Arc<PipelineCounters>,
+    failures: EncodeFailures,
+    /// Rebuilds so far, for the status (the counters have them too, for telemetry).
+    encoder_restarts: watch::Sender<u64>,
+}
+
+/// What to do after an encode failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// The first of a run: worth a warning.
+    Warn,
+    /// More of the same run: already reported.
+    Quiet,
+    /// Rebuild the encoder now (and say so).
+    Rebuild,
+}
+
+/// Consecutive encode failures, and the rebuild decision. Pure, so it is tested by
+/// driving it with results.
+#[derive(Debug, Default)]
+struct EncodeFailures {
+    consecutive: u64,
+}
+
+impl EncodeFailures {
+    /// One more failure in a row.
+    fn failed(&mut self) -> AfterFailure {
+        self.consecutive += 1;
+        let runs = self.consecutive / ENCODE_FAILURES_BEFORE_REBUILD;
+        if self.consecutive % ENCODE_FAILURES_BEFORE_REBUILD == 0 && runs.is_power_of_two() {
+            AfterFailure::Rebuild
+        } else if self.consecutive == 1 {
+            AfterFailure::Warn
+        } else {
+            AfterFailure::Quiet
+        }
+    }
+
+    /// A frame went through: the run (how many failed before it, if any) is over.
+    fn succeeded(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.consecutive)).filter(|&failed| failed > 0)
+    }
 }
 
 impl EncodeStage {
+    /// Counts a failed encode; warns on the first of a run and rebuilds the encoder when
+    /// the run is long enough, so a wedged encoder neither floods the log nor stays wedged.
+    fn encode_failed(&mut self, err: &crate::encode::EncodeError) {
+        self.counters.record_dropped();
+        match self.failures.failed() {
+            AfterFailure::Warn => tracing::warn!("encoding failed: {err}"),
+            AfterFailure::Quiet => {}
+            AfterFailure::Rebuild => {
+                let failures = self.failures.consecutive;
+                match H264Encoder::new(self.settings) {
+                    Ok(encoder) => {
+                        self.encoder = encoder;
+                        self.counters
+                            .encoder_restarts
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.encoder_restarts.send_modify(|restarts| *restarts += 1);
+                        // Viewers resume from the new encoder's first picture, an IDR.
+                        self.fanout.keyframes().request();
+                        tracing::warn!(failures, "encoder rebuilt after {failures} failures in a row: {err}");
+                    }
+                    Err(rebuild) => tracing::warn!(
+                        failures,
+                        "encoding failed {failures} times in a row ({err}) and the encoder cannot be rebuilt: {rebuild}"
+                    ),
+                }
+            }
+        }
+    }
+
+    fn encode_succeeded(&mut self) {
+        if let Some(failures) = self.failures.succeeded() {
+            tracing::info!(failures, "encoding works again");
+        }
+    }
+
     fn handle(&mut self, captured: Captured, health: &PipelineHealth) {
         health.progress();
         let started = Instant::now();
@@ -357,6 +466,7 @@ impl EncodeStage {
             Captured::H264 {
                 access_unit,
                 capture_us,
+                monotonic_us,
                 sequence,
                 ..
             } => {
@@ -368,7 +478,7 @@ impl EncodeStage {
                 }
                 match self
                     .passthrough
-                    .access_unit(&access_unit, capture_us, sequence)
+                    .access_unit(&access_unit, capture_us, monotonic_us, sequence)
                 {
                     Some(frame) => {
                         self.counters.record_encoded(
@@ -414,7 +524,12 @@ impl EncodeStage {
                     return;
                 }
                 let force_keyframe = keyframes.take_due(started);
-                match self.encoder.encode(&frame, force_keyframe) {
+                let result = self.encoder.encode(&frame, force_keyframe);
+                match &result {
+                    Ok(_) => self.encode_succeeded(),
+                    Err(err) => self.encode_failed(err),
+                }
+                match result {
                     Ok(Some(encoded)) => {
                         if force_keyframe && !encoded.keyframe {
                             keyframes.request();
@@ -433,9 +548,11 @@ impl EncodeStage {
                             keyframes.request();
                         }
                     }
-                    Err(err) => {
-                        self.counters.record_dropped();
-                        tracing::warn!("encoding failed: {err}");
+                    Err(_) => {
+                        if force_keyframe {
+                            // The IDR this frame owed is still owed.
+                            keyframes.request();
+                        }
                     }
                 }
             }
@@ -491,6 +608,7 @@ mod tests {
                 width: VIVID_NEAREST.width,
                 height: VIVID_NEAREST.height,
                 capture_us: 0,
+                monotonic_us: 0,
                 sequence: 0,
             })
         }
@@ -528,6 +646,149 @@ mod tests {
         assert_eq!(*mode.borrow(), Some(VIVID_NEAREST));
     }
 
+    /// A camera whose driver describes its buffers impossibly: each capture goes through
+    /// the real converter, which must refuse it.
+    struct MalformedCamera {
+        captures: usize,
+    }
+
+    impl VideoSource for MalformedCamera {
+        fn next_frame(&mut self) -> Result<Captured, SourceError> {
+            use crate::source::convert::{to_i420, Layout, PixelFormat};
+            std::thread::sleep(Duration::from_millis(2));
+            let layout = |format, width, height, stride| Layout {
+                format,
+                width,
+                height,
+                stride,
+            };
+            let cases = [
+                (layout(PixelFormat::Yuyv, 64, 48, 100), vec![0; 8192]),
+                (layout(PixelFormat::Nv12, 64, 0, 0), vec![0; 8192]),
+                (layout(PixelFormat::Yu12, 64, 48, 0), vec![0; 100]),
+                (
+                    layout(PixelFormat::Mjpeg, 64, 48, 0),
+                    b"\xff\xd8 cut".to_vec(),
+                ),
+            ];
+            let (layout, data) = &cases[self.captures % cases.len()];
+            self.captures += 1;
+            let mut i420 = Vec::new();
+            to_i420(*layout, data, &mut i420).map_err(|e| SourceError::Frame(e.to_string()))?;
+            unreachable!("the converter accepted {layout:?}");
+        }
+
+        fn describe(&self) -> String {
+            "a camera with impossible buffers".to_owned()
+        }
+
+        fn streamed_mode(&self) -> Option<StreamedMode> {
+            None
+        }
+    }
+
+    #[test]
+    fn malformed_camera_frames_are_dropped_and_counted_as_rejected() {
+        let health = PipelineHealth::default();
+        let counters = PipelineCounters::default();
+        let (frames_tx, frames_rx) = sync_channel(ENCODE_QUEUE_FRAMES);
+        let (camera_tx, camera) = watch::channel(true);
+        let (mode_tx, _mode) = watch::channel(None);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                capture_loop(
+                    Box::new(MalformedCamera { captures: 0 }),
+                    frames_tx,
+                    &health,
+                    &counters,
+                    &camera_tx,
+                    &mode_tx,
+                    || {},
+                )
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while counters.snapshot().frames_rejected < 8 {
+                assert!(Instant::now() < deadline, "{:?}", counters.snapshot());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            health.stop.store(true, Ordering::Relaxed);
+        });
+        let counted = counters.snapshot();
+        assert_eq!(counted.frames_dropped, counted.frames_rejected);
+        assert_eq!(counted.frames_captured, 0);
+        assert!(frames_rx.try_recv().is_err(), "nothing reached the encoder");
+        assert!(*camera.borrow(), "a bad frame is not a lost camera");
+    }
+
+    #[test]
+    fn the_encoder_is_rebuilt_after_five_failures_in_a_row_then_ever_more_rarely() {
+        use AfterFailure::*;
+        let mut failures = EncodeFailures::default();
+        let run: Vec<AfterFailure> = (0..40).map(|_| failures.failed()).collect();
+        assert_eq!(run[..5], [Warn, Quiet, Quiet, Quiet, Rebuild]);
+        let rebuilds: Vec<usize> = (1..=40).filter(|&n| run[n - 1] == Rebuild).collect();
+        assert_eq!(rebuilds, [5, 10, 20, 40]);
+        assert_eq!(failures.succeeded(), Some(40));
+        assert_eq!(failures.succeeded(), None, "a success alone is no recovery");
+        // Failures that never reach five in a row never rebuild; each run warns once.
+        for _ in 0..3 {
+            assert_eq!(failures.failed(), Warn);
+            assert_eq!(failures.failed(), Quiet);
+            assert_eq!(failures.failed(), Quiet);
+            assert_eq!(failures.failed(), Quiet);
+            assert_eq!(failures.succeeded(), Some(4));
+        }
+    }
+
+    #[test]
+    fn repeated_openh264_failures_rebuild_the_encoder_and_are_counted() {
+        let settings = EncoderSettings {
+            width: 64,
+            height: 48,
+            fps: 30,
+            bitrate_kbps: 200,
+            keyframe_interval_s: 600,
+        };
+        let fanout = FanOut::new(Arc::new(crate::fanout::KeyframeRequests::default()));
+        let mut viewer = fanout.subscribe();
+        let counters = Arc::new(PipelineCounters::default());
+        let (restarts_tx, restarts) = watch::channel(0);
+        let mut stage = EncodeStage {
+            encoder: H264Encoder::new(settings).unwrap(),
+            settings,
+            passthrough: Passthrough::default(),
+            fanout: Arc::clone(&fanout),
+            counters: Arc::clone(&counters),
+            failures: EncodeFailures::default(),
+            encoder_restarts: restarts_tx,
+        };
+        let health = PipelineHealth::default();
+        let frame = |sequence: u64, bytes: usize| {
+            Captured::Raw(crate::source::Frame {
+                width: 64,
+                height: 48,
+                i420: vec![100; bytes],
+                capture_us: 0,
+                monotonic_us: sequence * 33_333,
+                sequence,
+            })
+        };
+        // The right size with a short buffer: openh264's wrapper refuses every one.
+        for sequence in 0..20 {
+            stage.handle(frame(sequence, 100), &health);
+        }
+        let counted = counters.snapshot();
+        assert_eq!(counted.encoder_restarts, 3, "after 5, 10 and 20 failures");
+        assert_eq!(*restarts.borrow(), 3);
+        assert_eq!((counted.frames_dropped, counted.frames_encoded), (20, 0));
+        // A good frame goes through the rebuilt encoder, as an IDR the viewer can start at.
+        stage.handle(frame(20, 64 * 48 * 3 / 2), &health);
+        assert_eq!(counters.snapshot().frames_encoded, 1);
+        let first = viewer.frames.try_recv().expect("a frame after the rebuild");
+        assert!(first.keyframe);
+        assert_eq!(stage.failures.consecutive, 0);
+    }
+
     #[test]
     fn counters_accumulate_encoded_dropped_and_keyframes() {
         let counters = PipelineCounters::default();
@@ -537,15 +798,18 @@ mod tests {
         counters.record_encoded(1_000, true, 4_000);
         counters.record_encoded(250, false, 2_000);
         counters.record_dropped();
+        counters.record_rejected();
         assert_eq!(
             counters.snapshot(),
             CountersSnapshot {
                 frames_captured: 3,
                 frames_encoded: 2,
-                frames_dropped: 1,
+                frames_dropped: 2,
+                frames_rejected: 1,
                 keyframes: 1,
                 bytes_encoded: 1_250,
                 encode_us_total: 6_000,
+                encoder_restarts: 0,
             }
         );
     }
@@ -588,6 +852,7 @@ mod tests {
                         height: SCRIPTED.height,
                         i420,
                         capture_us: crate::clock::unix_us(),
+                        monotonic_us: crate::clock::monotonic_us(),
                         sequence: self.sequence,
                     }))
                 }

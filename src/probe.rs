@@ -99,9 +99,10 @@ pub fn probe(
             Captured::H264 {
                 access_unit,
                 capture_us,
+                monotonic_us,
                 sequence,
                 ..
-            } => passthrough.access_unit(&access_unit, capture_us, sequence),
+            } => passthrough.access_unit(&access_unit, capture_us, monotonic_us, sequence),
         };
         encode += began.elapsed();
         if let Some(encoded) = encoded {

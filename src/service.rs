@@ -184,6 +184,7 @@ pub fn status_json(
     viewers: usize,
     camera_available: bool,
     streamed: Option<StreamedMode>,
+    encoder_restarts: u64,
 ) -> String {
     let (width, height, fps) = match streamed {
         // Protocol v1 carries whole frames per second: 12.5 is announced as 13.
@@ -213,6 +214,8 @@ pub fn status_json(
         status.state = CameraState::Unavailable;
     }
     status.auth = Some(config.auth.mode);
+    status.encoder_restarts =
+        (encoder_restarts > 0).then(|| u32::try_from(encoder_restarts).unwrap_or(u32::MAX));
     status.to_json()
 }
 
@@ -299,6 +302,12 @@ pub fn os_signals() -> anyhow::Result<Control> {
 /// Applies a new log filter at runtime; returns an error text when it is invalid.
 pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// What the status follows of the pipeline.
+struct PipelineWatches {
+    streamed: watch::Receiver<Option<StreamedMode>>,
+    encoder_restarts: watch::Receiver<u64>,
+}
+
 /// Keeps the retained status (and systemd's STATUS line) true to the viewer count, the
 /// camera, the streamed size and the live configuration, and its minted TURN credentials
 /// fresh (renewed at half their lifetime), until `stop`.
@@ -307,7 +316,7 @@ async fn publish_status(
     mut live: watch::Receiver<Config>,
     mut viewers: watch::Receiver<usize>,
     mut camera: watch::Receiver<bool>,
-    mut streamed: watch::Receiver<Option<StreamedMode>>,
+    mut pipeline: PipelineWatches,
     status: watch::Sender<String>,
     stop: CancellationToken,
 ) {
@@ -319,13 +328,22 @@ async fn publish_status(
             changed = viewers.changed() => if changed.is_err() { break },
             changed = live.changed() => if changed.is_err() { break },
             changed = camera.changed() => if changed.is_err() { break },
-            changed = streamed.changed() => if changed.is_err() { break },
+            changed = pipeline.streamed.changed() => if changed.is_err() { break },
+            changed = pipeline.encoder_restarts.changed() => if changed.is_err() { break },
             _ = stop.cancelled() => break,
         }
         let count = *viewers.borrow_and_update();
         let available = *camera.borrow_and_update();
-        let mode = *streamed.borrow_and_update();
-        let json = status_json(&live.borrow_and_update(), &ice, count, available, mode);
+        let mode = *pipeline.streamed.borrow_and_update();
+        let restarts = *pipeline.encoder_restarts.borrow_and_update();
+        let json = status_json(
+            &live.borrow_and_update(),
+            &ice,
+            count,
+            available,
+            mode,
+            restarts,
+        );
         // Republish (retained, to every subscriber) only what really changed.
         status.send_if_modified(|published| {
             let changed = *published != json;
@@ -618,7 +636,7 @@ pub async fn run(
     let (to_viewers_tx, to_viewers) = mpsc::unbounded_channel();
     let (viewers_tx, viewers) = watch::channel(0usize);
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
-    let (status_tx, status) = watch::channel(status_json(&config, &ice, 0, true, None));
+    let (status_tx, status) = watch::channel(status_json(&config, &ice, 0, true, None, 0));
     let (live_tx, live) = watch::channel(config.clone());
     let (max_viewers_tx, max_viewers) = watch::channel(config.webrtc.max_viewers);
 
@@ -681,7 +699,10 @@ pub async fn run(
         live.clone(),
         viewers.clone(),
         camera_available.clone(),
-        pipeline.streamed_mode(),
+        PipelineWatches {
+            streamed: pipeline.streamed_mode(),
+            encoder_restarts: pipeline.encoder_restarts(),
+        },
         status_tx,
         stop.child_token(),
     ));
@@ -777,9 +798,15 @@ mod tests {
     #[test]
     fn status_reports_the_streamed_mode_once_known() {
         let config = Config::default();
-        let configured: serde_json::Value =
-            serde_json::from_str(&status_json(&config, &IceServers::default(), 2, true, None))
-                .unwrap();
+        let configured: serde_json::Value = serde_json::from_str(&status_json(
+            &config,
+            &IceServers::default(),
+            2,
+            true,
+            None,
+            0,
+        ))
+        .unwrap();
         assert_eq!(configured["video"]["width"], config.video.width);
         assert_eq!(configured["video"]["height"], config.video.height);
         assert_eq!(configured["video"]["fps"], config.video.fps);
@@ -797,6 +824,7 @@ mod tests {
             0,
             false,
             Some(nearest),
+            0,
         ))
         .unwrap();
         assert_eq!(negotiated["video"]["width"], 640);
@@ -820,6 +848,7 @@ mod tests {
                 0,
                 true,
                 Some(mode),
+                0,
             ))
             .unwrap();
             status["video"]["fps"].clone()
@@ -827,5 +856,16 @@ mod tests {
         assert_eq!(fps(12.5), 13, "vivid's nearest 720p mode");
         assert_eq!(fps(29.97), 30);
         assert_eq!(fps(7.5), 8);
+    }
+
+    #[test]
+    fn status_says_how_often_the_encoder_was_rebuilt_once_it_was() {
+        let config = Config::default();
+        let status = |restarts| -> serde_json::Value {
+            let json = status_json(&config, &IceServers::default(), 0, true, None, restarts);
+            serde_json::from_str(&json).unwrap()
+        };
+        assert!(status(0).get("encoder_restarts").is_none());
+        assert_eq!(status(2)["encoder_restarts"], 2);
     }
 }

@@ -130,7 +130,11 @@ pub struct VideoTelemetry {
     pub bitrate_kbps: f64,
     pub frames_encoded: u64,
     pub frames_dropped: u64,
+    /// Of `frames_dropped`: frames the camera delivered malformed.
+    pub frames_rejected: u64,
     pub keyframes: u64,
+    /// Times the encoder was rebuilt after failing repeatedly.
+    pub encoder_restarts: u64,
     pub encode_ms_avg: f64,
 }
 
@@ -240,6 +244,8 @@ impl TelemetrySampler {
                 bitrate_kbps: round_to(rates.bitrate_kbps, 1),
                 frames_encoded: current_counters.frames_encoded,
                 frames_dropped: current_counters.frames_dropped,
+                frames_rejected: current_counters.frames_rejected,
+                encoder_restarts: current_counters.encoder_restarts,
                 keyframes: current_counters.keyframes,
                 encode_ms_avg: round_to(rates.encode_ms_avg, 2),
             },
@@ -640,7 +646,9 @@ mod tests {
                 bitrate_kbps: 1000.0,
                 frames_encoded: 300,
                 frames_dropped: 2,
+                frames_rejected: 1,
                 keyframes: 5,
+                encoder_restarts: 0,
                 encode_ms_avg: 2.5,
             },
             viewers: 3,
@@ -736,9 +744,11 @@ mod tests {
             [
                 "bitrate_kbps",
                 "encode_ms_avg",
+                "encoder_restarts",
                 "fps",
                 "frames_dropped",
                 "frames_encoded",
+                "frames_rejected",
                 "height",
                 "keyframes",
                 "width"

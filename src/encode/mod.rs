@@ -25,6 +25,8 @@ pub struct EncodedFrame {
     pub keyframe: bool,
     /// Capture time of the source frame, microseconds since the Unix epoch.
     pub capture_us: u64,
+    /// Capture instant of the source frame on the monotonic clock (`clock::monotonic_us`).
+    pub monotonic_us: u64,
     pub sequence: u64,
 }
 
@@ -133,6 +135,7 @@ impl H264Encoder {
             access_unit: Bytes::from(access_unit),
             keyframe,
             capture_us: frame.capture_us,
+            monotonic_us: frame.monotonic_us,
             sequence: frame.sequence,
         }))
     }
@@ -156,6 +159,7 @@ mod tests {
             height,
             i420,
             capture_us: 1_000_000 + sequence * 33_333,
+            monotonic_us: sequence * 33_333,
             sequence,
         }
     }

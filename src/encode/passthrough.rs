@@ -29,6 +29,7 @@ impl Passthrough {
         &mut self,
         au: &[u8],
         capture_us: u64,
+        monotonic_us: u64,
         sequence: u64,
     ) -> Option<EncodedFrame> {
         let mut idr = false;
@@ -81,6 +82,7 @@ impl Passthrough {
             access_unit,
             keyframe: idr,
             capture_us,
+            monotonic_us,
             sequence,
         })
     }
@@ -137,7 +139,9 @@ mod tests {
         let mut passthrough = Passthrough::default();
         let mut keyframes = 0;
         for (i, au) in stream.iter().enumerate() {
-            let frame = passthrough.access_unit(au, i as u64, i as u64).unwrap();
+            let frame = passthrough
+                .access_unit(au, i as u64, i as u64, i as u64)
+                .unwrap();
             if frame.keyframe {
                 keyframes += 1;
                 let types = unit_types(&frame.access_unit);
@@ -164,13 +168,13 @@ mod tests {
         let mut passthrough = Passthrough::default();
         // Joining mid-stream: P-frames and a parameter-set-less IDR are held back.
         for au in &stream[1..] {
-            assert!(passthrough.access_unit(au, 0, 0).is_none());
+            assert!(passthrough.access_unit(au, 0, 0, 0).is_none());
         }
-        let first = passthrough.access_unit(&stream[0], 0, 0).unwrap();
+        let first = passthrough.access_unit(&stream[0], 0, 0, 0).unwrap();
         assert!(first.keyframe);
-        assert!(passthrough.access_unit(&stream[1], 0, 1).is_some());
+        assert!(passthrough.access_unit(&stream[1], 0, 0, 1).is_some());
         passthrough.reset();
-        assert!(passthrough.access_unit(&stream[1], 0, 1).is_none());
+        assert!(passthrough.access_unit(&stream[1], 0, 0, 1).is_none());
     }
 
     #[test]
@@ -182,7 +186,7 @@ mod tests {
             &[0xff; 64][..],
             &[0, 0, 0, 1, 0x65][..],
         ] {
-            assert!(passthrough.access_unit(junk, 0, 0).is_none());
+            assert!(passthrough.access_unit(junk, 0, 0, 0).is_none());
         }
     }
 }

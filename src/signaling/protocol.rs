@@ -623,6 +623,9 @@ pub struct Status {
     /// `keys`: offers must carry a valid access key; `open`: anyone may watch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthMode>,
+    /// Times the H.264 encoder was rebuilt after failing repeatedly; present once it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_restarts: Option<u32>,
 }
 
 impl Status {
@@ -649,6 +652,7 @@ impl Status {
             max_viewers: Some(max_viewers),
             ice_servers: Some(ice_servers),
             auth: None,
+            encoder_restarts: None,
         }
     }
 
@@ -666,6 +670,7 @@ impl Status {
             max_viewers: None,
             ice_servers: None,
             auth: None,
+            encoder_restarts: None,
         }
     }
 
@@ -732,6 +737,7 @@ impl Status {
             video,
             viewers: fields.optional_u32("viewers")?,
             max_viewers: fields.optional_u32("max_viewers")?,
+            encoder_restarts: fields.optional_u32("encoder_restarts")?,
             ice_servers,
             auth: match fields.optional_str("auth")? {
                 None => None,

@@ -7,6 +7,7 @@ use yuv::{
     BufferStoreMut, YuvConversionMode, YuvPackedImage, YuvPlanarImageMut, YuvRange,
     YuvStandardMatrix,
 };
+use zune_jpeg::errors::DecodeErrors;
 use zune_jpeg::zune_core::bytestream::ZCursor;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
@@ -88,8 +89,28 @@ pub enum ConvertError {
         width: u32,
         height: u32,
     },
+    #[error("{format} frame of {width}x{height} has no pixels")]
+    Empty {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+    },
+    #[error("{format} {width}x{height} rows of {stride} bytes: they need at least {need}")]
+    Stride {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        stride: usize,
+        need: usize,
+    },
     #[error("corrupt JPEG: {0}")]
     Jpeg(String),
+    #[error("JPEG is larger than the negotiated {width}x{height}: {detail}")]
+    JpegTooLarge {
+        width: u32,
+        height: u32,
+        detail: String,
+    },
     #[error("JPEG is {got_width}x{got_height}, the negotiated mode is {width}x{height}")]
     JpegSize {
         got_width: u32,
@@ -124,31 +145,56 @@ impl Layout {
 }
 
 /// Converts one captured frame into tightly packed I420, reusing `out`'s allocation.
+/// A frame the driver describes impossibly (no pixels, rows narrower than the picture,
+/// fewer bytes than its rows need) is an error before anything is read or allocated.
 pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    if layout.width == 0 || layout.height == 0 {
+        return Err(ConvertError::Empty {
+            format: layout.format,
+            width: layout.width,
+            height: layout.height,
+        });
+    }
     let (w, h) = (layout.width as usize, layout.height as usize);
     let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-    out.clear();
-    out.resize(w * h + 2 * cw * ch, 0);
-    let short = |need: usize| ConvertError::Short {
+    let short = |need: Option<usize>| ConvertError::Short {
         format: layout.format,
         got: data.len(),
-        need,
+        need: need.unwrap_or(usize::MAX),
         width: layout.width,
         height: layout.height,
     };
+    let narrow = |stride: usize, need: usize| ConvertError::Stride {
+        format: layout.format,
+        width: layout.width,
+        height: layout.height,
+        stride,
+        need,
+    };
+    let fill_out = |out: &mut Vec<u8>| {
+        out.clear();
+        out.resize(w * h + 2 * cw * ch, 0);
+    };
     match layout.format {
         PixelFormat::Yuyv | PixelFormat::Uyvy => {
-            let stride = layout.stride_or(layout.width * 2);
-            let need = stride * (h - 1) + w * 2;
-            if data.len() < need {
-                return Err(short(need));
+            // Two pixels per 4-byte macropixel.
+            let row = cw * 4;
+            let stride = layout.stride_or(layout.width.saturating_mul(2));
+            if stride < row {
+                return Err(narrow(stride, row));
             }
+            let need = stride.checked_mul(h - 1).and_then(|n| n.checked_add(row));
+            let need = match need {
+                Some(need) if data.len() >= need => need,
+                _ => return Err(short(need)),
+            };
             let packed = YuvPackedImage {
                 yuy: &data[..need],
                 yuy_stride: stride as u32,
                 width: layout.width,
                 height: layout.height,
             };
+            fill_out(out);
             let mut planar = planar_out(out, layout.width, layout.height);
             let result = if layout.format == PixelFormat::Yuyv {
                 yuv::yuyv422_to_yuv420(&mut planar, &packed)
@@ -161,21 +207,27 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
             // Planar and semi-planar formats put the chroma rows after `height` luma rows
             // of `stride` bytes, with half the stride per chroma row.
             let stride = layout.stride_or(layout.width);
-            let luma = stride * h;
-            let chroma_stride = if layout.format == PixelFormat::Nv12 {
-                stride
-            } else {
-                stride / 2
-            };
-            let planes = if layout.format == PixelFormat::Nv12 {
-                1
-            } else {
-                2
-            };
-            let need = luma + planes * chroma_stride * ch;
-            if data.len() < need {
-                return Err(short(need));
+            let nv12 = layout.format == PixelFormat::Nv12;
+            let chroma_stride = if nv12 { stride } else { stride / 2 };
+            // A luma row, an NV12 UV row (2 bytes per 2 pixels) and, at half the stride, a
+            // U or V row (1 byte per 2 pixels) must all fit in their rows.
+            let min_stride = 2 * cw;
+            if stride < min_stride {
+                return Err(narrow(stride, min_stride));
             }
+            let planes = if nv12 { 1 } else { 2 };
+            let luma = stride.checked_mul(h);
+            let need = luma.and_then(|luma| {
+                chroma_stride
+                    .checked_mul(ch)?
+                    .checked_mul(planes)?
+                    .checked_add(luma)
+            });
+            let (luma, need) = match (luma, need) {
+                (Some(luma), Some(need)) if data.len() >= need => (luma, need),
+                _ => return Err(short(need)),
+            };
+            fill_out(out);
             let (y_out, chroma_out) = out.split_at_mut(w * h);
             copy_rows(&data[..luma], stride, y_out, w);
             let (u_out, v_out) = chroma_out.split_at_mut(cw * ch);
@@ -197,6 +249,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
         }
         PixelFormat::Mjpeg => {
             let rgb = decode_jpeg(data, layout.width, layout.height)?;
+            fill_out(out);
             let mut planar = planar_out(out, layout.width, layout.height);
             yuv::rgb_to_yuv420(
                 &mut planar,
@@ -212,13 +265,24 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
     }
 }
 
-/// Decodes one MJPEG frame to packed RGB and checks it has the negotiated size.
+/// Decodes one MJPEG frame to packed RGB and checks it has the negotiated size. The
+/// decoder's limits are the negotiated size, so a larger (or lying) header is refused
+/// before the decoder allocates for it, and a different size before any pixel is decoded.
 pub fn decode_jpeg(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, ConvertError> {
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(width as usize)
+        .set_max_height(height as usize);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
-    let rgb = decoder
-        .decode()
-        .map_err(|e| ConvertError::Jpeg(format!("{e:?}")))?;
+    decoder.decode_headers().map_err(|e| match e {
+        // zune-jpeg reports its dimension limits only in this message.
+        DecodeErrors::Format(detail) if detail.contains("limit") => ConvertError::JpegTooLarge {
+            width,
+            height,
+            detail,
+        },
+        other => ConvertError::Jpeg(format!("{other:?}")),
+    })?;
     let info = decoder
         .info()
         .ok_or_else(|| ConvertError::Jpeg("no image header".into()))?;
@@ -231,7 +295,9 @@ pub fn decode_jpeg(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, Conv
             height,
         });
     }
-    Ok(rgb)
+    decoder
+        .decode()
+        .map_err(|e| ConvertError::Jpeg(format!("{e:?}")))
 }
 
 fn planar_out(out: &mut [u8], width: u32, height: u32) -> YuvPlanarImageMut<'_, u8> {
@@ -400,6 +466,123 @@ mod tests {
         assert_eq!(
             to_i420(layout(PixelFormat::H264, 64, 48, 0), &[0; 10], &mut out),
             Err(ConvertError::Unsupported(PixelFormat::H264))
+        );
+    }
+
+    const RAW: [PixelFormat; 5] = [
+        PixelFormat::Yuyv,
+        PixelFormat::Uyvy,
+        PixelFormat::Nv12,
+        PixelFormat::Yu12,
+        PixelFormat::Yv12,
+    ];
+
+    /// Bytes a tightly packed 64x48 frame of `format` takes.
+    fn packed_len(format: PixelFormat) -> usize {
+        match format {
+            PixelFormat::Yuyv | PixelFormat::Uyvy => 64 * 48 * 2,
+            _ => 64 * 48 * 3 / 2,
+        }
+    }
+
+    #[test]
+    fn rows_narrower_than_the_picture_are_errors_not_panics() {
+        let mut out = Vec::new();
+        for format in RAW {
+            // Rows one pixel pair short, with bytes enough for any reading of them.
+            let row = if packed_len(format) == 64 * 48 * 2 {
+                128
+            } else {
+                64
+            };
+            let data = vec![0x80; packed_len(format)];
+            let err = to_i420(layout(format, 64, 48, row - 2), &data, &mut out).unwrap_err();
+            assert!(
+                matches!(err, ConvertError::Stride { stride, need, .. } if stride == row as usize - 2 && need == row as usize),
+                "{format}: {err}"
+            );
+        }
+        // An odd width: its chroma rows need the rounded-up half of the stride.
+        let err = to_i420(layout(PixelFormat::Yu12, 63, 48, 63), &[0; 8192], &mut out);
+        assert!(
+            matches!(err, Err(ConvertError::Stride { need: 64, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn frames_without_pixels_are_errors_not_panics() {
+        let mut out = Vec::new();
+        for format in RAW.into_iter().chain([PixelFormat::Mjpeg]) {
+            for (width, height) in [(64, 0), (0, 48), (0, 0)] {
+                let err = to_i420(layout(format, width, height, 0), &[0; 8192], &mut out);
+                assert!(
+                    matches!(err, Err(ConvertError::Empty { .. })),
+                    "{format}: {err:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn buffers_one_byte_short_or_absurdly_large_modes_are_errors_not_panics() {
+        let mut out = Vec::new();
+        for format in RAW {
+            let need = packed_len(format);
+            let err = to_i420(layout(format, 64, 48, 0), &vec![0; need - 1], &mut out);
+            assert!(
+                matches!(err, Err(ConvertError::Short { got, need: n, .. }) if got == need - 1 && n == need),
+                "{format}: {err:?}"
+            );
+            assert!(to_i420(layout(format, 64, 48, 0), &[], &mut out).is_err());
+            // A mode of terabytes: refused before anything is allocated.
+            let huge = layout(format, 65_534, u32::MAX - 1, 0);
+            assert!(matches!(
+                to_i420(huge, &[0; 64], &mut out),
+                Err(ConvertError::Short { .. })
+            ));
+            to_i420(layout(format, 64, 48, 0), &vec![0; need], &mut out).unwrap();
+        }
+    }
+
+    #[test]
+    fn mjpeg_larger_than_the_mode_is_refused_by_the_decoder_limits() {
+        let jpeg = jpeg_fixture(128, 96, &[128; 128 * 96 * 3]);
+        let mut out = Vec::new();
+        let err = to_i420(layout(PixelFormat::Mjpeg, 64, 48, 0), &jpeg, &mut out);
+        assert!(
+            matches!(
+                err,
+                Err(ConvertError::JpegTooLarge {
+                    width: 64,
+                    height: 48,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        // Taller only, or wider only, is too large as well.
+        let tall = jpeg_fixture(64, 96, &[128; 64 * 96 * 3]);
+        let err = to_i420(layout(PixelFormat::Mjpeg, 64, 48, 0), &tall, &mut out);
+        assert!(
+            matches!(err, Err(ConvertError::JpegTooLarge { .. })),
+            "{err:?}"
+        );
+        // A JPEG cut inside its headers is corrupt; one cut in its scan may decode in
+        // part (zune-jpeg is lenient) but never panics.
+        let full = jpeg_fixture(64, 48, &[128; 64 * 48 * 3]);
+        for cut in [0, 2, 20] {
+            let err = to_i420(
+                layout(PixelFormat::Mjpeg, 64, 48, 0),
+                &full[..cut],
+                &mut out,
+            );
+            assert!(err.is_err(), "cut at {cut}");
+        }
+        let _ = to_i420(
+            layout(PixelFormat::Mjpeg, 64, 48, 0),
+            &full[..full.len() / 2],
+            &mut out,
         );
     }
 

@@ -1,5 +1,5 @@
 //! Video sources: produce frames (raw I420, or a camera's own H.264) stamped with their
-//! capture time. A source runs on the capture thread and must never block the async runtime.
+//! capture time on both clocks (see `crate::clock`). A source runs on the capture thread and must never block the async runtime.
 
 pub mod convert;
 pub mod stamp;
@@ -13,8 +13,10 @@ pub struct Frame {
     pub height: u32,
     /// Y (width*height) then U and V ((width/2)*(height/2) each).
     pub i420: Vec<u8>,
-    /// Capture time, microseconds since the Unix epoch.
+    /// Capture time, microseconds since the Unix epoch: the latency stamp, never timing.
     pub capture_us: u64,
+    /// Capture instant on the monotonic clock (`clock::monotonic_us`): RTP timestamps.
+    pub monotonic_us: u64,
     /// Frame counter since the source started.
     pub sequence: u64,
 }
@@ -39,6 +41,7 @@ pub enum Captured {
         width: u32,
         height: u32,
         capture_us: u64,
+        monotonic_us: u64,
         sequence: u64,
     },
 }

@@ -74,13 +74,14 @@ impl TestSource {
             // Too late (stalled consumer, suspended VM): restart the clock, never burst.
             self.anchor = Some((now, self.sequence));
         }
-        let capture_us = crate::clock::unix_us();
-        let frame = self.render(self.sequence, capture_us);
+        let mut frame = self.render(self.sequence, crate::clock::unix_us());
+        frame.monotonic_us = crate::clock::monotonic_us();
         self.sequence += 1;
         frame
     }
 
-    /// Renders frame `sequence` stamped with `capture_us`, without waiting.
+    /// Renders frame `sequence` stamped with `capture_us`, without waiting (its
+    /// `monotonic_us` is 0: `next_frame` sets it).
     pub fn render(&mut self, sequence: u64, capture_us: u64) -> Frame {
         let (w, h) = (self.width as usize, self.height as usize);
         let mut i420 = self.background.clone();
@@ -104,6 +105,7 @@ impl TestSource {
             height: self.height,
             i420,
             capture_us,
+            monotonic_us: 0,
             sequence,
         }
     }
@@ -173,6 +175,7 @@ mod tests {
         for pair in frames.windows(2) {
             assert_eq!(pair[1].sequence, pair[0].sequence + 1);
             assert!(pair[1].capture_us > pair[0].capture_us);
+            assert!(pair[1].monotonic_us > pair[0].monotonic_us);
         }
     }
 

@@ -262,7 +262,7 @@ impl V4l2Source {
                 "the driver flagged the buffer as corrupt".into(),
             ));
         }
-        let capture_us = unix_us_of_monotonic(meta.timestamp);
+        let (capture_us, monotonic_us) = capture_times(meta.timestamp);
         self.sequence += 1;
         if mode.offer.format == PixelFormat::H264 {
             return Ok(Captured::H264 {
@@ -270,6 +270,7 @@ impl V4l2Source {
                 width: mode.offer.width,
                 height: mode.offer.height,
                 capture_us,
+                monotonic_us,
                 sequence: self.sequence,
             });
         }
@@ -288,6 +289,7 @@ impl V4l2Source {
             height: mode.offer.height,
             i420,
             capture_us,
+            monotonic_us,
             sequence: self.sequence,
         }))
     }
@@ -342,24 +344,36 @@ fn device_error(path: &Path, doing: &str, err: io::Error) -> SourceError {
     SourceError::Device(format!("{}: {doing}: {err}{hint}", path.display()))
 }
 
-/// V4L2 buffer timestamps are CLOCK_MONOTONIC; the latency stamp and RTP clocks want
-/// Unix time, so shift by the current offset between the two clocks.
+/// A buffer's capture time on both clocks: (Unix µs, `clock::monotonic_us`).
 // time_t and c_long are 32-bit on armhf: the conversions are not useless there.
 #[allow(clippy::useless_conversion)]
-fn unix_us_of_monotonic(timestamp: v4l::timestamp::Timestamp) -> u64 {
-    let now_unix = crate::clock::unix_us() as i64;
+fn capture_times(timestamp: v4l::timestamp::Timestamp) -> (u64, u64) {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let captured = i64::from(timestamp.sec) * 1_000_000 + i64::from(timestamp.usec);
     // SAFETY: clock_gettime writes into the timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 || captured <= 0 {
-        return now_unix as u64;
+    let now_kernel_us = (unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } == 0)
+        .then(|| i64::from(now.tv_sec) * 1_000_000 + i64::from(now.tv_nsec) / 1000);
+    let buffer_us = i64::from(timestamp.sec) * 1_000_000 + i64::from(timestamp.usec);
+    let age = buffer_age_us(buffer_us, now_kernel_us);
+    (
+        crate::clock::unix_us().saturating_sub(age),
+        crate::clock::monotonic_us().saturating_sub(age),
+    )
+}
+
+/// How long ago, in µs, the driver stamped a buffer at `buffer_us` on CLOCK_MONOTONIC,
+/// when that clock reads `now_kernel_us` (`None`: unreadable). V4L2 buffer timestamps are
+/// monotonic, so the age is the same on both of peercam's clocks; subtracting it from
+/// each gives the buffer's Unix time (latency stamp) and its monotonic instant (RTP),
+/// whatever the wall clock does meanwhile. A missing or implausible stamp counts as
+/// taken now; an age is at most 10 s (beyond that the stamp, not the frame, is wrong).
+fn buffer_age_us(buffer_us: i64, now_kernel_us: Option<i64>) -> u64 {
+    match now_kernel_us {
+        Some(now) if buffer_us > 0 => (now - buffer_us).clamp(0, 10_000_000) as u64,
+        _ => 0,
     }
-    let now_mono = i64::from(now.tv_sec) * 1_000_000 + i64::from(now.tv_nsec) / 1000;
-    let age = (now_mono - captured).clamp(0, 10_000_000);
-    (now_unix - age) as u64
 }
 
 fn fraction_fps(interval: Fraction) -> Option<f64> {
@@ -790,6 +804,18 @@ mod tests {
         let f = fps_fraction(12.5);
         assert_eq!(fraction_fps(f), Some(12.5));
         assert_eq!(fraction_fps(fps_fraction(30.0)), Some(30.0));
+    }
+
+    #[test]
+    fn a_buffer_is_as_old_as_its_monotonic_stamp_says_within_reason() {
+        let now = Some(5_000_000_000);
+        assert_eq!(buffer_age_us(4_999_960_000, now), 40_000);
+        // A stamp from the future, none at all, or an unreadable clock: taken now.
+        assert_eq!(buffer_age_us(5_000_100_000, now), 0);
+        assert_eq!(buffer_age_us(0, now), 0);
+        assert_eq!(buffer_age_us(4_999_960_000, None), 0);
+        // An age of hours is a broken stamp, not a slow frame.
+        assert_eq!(buffer_age_us(1_000_000, now), 10_000_000);
     }
 
     #[test]

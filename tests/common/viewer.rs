@@ -152,6 +152,8 @@ pub struct Shared {
     pub stats: Mutex<ViewerStats>,
     fingerprints: Mutex<HashSet<u64>>,
     pub offer_sent: Mutex<Option<Instant>>,
+    /// Each received access unit's RTP timestamp and when its last packet came.
+    pub rtp_frames: Mutex<Vec<(Instant, u32)>>,
 }
 
 impl Shared {
@@ -181,6 +183,7 @@ impl Shared {
             stats: Mutex::new(ViewerStats::default()),
             fingerprints: Mutex::new(HashSet::new()),
             offer_sent: Mutex::new(None),
+            rtp_frames: Mutex::new(Vec::new()),
         })
     }
 }
@@ -239,7 +242,8 @@ impl PeerConnectionEventHandler for Handler {
 /// Depacketizes `track` into access units and decodes them on a thread of their own.
 pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
     let (units_tx, units_rx) = std::sync::mpsc::channel::<Bytes>();
-    std::thread::spawn(move || decode_loop(shared, units_rx));
+    let decoded = Arc::clone(&shared);
+    std::thread::spawn(move || decode_loop(decoded, units_rx));
     tokio::spawn(async move {
         let mut depacketizer = H264Packet::default();
         let mut access_unit = Vec::new();
@@ -249,6 +253,13 @@ pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
             };
             if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
                 access_unit.extend_from_slice(&nals);
+            }
+            if packet.header.marker {
+                shared
+                    .rtp_frames
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), packet.header.timestamp));
             }
             if packet.header.marker
                 && !access_unit.is_empty()
@@ -718,6 +729,11 @@ impl TestViewer {
 
     pub fn stats(&self) -> ViewerStats {
         self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// Each access unit received so far: when its last packet came, and its RTP timestamp.
+    pub fn rtp_frames(&self) -> Vec<(Instant, u32)> {
+        self.shared.rtp_frames.lock().unwrap().clone()
     }
 
     /// The peer connection's own stats (webrtc-rs `get_stats`).
