@@ -50,6 +50,9 @@ pub struct VideoConfig {
     pub passthrough: bool,
     /// Fail instead of using the nearest mode when the camera cannot do width/height/fps.
     pub strict: bool,
+    /// Test knob, off unless set: testsrc wedges (its next frame never comes) this many
+    /// seconds after it starts, so a test can show the watchdog restarting the service.
+    pub testsrc_stall_after_s: Option<u32>,
     /// V4L2 controls by name (as `peercam devices` lists them), e.g. `brightness = 128`.
     pub controls: std::collections::BTreeMap<String, i64>,
 }
@@ -403,6 +406,7 @@ impl Default for VideoConfig {
             format: "auto".into(),
             passthrough: false,
             strict: false,
+            testsrc_stall_after_s: None,
             controls: Default::default(),
         }
     }
@@ -621,6 +625,14 @@ impl Config {
             "video.format",
             "\"H264\" needs video.passthrough = true (peercam does not decode H.264 to re-encode it)".to_owned(),
         )?;
+        if let Some(after) = v.testsrc_stall_after_s {
+            check(
+                v.source == "testsrc",
+                "video.testsrc_stall_after_s",
+                format!("is a testsrc test knob; video.source is {:?}", v.source),
+            )?;
+            in_range("video.testsrc_stall_after_s", after, 1..=86_400)?;
+        }
         if v.source == "testsrc" {
             if let Some(name) = v.controls.keys().next() {
                 return Err(ConfigError::new(
@@ -1192,7 +1204,7 @@ mod tests {
     fn unknown_keys_name_the_dotted_key_and_the_valid_ones() {
         let e = error("[video]\nwidht = 640\n");
         assert_eq!(e.key(), Some("video.widht"));
-        assert_eq!(e.to_string(), "config:2:1: video.widht: unknown key (expected one of: source, width, height, fps, bitrate_kbps, keyframe_interval_s, format, passthrough, strict, controls)");
+        assert_eq!(e.to_string(), "config:2:1: video.widht: unknown key (expected one of: source, width, height, fps, bitrate_kbps, keyframe_interval_s, format, passthrough, strict, testsrc_stall_after_s, controls)");
         assert_eq!(error("colour = 1\n").key(), Some("colour"));
         let e = error("[[webrtc.ice_servers]]\nurls = [\"stun:stun.example.lan\"]\n[[webrtc.ice_servers]]\nurl = \"turn:x\"\n");
         assert_eq!(e.key(), Some("webrtc.ice_servers[1].url"), "{e}");
@@ -1267,6 +1279,14 @@ mod tests {
             ("[video]\nformat = \"ABCD\"", "video.format"),
             ("[video]\nformat = \"YUV\"", "video.format"),
             ("[video]\nformat = \"H264\"", "video.format"),
+            (
+                "[video]\ntestsrc_stall_after_s = 0",
+                "video.testsrc_stall_after_s",
+            ),
+            (
+                "[video]\nsource = \"/dev/video0\"\ntestsrc_stall_after_s = 5",
+                "video.testsrc_stall_after_s",
+            ),
             (
                 "[video]\nkeyframe_interval_s = 0",
                 "video.keyframe_interval_s",

@@ -48,7 +48,13 @@ fn open_source(config: &Config) -> anyhow::Result<Box<dyn VideoSource>> {
     let video = &config.video;
     match video.source.as_str() {
         "testsrc" => Ok(Box::new(
-            TestSource::new(video.width, video.height, video.fps).map_err(anyhow::Error::msg)?,
+            TestSource::new(video.width, video.height, video.fps)
+                .map_err(anyhow::Error::msg)?
+                .stalling_after(
+                    video
+                        .testsrc_stall_after_s
+                        .map(|s| Duration::from_secs(s.into())),
+                ),
         )),
         path => Ok(Box::new(V4l2Source::new(v4l2_options(config, path)))),
     }

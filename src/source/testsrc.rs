@@ -28,6 +28,14 @@ pub struct TestSource {
     background: Vec<u8>,
     sequence: u64,
     anchor: Option<(Instant, u64)>,
+    stall: Option<Stall>,
+}
+
+/// The test knob `video.testsrc_stall_after_s`: the source wedges for good this long after
+/// its first frame, as a hung camera driver would.
+struct Stall {
+    after: Duration,
+    started: Option<Instant>,
 }
 
 impl TestSource {
@@ -47,7 +55,33 @@ impl TestSource {
             background: bars(width as usize, height as usize),
             sequence: 0,
             anchor: None,
+            stall: None,
         })
+    }
+
+    /// With `Some(after)`, `next_frame` blocks forever once `after` has passed since the
+    /// first frame: the capture thread wedges and the pipeline stops (a test-only fault).
+    pub fn stalling_after(mut self, after: Option<Duration>) -> TestSource {
+        self.stall = after.map(|after| Stall {
+            after,
+            started: None,
+        });
+        self
+    }
+
+    /// Never returns once the stall knob's time has come.
+    fn wedge_if_due(&mut self) {
+        let Some(stall) = &mut self.stall else { return };
+        let started = *stall.started.get_or_insert_with(Instant::now);
+        if started.elapsed() >= stall.after {
+            tracing::warn!(
+                "testsrc: wedging for good (video.testsrc_stall_after_s = {}), a test-only fault",
+                stall.after.as_secs()
+            );
+            loop {
+                std::thread::park();
+            }
+        }
     }
 
     /// The size and rate it was made with: a synthetic source has nothing to negotiate.
@@ -65,6 +99,7 @@ impl TestSource {
 
     /// Waits for the next frame's deadline, then renders it with the current time.
     pub fn next_frame(&mut self) -> Frame {
+        self.wedge_if_due();
         let now = Instant::now();
         let (start, first) = *self.anchor.get_or_insert((now, self.sequence));
         let deadline = start + self.period() * (self.sequence - first) as u32;
@@ -138,6 +173,25 @@ fn bars(w: usize, h: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stall_knob_wedges_next_frame_for_good_and_is_off_by_default() {
+        let mut plain = TestSource::new(64, 32, 50).unwrap();
+        let mut far = TestSource::new(64, 32, 50)
+            .unwrap()
+            .stalling_after(Some(Duration::from_secs(3600)));
+        assert_eq!(plain.next_frame().sequence, 0);
+        assert_eq!(far.next_frame().sequence, 0);
+        let (frames, received) = std::sync::mpsc::channel();
+        // The thread stays parked for the rest of the test process, as the knob intends.
+        std::thread::spawn(move || {
+            let mut wedged = TestSource::new(64, 32, 50)
+                .unwrap()
+                .stalling_after(Some(Duration::ZERO));
+            let _ = frames.send(wedged.next_frame().sequence);
+        });
+        assert!(received.recv_timeout(Duration::from_millis(500)).is_err());
+    }
 
     #[test]
     fn rejects_bad_sizes_with_a_clear_message() {
