@@ -1264,7 +1264,7 @@ proptest! {
     ) {
         let mut passthrough = Passthrough::default();
         for (sequence, au) in access_units.iter().enumerate() {
-            if let Some(frame) = passthrough.access_unit(au, 7, sequence as u64) {
+            if let Some(frame) = passthrough.access_unit(au, 7, 7, sequence as u64) {
                 prop_assert_eq!(frame.keyframe, contains_idr(au));
                 prop_assert!(frame.access_unit.ends_with(au));
                 if !frame.keyframe {
@@ -1327,7 +1327,7 @@ proptest! {
             let idr = types.contains(&nal_type::IDR_SLICE);
             let slices = idr || types.contains(&nal_type::NON_IDR_SLICE);
             let decodable = slices && if idr { sps.is_some() && pps.is_some() } else { started };
-            let frame = passthrough.access_unit(&au, 0, sequence as u64);
+            let frame = passthrough.access_unit(&au, 0, 0, sequence as u64);
             prop_assert_eq!(frame.is_some(), decodable, "types {:?}, started {}", types, started);
             let Some(frame) = frame else { continue };
             prop_assert_eq!(frame.keyframe, idr);
