@@ -72,8 +72,12 @@ pub fn start(
         router: rumqttd::RouterConfig {
             max_connections: 1024,
             max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps what it routes in a log per filter, for subscribers that lag.
+            // Signaling is read as it comes, so a small window does: with the usual
+            // 10 x 1 MiB, the camera's one filter for every viewer's messages would grow
+            // to 11 MiB and stay there (the soak, tests/soak.rs, holds RSS to +5 MB).
+            max_segment_size: 256 * 1024,
+            max_segment_count: 2,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),

@@ -18,7 +18,7 @@ use rtc::statistics::report::{RTCStatsReport, RTCStatsReportEntry};
 use rtc::statistics::stats::ice_candidate::RTCIceCandidateStats;
 use rtc::statistics::StatsSelector;
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -49,6 +49,9 @@ pub struct MqttEndpoint {
     pub keep_alive: Duration,
     /// MQTT over a plain WebSocket at this path (as the page connects), instead of TCP.
     pub websocket_path: Option<String>,
+    /// A viewer leaves its hangup as its last will (as the page does). Without one, a
+    /// viewer that dies tells the camera nothing: only ICE can find out (tests/soak.rs).
+    pub hangup_as_last_will: bool,
 }
 
 impl MqttEndpoint {
@@ -61,6 +64,7 @@ impl MqttEndpoint {
             sid_is_client_id: false,
             keep_alive: Duration::from_secs(5),
             websocket_path: None,
+            hangup_as_last_will: true,
         }
     }
 
@@ -530,6 +534,8 @@ pub struct TestViewer {
     pc: Arc<dyn PeerConnection>,
     to_camera: String,
     _data_channel: Arc<dyn DataChannel>,
+    /// Runs the MQTT client until [`TestViewer::leave`] disconnects it.
+    signaling: tokio::task::JoinHandle<()>,
 }
 
 pub fn new_session_id() -> String {
@@ -595,12 +601,14 @@ impl TestViewer {
             Some(access) => access.hangup(sid),
             None => json!({"type":"hangup"}),
         };
-        options.set_last_will(LastWill::new(
-            &to_camera,
-            goodbye.to_string(),
-            QoS::AtLeastOnce,
-            false,
-        ));
+        if endpoint.hangup_as_last_will {
+            options.set_last_will(LastWill::new(
+                &to_camera,
+                goodbye.to_string(),
+                QoS::AtLeastOnce,
+                false,
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         let shared = Shared::new();
 
@@ -620,12 +628,14 @@ impl TestViewer {
         let topic = to_viewer.clone();
         let answer_access = access.clone();
         let answer_sid = sid.to_owned();
-        tokio::spawn(async move {
+        let signaling = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = subscribe_client.subscribe(&topic, QoS::AtLeastOnce).await;
                     }
+                    // `leave`: everything queued before it has gone out.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = subscribed_tx.take() {
                             let _ = tx.send(());
@@ -694,6 +704,7 @@ impl TestViewer {
             pc,
             to_camera,
             _data_channel: data_channel,
+            signaling,
         };
         viewer.publish_offer(&offer.sdp).await;
         viewer
@@ -792,6 +803,22 @@ impl TestViewer {
         };
         self.publish_raw(goodbye.to_string().into_bytes()).await;
         let _ = self.pc.close().await;
+    }
+
+    /// Hangs up and lets nothing of this viewer linger: its peer connection is closed and
+    /// its MQTT client disconnects cleanly once the hangup has gone out (a viewer only
+    /// dropped keeps both running).
+    pub async fn leave(self) {
+        self.hangup().await;
+        let _ = self.client.disconnect().await;
+        let mut signaling = self.signaling;
+        if tokio::time::timeout(Duration::from_secs(10), &mut signaling)
+            .await
+            .is_err()
+        {
+            signaling.abort();
+            panic!("viewer {}: its MQTT client did not disconnect", self.sid);
+        }
     }
 }
 

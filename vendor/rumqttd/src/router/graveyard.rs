@@ -48,16 +48,29 @@ impl Graveyard {
         );
     }
 
-    /// Save only metrics for connection
-    pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
-        self.connections.insert(
-            id,
-            SavedState {
-                session_state: None,
-                metrics,
-            },
-        );
+    /// peercam patch: whether a saved session subscribes to a path `reads` accepts.
+    pub fn subscribes(&self, reads: impl Fn(&str) -> bool) -> bool {
+        self.connections.values().any(|saved| {
+            saved
+                .session_state
+                .as_ref()
+                .is_some_and(|state| state.subscriptions.iter().any(|path| reads(path)))
+        })
     }
+
+    /// peercam patch: whether a saved session will read the log at `filter_idx`.
+    pub fn reads_filter_index(&self, filter_idx: usize) -> bool {
+        self.connections.values().any(|saved| {
+            saved.session_state.as_ref().is_some_and(|state| {
+                state
+                    .tracker
+                    .get_data_requests()
+                    .iter()
+                    .any(|request| request.filter_idx == filter_idx)
+            })
+        })
+    }
+
 }
 
 #[derive(Debug)]

@@ -98,6 +98,13 @@ impl Outgoing {
         self.data_buffer.clone()
     }
 
+    /// peercam patch: whether a publish from the log at `filter_idx` awaits its ack.
+    pub fn has_inflight_from(&self, filter_idx: FilterIdx) -> bool {
+        self.inflight_buffer
+            .iter()
+            .any(|(_, inflight_filter, _)| *inflight_filter == filter_idx)
+    }
+
     pub fn free_slots(&self) -> usize {
         MAX_INFLIGHT - self.inflight_buffer.len()
     }

@@ -17,6 +17,10 @@ use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
+/// peercam patch: how many topics `DataLog::publish_filters` remembers the matching filters
+/// of before it starts over.
+const MAX_CACHED_TOPICS: usize = 1024;
+
 #[derive(Clone)]
 pub struct PublishData {
     pub publish: Publish,
@@ -90,6 +94,33 @@ impl DataLog {
         })
     }
 
+    /// peercam patch: the index of the log named `filter`, if it has one.
+    pub fn filter_index(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
+    }
+
+    /// peercam patch: drops the log named `filter` and every topic cache entry pointing at
+    /// it (the caller makes sure its index is referenced nowhere). Filters the config warms
+    /// up stay.
+    pub fn remove_filter(&mut self, filter: &str) {
+        let warmed_up = self
+            .config
+            .initialized_filters
+            .as_ref()
+            .is_some_and(|filters| filters.iter().any(|f| f == filter));
+        if warmed_up {
+            return;
+        }
+        let Some(idx) = self.filter_indexes.remove(filter) else {
+            return;
+        };
+        self.native.remove(idx);
+        self.publish_filters.retain(|_, filters| {
+            filters.retain(|f| *f != idx);
+            !filters.is_empty()
+        });
+    }
+
     pub fn meter(&mut self, filter: &str) -> Option<&mut SubscriptionMeter> {
         let data = self.native.get_mut(*self.filter_indexes.get(filter)?)?;
         Some(&mut data.meter)
@@ -136,6 +167,11 @@ impl DataLog {
                     .collect();
 
                 if !v.is_empty() {
+                    // peercam patch: this is a cache, and topics come and go (one per
+                    // session), so it is emptied when full rather than grown forever.
+                    if self.publish_filters.len() >= MAX_CACHED_TOPICS {
+                        self.publish_filters.clear();
+                    }
                     self.publish_filters.insert(topic.to_owned(), v.clone());
                 }
 

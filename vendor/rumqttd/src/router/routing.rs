@@ -9,6 +9,7 @@ use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
 use crate::segments::Position;
 use crate::*;
+use bytes::Bytes;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
 use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -480,6 +481,9 @@ impl Router {
                 connections.remove(&id);
             }
         }
+        // peercam patch: the filters this connection held, to drop those nobody else holds
+        // once its state is saved or gone.
+        let left_filters: Vec<Filter> = connection.subscriptions.iter().cloned().collect();
 
         // Add disconnection event to metrics
         let time = match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
@@ -522,12 +526,64 @@ impl Router {
                 outgoing.unacked_pubrels,
             );
         } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // peercam patch: a clean session leaves nothing in the graveyard. Upstream saves
+            // its metrics (its last ten connection events) under its client id forever, so a
+            // broker whose clients take a fresh id each time (one per viewer session) grows
+            // without bound; only the console would ever read them.
+            drop(tracker);
+        }
+        for filter in left_filters {
+            self.forget_filter_if_unused(&filter);
         }
         self.router_meters.total_connections -= 1;
+    }
+
+    /// peercam patch: drops the filter at `path` (a subscription's path, `$share/...` or
+    /// not) when no connection, live or saved, subscribes to it any more: its subscription
+    /// map entry, and its commit log with the messages it holds and its topic cache entries
+    /// unless another path still reads the same log. Upstream keeps every filter ever
+    /// subscribed to, forever, and a client per session subscribing to a topic of its own
+    /// (`peercam/<device>/session/<sid>/to-viewer`) makes that about a kilobyte per session.
+    fn forget_filter_if_unused(&mut self, path: &str) {
+        if self
+            .subscription_map
+            .get(path)
+            .is_some_and(|connections| !connections.is_empty())
+        {
+            return;
+        }
+        self.subscription_map.remove(path);
+        // `topic` and `$share/<group>/topic` read one log, the one named `topic`.
+        let filter = extract_group(path).map_or_else(|| path.to_owned(), |(_, filter)| filter);
+        let reads_log = |subscribed: &str| {
+            subscribed == filter
+                || extract_group(subscribed).is_some_and(|(_, other)| other == filter)
+        };
+        if self
+            .subscription_map
+            .iter()
+            .any(|(subscribed, connections)| !connections.is_empty() && reads_log(subscribed))
+            || self.graveyard.subscribes(reads_log)
+        {
+            return;
+        }
+        let Some(filter_idx) = self.datalog.filter_index(&filter) else {
+            return;
+        };
+        // Its index must be referenced nowhere before the slab may hand it out again.
+        let referenced = self.scheduler.trackers.iter().any(|(_, tracker)| {
+            tracker
+                .get_data_requests()
+                .iter()
+                .any(|request| request.filter_idx == filter_idx)
+        }) || self
+            .obufs
+            .iter()
+            .any(|(_, outgoing)| outgoing.has_inflight_from(filter_idx))
+            || self.graveyard.reads_filter_index(filter_idx);
+        if !referenced {
+            self.datalog.remove_filter(&filter);
+        }
     }
 
     /// Handles new incoming data on a topic
@@ -710,6 +766,7 @@ impl Router {
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    let mut unsubscribed = Vec::new();
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
@@ -757,7 +814,12 @@ impl Router {
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
                             force_ack = true;
+                            unsubscribed.push(filter.clone());
                         }
+                    }
+                    // peercam patch: see `forget_filter_if_unused`.
+                    for filter in unsubscribed {
+                        self.forget_filter_if_unused(&filter);
                     }
                 }
                 Packet::PubAck(puback, _) => {
@@ -1214,6 +1276,12 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
+    // peercam patch: what is kept is a copy. `topic` and `payload` are views into the
+    // publishing connection's read buffer (for a will, its CONNECT's), so a message kept
+    // in a log or as retained pins that whole buffer (kilobytes) while it is kept, though
+    // the log's size limit counts only the message's own bytes (rumqtt#1001).
+    publish.topic = Bytes::copy_from_slice(&publish.topic);
+    publish.payload = Bytes::copy_from_slice(&publish.payload);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
@@ -1285,6 +1353,12 @@ fn append_will_message(
         ));
     }
 
+    // peercam patch: what is kept is a copy. `topic` and `payload` are views into the
+    // publishing connection's read buffer (for a will, its CONNECT's), so a message kept
+    // in a log or as retained pins that whole buffer (kilobytes) while it is kept, though
+    // the log's size limit counts only the message's own bytes (rumqtt#1001).
+    publish.topic = Bytes::copy_from_slice(&publish.topic);
+    publish.payload = Bytes::copy_from_slice(&publish.payload);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
