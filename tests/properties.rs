@@ -1460,18 +1460,9 @@ proptest! {
     }
 
     /// Any declared layout, however wrong: zero or odd sizes, a stride under one row.
-    // Ignored until convert.rs checks layouts (another branch adds the checks). Panics
-    // found, minimal inputs (any data of the size shown):
-    // - Yuyv (or Uyvy) 0x0, stride 0, data []: `stride * (h - 1)` underflows ("attempt to
-    //   subtract with overflow");
-    // - Yu12 (Yv12, Nv12) 0x1, stride 0, data []: "chunk size must be non-zero";
-    // - Yu12 (Yv12) 1x1, stride 0, data [0]: the chroma stride `stride / 2` is 0 ("chunk
-    //   size must be non-zero"); 3x1, stride 0, 5 bytes: a chroma row of 1 byte for 2
-    //   samples ("range end index 2 out of range for slice of length 1");
-    // - Yu12 (Nv12) 2x1, stride 1, data [0, 0]: `copy_rows` slices past a row shorter than
-    //   the width ("range end index 2 out of range for slice of length 1").
+    /// (Before convert.rs checked layouts this found panics: YUYV 0x0 stride 0, planar 0x1
+    /// stride 0, YU12 1x1 stride 0, YU12 2x1 stride 1.)
     #[test]
-    #[ignore = "convert.rs panics on zero sizes, odd planar widths and strides under the width"]
     fn raw_frames_of_any_declared_layout_convert_or_are_refused(
         (layout, data) in declared_frame(0u32..=40, 0u32..=40, 0u32..=100),
     ) {
@@ -1571,7 +1562,20 @@ proptest! {
         let (declared_width, declared_height) = declared;
         let declared_layout = Layout { width: declared_width, height: declared_height, ..at_size };
         let result = to_i420(declared_layout, &jpeg, &mut out);
-        if declared != (width, height) {
+        if declared_width == 0 || declared_height == 0 {
+            prop_assert_eq!(result, Err(ConvertError::Empty {
+                format: PixelFormat::Mjpeg,
+                width: declared_width,
+                height: declared_height,
+            }));
+        } else if width > declared_width || height > declared_height {
+            // Larger than the mode: the decoder's limits refuse it before decoding.
+            prop_assert!(
+                matches!(result, Err(ConvertError::JpegTooLarge { .. })),
+                "{:?}",
+                result
+            );
+        } else if declared != (width, height) {
             prop_assert_eq!(result, Err(ConvertError::JpegSize {
                 got_width: width,
                 got_height: height,
