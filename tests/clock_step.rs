@@ -10,12 +10,8 @@
 mod common;
 
 use common::viewer::{Observer, TestViewer};
-use common::{free_port, require_loopback_only_network, temp_dir};
-use peercam::config::Config;
-use peercam::service::{run, Control};
+use common::{free_port, require_loopback_only_network, InProcessAgent};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const HOUR_US: i64 = 3_600 * 1_000_000;
 const RTP_HZ: f64 = 90_000.0;
@@ -47,17 +43,7 @@ mode = "open"
 async fn rtp_timestamps_and_decoding_ride_out_wall_clock_steps_of_hours() {
     require_loopback_only_network();
     let mqtt_port = free_port();
-    let path = temp_dir("clockstep").join("peercam.toml");
-    std::fs::write(&path, config_text(mqtt_port)).unwrap();
-    let config = Config::load(&path).unwrap();
-    let stop = CancellationToken::new();
-    let (_reload, reloads) = mpsc::channel(1);
-    let control = Control {
-        stop: stop.clone(),
-        reloads,
-    };
-    let service = tokio::spawn(run(config, Some(path), Box::new(|_| Ok(())), control));
-    common::wait_for_port(mqtt_port, Duration::from_secs(10));
+    let agent = InProcessAgent::start("clockstep", &config_text(mqtt_port), mqtt_port);
     let status = "peercam/clockstep/status".to_owned();
     let observer = Observer::start(mqtt_port, std::slice::from_ref(&status)).await;
     observer
@@ -129,10 +115,5 @@ async fn rtp_timestamps_and_decoding_ride_out_wall_clock_steps_of_hours() {
         "RTP advanced {rate} ticks per second of real time"
     );
 
-    stop.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(5), service)
-        .await
-        .expect("run returns after its token is cancelled")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    agent.stop().await;
 }

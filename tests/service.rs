@@ -6,12 +6,8 @@
 mod common;
 
 use common::viewer::{Observer, TestViewer};
-use common::{free_port, require_loopback_only_network, temp_dir};
-use peercam::config::Config;
-use peercam::service::{run, Control};
+use common::{free_port, require_loopback_only_network, InProcessAgent};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 fn config_text(mqtt_port: u16, max_viewers: usize) -> String {
     format!(
@@ -42,22 +38,7 @@ mode = "open"
 async fn the_service_runs_in_process_reloads_and_stops_on_its_token() {
     require_loopback_only_network();
     let mqtt_port = free_port();
-    let path = temp_dir("inproc").join("peercam.toml");
-    std::fs::write(&path, config_text(mqtt_port, 8)).unwrap();
-    let config = Config::load(&path).unwrap();
-    let stop = CancellationToken::new();
-    let (reload, reloads) = mpsc::channel(1);
-    let control = Control {
-        stop: stop.clone(),
-        reloads,
-    };
-    let service = tokio::spawn(run(
-        config,
-        Some(path.clone()),
-        Box::new(|_| Ok(())),
-        control,
-    ));
-    common::wait_for_port(mqtt_port, Duration::from_secs(10));
+    let agent = InProcessAgent::start("inproc", &config_text(mqtt_port, 8), mqtt_port);
     let status = "peercam/inproc/status".to_owned();
     let observer = Observer::start(mqtt_port, std::slice::from_ref(&status)).await;
     observer
@@ -71,8 +52,8 @@ async fn the_service_runs_in_process_reloads_and_stops_on_its_token() {
     assert_eq!((stats.width, stats.height), (320, 240));
 
     // A reload applies max_viewers at once, and the viewer keeps playing.
-    std::fs::write(&path, config_text(mqtt_port, 3)).unwrap();
-    reload.send(()).await.unwrap();
+    std::fs::write(&agent.config_path, config_text(mqtt_port, 3)).unwrap();
+    agent.reload.send(()).await.unwrap();
     observer
         .wait_for(&status, Duration::from_secs(5), |v| {
             v["max_viewers"] == 3 && v["viewers"] == 1
@@ -84,12 +65,7 @@ async fn the_service_runs_in_process_reloads_and_stops_on_its_token() {
         .await;
 
     let stopping = Instant::now();
-    stop.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(5), service)
-        .await
-        .expect("run returns after its token is cancelled")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    agent.stop().await;
     let stopped_after = stopping.elapsed();
     let stats = viewer
         .wait_until("a shutdown hangup", Duration::from_secs(5), |s| {

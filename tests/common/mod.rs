@@ -502,3 +502,50 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
+
+/// The whole service running in this test's process (`service::run`), from a config
+/// file written with `config_text`; the test holds its stop token and reload requests.
+pub struct InProcessAgent {
+    pub config_path: PathBuf,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub reload: tokio::sync::mpsc::Sender<()>,
+    service: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessAgent {
+    /// Starts it and returns once its broker (on `mqtt_port`) takes connections.
+    pub fn start(name: &str, config_text: &str, mqtt_port: u16) -> InProcessAgent {
+        let config_path = temp_dir(name).join("peercam.toml");
+        std::fs::write(&config_path, config_text).unwrap();
+        let config = peercam::config::Config::load(&config_path).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (reload, reloads) = tokio::sync::mpsc::channel(1);
+        let control = peercam::service::Control {
+            stop: stop.clone(),
+            reloads,
+        };
+        let service = tokio::spawn(peercam::service::run(
+            config,
+            Some(config_path.clone()),
+            Box::new(|_| Ok(())),
+            control,
+        ));
+        wait_for_port(mqtt_port, Duration::from_secs(10));
+        InProcessAgent {
+            config_path,
+            stop,
+            reload,
+            service,
+        }
+    }
+
+    /// Cancels its stop token and asserts that `run` returns Ok within 5 s.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), self.service)
+            .await
+            .expect("run returns after its token is cancelled")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+}
