@@ -31,6 +31,32 @@ fn ensure_free(addr: SocketAddr, key: &'static str) -> Result<(), BrokerError> {
         .map_err(|source| BrokerError::Bind { addr, key, source })
 }
 
+/// Whether a TCP socket in this network namespace listens on `addr`'s port, from
+/// `/proc/self/net/tcp` (IPv4) or `tcp6` (visible under `ProcSubset=pid` too); `None`
+/// when the table cannot be read.
+fn is_listening(addr: SocketAddr) -> Option<bool> {
+    let table = if addr.is_ipv4() {
+        "/proc/self/net/tcp"
+    } else {
+        "/proc/self/net/tcp6"
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    Some(lists_listener(&text, addr.port()))
+}
+
+/// Whether a `/proc/net/tcp`-format table has a socket in state LISTEN (0A) on `port`.
+fn lists_listener(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1);
+        let state = fields.nth(1);
+        let local_port = local
+            .and_then(|local| local.rsplit_once(':'))
+            .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok());
+        local_port == Some(port) && state == Some("0A")
+    })
+}
+
 fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::ServerSettings {
     // rumqttd calls the hook on its listener's one thread: argon2 runs elsewhere.
     let external_auth: Option<rumqttd::AuthHandler> = gate.map(|gate| {
@@ -104,11 +130,18 @@ pub fn start(
             }
         })
         .map_err(|e| BrokerError::Start(e.to_string()))?;
-    // Ready once the listener holds the port (probing with a TCP connect would make the
-    // broker log a failed MQTT handshake).
+    // Ready once the kernel lists its listening socket. Not probed by binding the port
+    // ourselves: a probe holding the port at the instant rumqttd binds makes rumqttd's
+    // listener fail (EADDRINUSE), and the broker thread end. Nor by connecting: the broker
+    // would log a failed MQTT handshake.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if TcpListener::bind(listen).is_err() {
+        let listening = is_listening(listen).unwrap_or_else(|| {
+            // No table to read: give rumqttd a moment; the agent's client retries anyway.
+            std::thread::sleep(Duration::from_millis(200));
+            true
+        });
+        if listening {
             tracing::info!(%listen, users, "embedded MQTT broker listening");
             return Ok(());
         }
@@ -117,4 +150,31 @@ pub fn start(
     Err(BrokerError::Start(format!(
         "it did not take {listen} within 5 s"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_found_by_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:075B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:9C40 0100007F:075B 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+";
+        assert!(lists_listener(table, 1883));
+        // 0x9C40 = 40000 is only a connected socket's port.
+        assert!(!lists_listener(table, 40000));
+        assert!(!lists_listener(table, 8883));
+        assert!(!lists_listener("garbage\nno fields here", 1883));
+    }
+
+    #[test]
+    fn the_kernel_lists_a_real_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(is_listening(addr), Some(true));
+        drop(listener);
+        assert_eq!(is_listening(addr), Some(false));
+    }
 }
