@@ -26,6 +26,9 @@ const ROUND: usize = 100;
 const CONCURRENT_VIEWERS: usize = 4;
 /// About one second of video at the soak's 15 fps.
 const FRAMES_PER_VISIT: u64 = 15;
+/// How long after the last session the footprint is read: the agent hands freed heap back
+/// to the system 5 s after its last session task ends (session::trim_memory_once_idle).
+const IDLE_SETTLE: Duration = Duration::from_secs(7);
 /// How far RSS and descriptors may stay above the baseline once every session is gone.
 const RSS_SLACK_BYTES: i64 = 5 * 1024 * 1024;
 const FD_SLACK: i64 = 10;
@@ -224,7 +227,7 @@ async fn sessions_leave_no_trace() {
     let warm_up = ROUND;
     let mut vanished = run_sessions(port, &device, warm_up).await;
     wait_for_no_viewers(port, &device, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(IDLE_SETTLE).await;
     let baseline = Footprint::of(pid);
 
     let started = Instant::now();
@@ -244,7 +247,7 @@ async fn sessions_leave_no_trace() {
     let ran_for = started.elapsed();
     wait_for_no_viewers(port, &device, Duration::from_secs(60)).await;
     let drained_after = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(IDLE_SETTLE).await;
     let after = Footprint::of(pid);
 
     let hung_up = warm_up + sessions - vanished;

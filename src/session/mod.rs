@@ -137,6 +137,8 @@ pub struct SessionManager {
     viewers: watch::Sender<usize>,
     /// Session tasks that panicked (or were aborted) rather than ending.
     failed_tasks: u64,
+    /// Since when no session task runs, until the freed memory went back to the system.
+    idle_since: Option<std::time::Instant>,
 }
 
 impl SessionManager {
@@ -162,6 +164,7 @@ impl SessionManager {
             to_viewers,
             viewers,
             failed_tasks: 0,
+            idle_since: None,
         }
     }
 
@@ -195,6 +198,7 @@ impl SessionManager {
                 _ = ticks.tick() => {
                     heartbeat.beat();
                     self.apply(Input::Tick);
+                    self.trim_memory_once_idle();
                 }
                 Ok(()) = camera_available.changed() => {
                     let available = *camera_available.borrow_and_update();
@@ -279,6 +283,23 @@ impl SessionManager {
             }
             Action::ViewerCount(count) => {
                 self.viewers.send_replace(count);
+            }
+        }
+    }
+
+    /// A few seconds after the last session ended (its peer's internal tasks free their
+    /// buffers after it), hands the memory freed back to the system once: glibc keeps
+    /// freed heap in its arenas, so a board's RSS would otherwise stay at its busiest.
+    fn trim_memory_once_idle(&mut self) {
+        const SETTLE: Duration = Duration::from_secs(5);
+        if !self.tasks.is_empty() {
+            self.idle_since = Some(std::time::Instant::now());
+            return;
+        }
+        if let Some(since) = self.idle_since {
+            if since.elapsed() >= SETTLE {
+                self.idle_since = None;
+                tokio::task::spawn_blocking(return_freed_memory);
             }
         }
     }
@@ -465,6 +486,18 @@ fn new_whep_session_id() -> SessionId {
     let id = Alphanumeric.sample_string(&mut rand::rng(), 24);
     SessionId::parse(&id).expect("alphanumeric ids of 24 characters are valid session ids")
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it takes no
+    // pointer and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_memory() {}
 
 #[cfg(test)]
 mod tests {
