@@ -474,14 +474,8 @@ async fn a_flood_of_bad_messages_logs_one_line_per_interval_with_the_count_held_
     flood(200).await;
     wait_for_log_count(&agent, "bad message from viewer", 1, LOG_WAIT).await;
     a_viewer_is_served(&agent).await;
-    // Still within the interval: the other 199 were counted, not logged.
-    assert!(
-        started.elapsed() < Duration::from_secs(9),
-        "too slow to judge the interval"
-    );
-    assert_eq!(agent.count_log("bad message from viewer"), 1);
 
-    // The next one after the interval carries the count.
+    // One more after the interval: its line carries the count of those held back.
     let interval = peercam::log_throttle::INTERVAL;
     tokio::time::sleep(
         (started + interval + Duration::from_millis(500)).saturating_duration_since(Instant::now()),
@@ -502,9 +496,34 @@ async fn a_flood_of_bad_messages_logs_one_line_per_interval_with_the_count_held_
             .parse()
             .unwrap()
     };
+    // Judged on the agent's own log times, so a slow machine cannot fake or break it:
+    // lines at least an interval apart, and every message either logged or counted.
+    for pair in lines.windows(2) {
+        let gap = log_seconds_of_day(&pair[1]) - log_seconds_of_day(&pair[0]);
+        assert!(
+            gap.rem_euclid(86_400.0) >= interval.as_secs_f64() - 0.01,
+            "{pair:?}"
+        );
+    }
     assert_eq!(held_back(&lines[0]), 0, "{}", lines[0]);
-    // 199, unless the signaling backlog dropped some of the flood before the core saw it.
-    let counted = held_back(&lines[1]);
-    println!("200 bad messages: 1 line, then 1 line with held_back={counted}");
-    assert!((100..=199).contains(&counted), "{}", lines[1]);
+    let accounted: u64 = lines.len() as u64 + lines.iter().map(|l| held_back(l)).sum::<u64>();
+    println!(
+        "201 bad messages: {} lines, held_back {:?}",
+        lines.len(),
+        lines.iter().map(|l| held_back(l)).collect::<Vec<_>>()
+    );
+    // 201, unless the signaling backlog dropped some of the flood before the core saw it.
+    assert!((101..=201).contains(&accounted), "{lines:#?}");
+}
+
+/// The time of day, in seconds, of an agent log line (`2026-11-26T10:37:00.741163Z ...`).
+fn log_seconds_of_day(line: &str) -> f64 {
+    let time = line
+        .split_once('T')
+        .and_then(|(_, rest)| rest.split_once('Z'))
+        .map(|(time, _)| time)
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    time.split(':')
+        .map(|part| part.parse::<f64>().unwrap())
+        .fold(0.0, |seconds, part| seconds * 60.0 + part)
 }
