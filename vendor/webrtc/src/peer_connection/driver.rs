@@ -875,6 +875,10 @@ where
             self.poll_writes().await?;
             self.poll_events().await;
             self.poll_reads().await?;
+            // peercam patch: handling an event can queue writes (ICE connecting starts the
+            // DTLS handshake, whose first flight is queued here); without this pass they
+            // waited in the core until the next timer, the ICE check interval (200 ms).
+            self.poll_writes().await?;
 
             // Wake senders blocked in `DataChannel::writable()`: the poll_* passes above
             // applied any SCTP buffer releases (acked/abandoned bytes) to the per-channel

@@ -1320,6 +1320,10 @@ impl PeerConnection for PeerConnectionImpl {
             let mut core = self.inner.core.lock().await;
             core.add_remote_candidate(candidate.clone())?;
         }
+        // peercam patch: the new candidate asks ICE for a check at once (its next timeout is
+        // now), but the driver only re-polls timeouts when woken; without this wake the
+        // first check waited for the previous timer, up to the 200 ms check interval.
+        self.inner.wake_writes().await;
 
         let candidate_str = match candidate.candidate.strip_prefix("candidate:") {
             Some(s) => s,
