@@ -12,7 +12,8 @@ use crate::signaling::protocol::{
     parse_viewer_message, Status, TopicError, Topics, ViewerMessage, MAX_PACKET_BYTES,
 };
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
+    Transport,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,15 @@ fn options(settings: &MqttSettings) -> MqttOptions {
     options
 }
 
+/// Signaling is a few small messages, each waited for: Nagle's algorithm would hold an
+/// answer behind the unacknowledged PUBACK before it until the broker's delayed ACK (40 ms
+/// on Linux), every session.
+fn network_options() -> NetworkOptions {
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network
+}
+
 /// Turns a message on a session topic into what the session manager takes; `None` for
 /// topics that are not this camera's sessions (or carry an invalid id: no reply possible).
 pub fn signal_from_wire(topics: &Topics, topic: &str, payload: &[u8]) -> Option<Signal> {
@@ -136,6 +146,7 @@ pub async fn run(
 ) {
     let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
     let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
+    eventloop.set_network_options(network_options());
     let status_topic = settings.topics.status();
     let session_filter = settings.topics.to_camera_filter();
     let mut backoff = MIN_BACKOFF;
