@@ -8,6 +8,7 @@ pub mod core;
 pub mod keyframe_requests;
 pub mod offer_check;
 pub mod peer;
+pub mod timeline;
 pub mod udp_mux;
 mod viewer;
 
@@ -341,8 +342,10 @@ impl SessionManager {
             ctx: Arc::clone(&self.ctx),
             sid: sid.clone(),
             offer_sdp,
+            offer_received: std::time::Instant::now(),
             early_candidates,
             gather_first,
+            answer_sdp: String::new(),
             inbox,
             close: close.clone(),
             output: self.peer_output_tx.clone(),

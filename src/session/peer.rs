@@ -22,15 +22,15 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
-    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
-    SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, Registry, SettingEngineBuilder,
 };
 
 /// Dynamic payload type we offer for H.264; the negotiated one is read back after the answer.
@@ -46,11 +46,15 @@ pub enum PeerEvent {
     /// A local candidate to trickle; `None` once gathering is complete.
     LocalCandidate(Option<RTCIceCandidateInit>),
     State(RTCPeerConnectionState),
+    /// ICE's own state: connected before DTLS runs over the path it found.
+    IceState(RTCIceConnectionState),
     DataChannel(Arc<dyn DataChannel>),
 }
 
 struct EventForwarder {
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// Set once the first local candidate is known, or gathering ended without one.
+    gathering_started: watch::Sender<bool>,
 }
 
 #[async_trait::async_trait]
@@ -59,6 +63,7 @@ impl PeerConnectionEventHandler for EventForwarder {
         match event.candidate.to_json() {
             Ok(init) => {
                 let _ = self.events.send(PeerEvent::LocalCandidate(Some(init)));
+                self.gathering_started.send_replace(true);
             }
             Err(err) => tracing::debug!("cannot serialise local candidate: {err}"),
         }
@@ -67,11 +72,16 @@ impl PeerConnectionEventHandler for EventForwarder {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
             let _ = self.events.send(PeerEvent::LocalCandidate(None));
+            self.gathering_started.send_replace(true);
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.events.send(PeerEvent::State(state));
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        let _ = self.events.send(PeerEvent::IceState(state));
     }
 
     async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
@@ -132,6 +142,9 @@ pub struct ViewerPeer {
     pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
     pub mux: Option<MuxRegistration>,
+    /// Becomes true with the first local candidate (host candidates come first, all in
+    /// one pass), or when gathering ends without any.
+    pub gathering_started: watch::Receiver<bool>,
 }
 
 /// Set once mDNS sockets proved impossible here (no multicast-capable interface).
@@ -213,6 +226,7 @@ async fn build_peer_with(
             (own, sockets, Some(registration))
         }
     };
+    let (gathering_started, gathering_started_rx) = watch::channel(false);
     let configuration = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers)
         .build();
@@ -221,7 +235,10 @@ async fn build_peer_with(
         .with_media_engine(media_engine)
         .with_setting_engine(setting_engine)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(EventForwarder { events }))
+        .with_handler(Arc::new(EventForwarder {
+            events,
+            gathering_started,
+        }))
         .with_udp_addrs(udp_addrs)
         .with_shared_udp_sockets(shared_sockets)
         .with_public_ips(settings.public_ips.clone())
@@ -252,6 +269,7 @@ async fn build_peer_with(
         track,
         ssrc,
         mux,
+        gathering_started: gathering_started_rx,
     })
 }
 

@@ -7,24 +7,31 @@ use super::core::{EndReason, PeerReport, Refusal};
 use super::peer::{
     build_peer, negotiated_payload_type, MuxRegistration, PeerEvent, RtpWriter, ViewerPeer,
 };
+use super::timeline::{Phase, Timeline};
 use super::SessionContext;
+use crate::clock;
+use crate::fanout::{joining_run, PacketizedFrame, Subscription, MIN_FORCED_KEYFRAME_INTERVAL};
 use crate::signaling::protocol::{ErrorCode, IceCandidate, SessionId};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    PeerConnection, RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription,
+    PeerConnection, RTCIceCandidateInit, RTCIceConnectionState, RTCPeerConnectionState,
+    RTCSessionDescription,
 };
 
 /// The label of the data channel the viewer opens for telemetry.
 pub const TELEMETRY_LABEL: &str = "telemetry";
 /// A transport that cannot trickle waits this long at most for the camera's candidates.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A trickling answer waits this long at most for the host candidates to put them in the
+/// answer (they take about a millisecond).
+const HOST_CANDIDATES_WAIT: Duration = Duration::from_millis(50);
 
 /// What a peer task tells the manager, in the order it happened.
 #[derive(Debug)]
@@ -51,9 +58,13 @@ pub(super) struct PeerTask {
     pub ctx: Arc<SessionContext>,
     pub sid: SessionId,
     pub offer_sdp: String,
+    /// When the manager took the offer: the start of the session's [`Timeline`].
+    pub offer_received: Instant,
     pub early_candidates: Vec<Option<IceCandidate>>,
     /// The transport cannot trickle (WHEP): gather every candidate into the answer.
     pub gather_first: bool,
+    /// The answer as sent (empty until then): the candidates in it are not trickled again.
+    pub answer_sdp: String,
     /// The viewer's candidates and ICE restart offers, in the order it sent them (a
     /// restart's candidates must follow its offer).
     pub inbox: mpsc::Receiver<PeerInput>,
@@ -124,7 +135,9 @@ impl PeerTask {
         &mut self,
         connection: &Arc<dyn PeerConnection>,
         mux: Option<&MuxRegistration>,
+        gathering_started: &watch::Receiver<bool>,
         events: &mut mpsc::UnboundedReceiver<PeerEvent>,
+        timeline: &mut Timeline,
     ) -> Result<u8, PeerEnd> {
         let offer = RTCSessionDescription::offer(self.offer_sdp.clone()).map_err(|err| {
             refused(
@@ -170,12 +183,21 @@ impl PeerTask {
         };
         if self.gather_first {
             self.wait_for_gathering(events).await;
-            if let Some(description) = connection.local_description().await {
-                answer_sdp = description.sdp;
-            }
+        } else {
+            // The host candidates go in the answer: a viewer that learned the camera's
+            // address from its first check instead (faster than a trickled candidate over
+            // the broker) files it as peer-reflexive, which webrtc-rs viewers will not
+            // nominate for a second. The others still trickle.
+            let mut started = gathering_started.clone();
+            let _ = tokio::time::timeout(HOST_CANDIDATES_WAIT, started.wait_for(|s| *s)).await;
         }
+        if let Some(description) = connection.local_description().await {
+            answer_sdp = description.sdp;
+        }
+        self.answer_sdp.clone_from(&answer_sdp);
         // The answer goes out before any local candidate, so the viewer can apply them.
         self.emit(PeerOutput::Answer(answer_sdp));
+        timeline.log(Phase::AnswerPublished);
         for candidate in std::mem::take(&mut self.early_candidates) {
             add_remote_candidate(connection, candidate).await;
         }
@@ -209,7 +231,21 @@ impl PeerTask {
         events: &mut mpsc::UnboundedReceiver<PeerEvent>,
     ) -> PeerEnd {
         let (track, ssrc) = (&peer.track, peer.ssrc);
-        let payload_type = match self.answer(connection, peer.mux.as_ref(), events).await {
+        let mut timeline = Timeline::new(self.offer_received);
+        timeline.log(Phase::OfferReceived);
+        // Subscribing asks the encoder for a keyframe now, so that it is ready when the
+        // viewer has connected rather than a frame interval and an encode after.
+        let mut subscription = Some(self.ctx.fanout.subscribe());
+        let payload_type = match self
+            .answer(
+                connection,
+                peer.mux.as_ref(),
+                &peer.gathering_started,
+                events,
+                &mut timeline,
+            )
+            .await
+        {
             Ok(payload_type) => payload_type,
             Err(end) => return end,
         };
@@ -234,9 +270,19 @@ impl PeerTask {
                 },
                 event = events.recv() => match event {
                     Some(PeerEvent::LocalCandidate(candidate)) => {
-                        // A non-trickling transport already has them all in the answer.
-                        if !self.gather_first {
+                        // A non-trickling transport already has them all in the answer, and
+                        // the host candidates are in every answer.
+                        let in_answer = candidate.as_ref().is_some_and(|c| {
+                            self.answer_sdp.contains(&format!("a={}\r\n", c.candidate))
+                        });
+                        if !self.gather_first && !in_answer {
                             self.emit(PeerOutput::LocalCandidate(candidate.map(protocol_candidate)));
+                        }
+                    }
+                    Some(PeerEvent::IceState(state)) => {
+                        tracing::debug!("ICE state {state}");
+                        if state == RTCIceConnectionState::Connected {
+                            timeline.log(Phase::IceConnected);
                         }
                     }
                     Some(PeerEvent::State(state)) => {
@@ -244,9 +290,13 @@ impl PeerTask {
                         match state {
                             RTCPeerConnectionState::Connected if !connected => {
                                 connected = true;
+                                // Connected means ICE and DTLS are both up.
+                                timeline.log(Phase::DtlsConnected);
                                 tracing::info!("viewer connected");
                                 self.emit(PeerOutput::Report(PeerReport::Connected));
-                                media = Some(self.start_media(track, ssrc, payload_type));
+                                if let Some(subscription) = subscription.take() {
+                                    media = Some(self.start_media(subscription, track, ssrc, payload_type, timeline.clone()));
+                                }
                             }
                             RTCPeerConnectionState::Connected => {
                                 // Back after an ICE restart or a blip: frames were lost on
@@ -295,39 +345,66 @@ impl PeerTask {
     }
 
     /// Feeds the viewer's track from the fan-out and turns its PLI/FIR into keyframe
-    /// requests. Returns the task; it ends only if the track can no longer be written.
+    /// requests. `subscription` was taken at the offer, so the keyframe it asked for was
+    /// encoded while the viewer connected: the run from it is sent first when it is still
+    /// fresh. Returns the task; it ends only if the track can no longer be written.
     fn start_media(
         &self,
+        subscription: Subscription,
         track: &Arc<TrackLocalStaticRTP>,
         ssrc: u32,
         payload_type: u8,
+        timeline: Timeline,
     ) -> JoinHandle<()> {
-        let mut subscription = self.ctx.fanout.subscribe();
+        let mut subscription = subscription;
         let keyframes = Arc::clone(self.ctx.fanout.keyframes());
-        let track = Arc::clone(track);
+        let mut sender = MediaSender {
+            track: Arc::clone(track),
+            writer: RtpWriter::new(ssrc, payload_type),
+            failures: 0,
+            timeline,
+        };
         let span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let feedback_track = Arc::clone(&track);
+                let feedback_track = Arc::clone(&sender.track);
+                let feedback_keyframes = Arc::clone(&keyframes);
                 let feedback = tokio::spawn(async move {
                     while let Some(event) = feedback_track.poll().await {
                         let TrackLocalEvent::OnRtcpPacket(_) = event else {
                             continue;
                         };
                         // The interceptor forwards only PLI and FIR.
-                        keyframes.request();
+                        feedback_keyframes.request();
                     }
                 });
-                let mut writer = RtpWriter::new(ssrc, payload_type);
-                let mut failures = 0u32;
-                while let Some(frame) = subscription.frames.recv().await {
-                    for packet in writer.packets(&frame) {
-                        if let Err(err) = track.write_rtp(packet).await {
-                            failures += 1;
-                            tracing::debug!("write_rtp: {err}");
+                let mut queued = Vec::new();
+                while let Ok(frame) = subscription.frames.try_recv() {
+                    queued.push(frame);
+                }
+                let had_queued = !queued.is_empty();
+                let mut awaiting_keyframe = false;
+                match joining_run(queued, clock::monotonic_us(), JOINING_RUN_MAX_AGE) {
+                    Some(run) => {
+                        for frame in run {
+                            sender.send(&frame).await;
                         }
                     }
-                    if failures > 1000 {
+                    None => {
+                        // Nothing queued: the keyframe asked for at the offer is still
+                        // coming. Stale: ask for a fresh one.
+                        if had_queued {
+                            keyframes.request();
+                        }
+                        awaiting_keyframe = true;
+                    }
+                }
+                while let Some(frame) = subscription.frames.recv().await {
+                    if awaiting_keyframe && !frame.keyframe {
+                        continue;
+                    }
+                    awaiting_keyframe = false;
+                    if !sender.send(&frame).await {
                         tracing::warn!("video track keeps failing; ending session");
                         break;
                     }
@@ -336,6 +413,35 @@ impl PeerTask {
             },
             span,
         ))
+    }
+}
+
+/// How old the newest frame queued for a viewer while it connected may be for the run
+/// before it to be sent: a fresh keyframe could not be forced sooner than this anyway.
+const JOINING_RUN_MAX_AGE: Duration = MIN_FORCED_KEYFRAME_INTERVAL;
+
+/// Writes one viewer's frames to its track.
+struct MediaSender {
+    track: Arc<TrackLocalStaticRTP>,
+    writer: RtpWriter,
+    failures: u32,
+    timeline: Timeline,
+}
+
+impl MediaSender {
+    /// Writes `frame`'s packets; false once the track has failed too often to go on.
+    async fn send(&mut self, frame: &PacketizedFrame) -> bool {
+        for packet in self.writer.packets(frame) {
+            if let Err(err) = self.track.write_rtp(packet).await {
+                self.failures += 1;
+                tracing::debug!("write_rtp: {err}");
+            }
+        }
+        self.timeline.log(Phase::FirstRtpSent);
+        if frame.keyframe {
+            self.timeline.log(Phase::FirstKeyframeSent);
+        }
+        self.failures <= 1000
     }
 }
 

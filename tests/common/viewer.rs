@@ -18,7 +18,8 @@ use rtc::statistics::report::{RTCStatsReport, RTCStatsReportEntry};
 use rtc::statistics::stats::ice_candidate::RTCIceCandidateStats;
 use rtc::statistics::StatsSelector;
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -28,9 +29,9 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder,
 };
 
 /// How a test client reaches its broker: plain MQTT on a loopback port, or TLS with a
@@ -52,6 +53,14 @@ pub struct MqttEndpoint {
     /// A viewer leaves its hangup as its last will (as the page does). Without one, a
     /// viewer that dies tells the camera nothing: only ICE can find out (tests/soak.rs).
     pub hangup_as_last_will: bool,
+}
+
+/// TCP_NODELAY, as browsers set on every socket: without it a test client's small
+/// messages wait for the broker's delayed ACK (40 ms).
+fn no_delay() -> NetworkOptions {
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network
 }
 
 impl MqttEndpoint {
@@ -113,6 +122,20 @@ pub struct ViewerStats {
     pub connection_states: Vec<String>,
     /// Answers dropped because their mac did not prove they came from the camera.
     pub rejected_answers: u64,
+    /// What happened when, after the offer went out, each the first time: "answer",
+    /// "camera candidate", "ice connected", "connected" (DTLS too), "first rtp",
+    /// "first decoded". Where a slow first frame spent its time, seen from the viewer.
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+impl ViewerStats {
+    /// When `phase` first happened after the offer.
+    pub fn phase(&self, phase: &str) -> Option<Duration> {
+        self.phases
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map(|(_, at)| *at)
+    }
 }
 
 /// Reads the documented latency stamp: 48 cells, MSB first, luma sampled at cell centres.
@@ -182,6 +205,17 @@ impl Shared {
         }
     }
 
+    /// Records `phase` the first time it happens (relative to the offer).
+    pub fn mark(&self, phase: &'static str) {
+        let Some(offer_sent) = *self.offer_sent.lock().unwrap() else {
+            return;
+        };
+        let mut stats = self.stats.lock().unwrap();
+        if stats.phase(phase).is_none() {
+            stats.phases.push((phase, offer_sent.elapsed()));
+        }
+    }
+
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared {
             stats: Mutex::new(ViewerStats::default()),
@@ -230,12 +264,21 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            self.shared.mark("connected");
+        }
         self.shared
             .stats
             .lock()
             .unwrap()
             .connection_states
             .push(state.to_string());
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Connected {
+            self.shared.mark("ice connected");
+        }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -258,6 +301,7 @@ pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
             if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
                 access_unit.extend_from_slice(&nals);
             }
+            shared.mark("first rtp");
             if packet.header.marker {
                 shared
                     .rtp_frames
@@ -306,6 +350,9 @@ fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
                 }
                 if stats.first_frame_after_offer.is_none() {
                     stats.first_frame_after_offer = offer_sent.map(|t| t.elapsed());
+                    if let Some(at) = stats.first_frame_after_offer {
+                        stats.phases.push(("first decoded", at));
+                    }
                 }
                 match stamp.map(|stamp| unix_ms() - stamp as i64) {
                     Some(latency) if latency.abs() <= STAMP_PLAUSIBLE_MS => {
@@ -610,6 +657,7 @@ impl TestViewer {
             ));
         }
         let (client, mut eventloop) = AsyncClient::new(options, 256);
+        eventloop.set_network_options(no_delay());
         let shared = Shared::new();
 
         let handler = Arc::new(Handler {
@@ -653,6 +701,7 @@ impl TestViewer {
                             .push(message.clone());
                         match message["type"].as_str() {
                             Some("answer") => {
+                                signaling_shared.mark("answer");
                                 let sdp = message["sdp"].as_str().unwrap_or_default().to_owned();
                                 if let Some(access) = &answer_access {
                                     let expected =
@@ -668,6 +717,7 @@ impl TestViewer {
                                 }
                             }
                             Some("candidate") if message["candidate"].is_object() => {
+                                signaling_shared.mark("camera candidate");
                                 let c = &message["candidate"];
                                 let init = RTCIceCandidateInit {
                                     candidate: c["candidate"]
@@ -838,6 +888,7 @@ impl Observer {
     pub async fn start_on(endpoint: &MqttEndpoint, filters: &[String]) -> Observer {
         let options = endpoint.options(format!("observer-{:08x}", rand::random::<u32>()));
         let (client, mut eventloop) = AsyncClient::new(options, 256);
+        eventloop.set_network_options(no_delay());
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
