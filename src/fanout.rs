@@ -17,6 +17,11 @@ pub const RTP_PAYLOAD_MTU: usize = 1200;
 pub const VIEWER_QUEUE_FRAMES: usize = 8;
 /// At most one forced IDR per this interval, however many viewers ask.
 pub const MIN_FORCED_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+/// A joining viewer starts from the stream's newest keyframe and the frames after it,
+/// instead of forcing a new one, while that run is at most this long: at 30 fps it spans
+/// the forced-keyframe interval, so a viewer joining soon after another never waits for
+/// that interval to end. Its queue is longer by the run it starts with.
+pub const JOINING_RUN_FRAMES: usize = VIEWER_QUEUE_FRAMES;
 const RTP_CLOCK_HZ: u128 = 90_000;
 
 /// A frame ready for the wire: RTP payloads shared by every viewer.
@@ -29,6 +34,8 @@ pub struct PacketizedFrame {
     pub rtp_timestamp: u32,
     /// Unix capture time (the latency stamp's), for logs; never for RTP.
     pub capture_us: u64,
+    /// The capture instant on the monotonic clock (`clock::monotonic_us`): a frame's age.
+    pub monotonic_us: u64,
     pub sequence: u64,
 }
 
@@ -37,6 +44,25 @@ pub struct PacketizedFrame {
 /// step the stream by hours, and a step back would run its timestamps backwards.
 pub fn rtp_timestamp_from_monotonic(monotonic_us: u64) -> u32 {
     (monotonic_us as u128 * RTP_CLOCK_HZ / 1_000_000) as u32
+}
+
+/// What a viewer that just connected is sent first, from the frames queued for it while
+/// it connected (it subscribed at its offer): the run from the newest keyframe on. Once
+/// decoded, the viewer shows the run's last frame, so the run is worth sending when that
+/// frame is at most `max_age` old at `now_us` (monotonic); an older one means frames were
+/// dropped after it (the queue was full). `None`: the viewer needs a fresh keyframe.
+pub fn joining_run(
+    queued: Vec<Arc<PacketizedFrame>>,
+    now_us: u64,
+    max_age: Duration,
+) -> Option<Vec<Arc<PacketizedFrame>>> {
+    let start = queued.iter().rposition(|frame| frame.keyframe)?;
+    let newest = queued.last()?;
+    let age_us = now_us.saturating_sub(newest.monotonic_us);
+    if u128::from(age_us) > max_age.as_micros() {
+        return None;
+    }
+    Some(queued.into_iter().skip(start).collect())
 }
 
 /// Coalesced keyframe requests from viewers (joins, PLI, FIR), read by the encoder.
@@ -93,6 +119,9 @@ struct FanOutState {
     subscribers: Vec<Subscriber>,
     next_id: u64,
     payloader: H264Payloader,
+    /// The newest keyframe and the frames since, while they are at most
+    /// [`JOINING_RUN_FRAMES`]; empty otherwise.
+    current_run: Vec<Arc<PacketizedFrame>>,
 }
 
 /// Distributes encoded frames to viewers.
@@ -130,6 +159,7 @@ impl FanOut {
                 subscribers: Vec::new(),
                 next_id: 0,
                 payloader: H264Payloader::default(),
+                current_run: Vec::new(),
             }),
             keyframes,
         })
@@ -139,23 +169,32 @@ impl FanOut {
         &self.keyframes
     }
 
-    /// Adds a viewer. Its first frame is a keyframe, which is requested at once.
+    /// Adds a viewer. Its first frame is a keyframe: the stream's newest, with the frames
+    /// since, when that run is short ([`JOINING_RUN_FRAMES`]); otherwise one requested at
+    /// once. Two viewers joining within the forced-keyframe interval both start at once.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
-        let (tx, frames) = mpsc::channel(VIEWER_QUEUE_FRAMES);
-        let id = {
+        let (id, joined_a_run, frames) = {
             let mut state = lock(&self.state);
+            let (tx, frames) = mpsc::channel(VIEWER_QUEUE_FRAMES + state.current_run.len());
             let id = state.next_id;
             state.next_id += 1;
+            let joined_a_run = !state.current_run.is_empty();
+            for frame in &state.current_run {
+                // Cannot fail: the queue is new and longer than the run.
+                let _ = tx.try_send(Arc::clone(frame));
+            }
             state.subscribers.push(Subscriber {
                 id,
                 tx,
-                awaiting_keyframe: true,
-                keyframe_requested: true,
+                awaiting_keyframe: !joined_a_run,
+                keyframe_requested: !joined_a_run,
                 dropped: 0,
             });
-            id
+            (id, joined_a_run, frames)
         };
-        self.keyframes.request();
+        if !joined_a_run {
+            self.keyframes.request();
+        }
         Subscription {
             frames,
             id,
@@ -178,6 +217,8 @@ impl FanOut {
             self.keyframes.satisfied_by_keyframe();
         }
         if state.subscribers.is_empty() {
+            // Frames nobody receives leave gaps: no run to join until the next keyframe.
+            state.current_run.clear();
             return;
         }
         let payloads = match state.payloader.payload(RTP_PAYLOAD_MTU, &frame.access_unit) {
@@ -193,8 +234,16 @@ impl FanOut {
             keyframe: frame.keyframe,
             rtp_timestamp: rtp_timestamp_from_monotonic(frame.monotonic_us),
             capture_us: frame.capture_us,
+            monotonic_us: frame.monotonic_us,
             sequence: frame.sequence,
         });
+        if shared.keyframe {
+            state.current_run = vec![Arc::clone(&shared)];
+        } else if !state.current_run.is_empty() && state.current_run.len() < JOINING_RUN_FRAMES {
+            state.current_run.push(Arc::clone(&shared));
+        } else {
+            state.current_run.clear();
+        }
         let mut wants_keyframe = false;
         state.subscribers.retain_mut(|sub| {
             if sub.awaiting_keyframe && !shared.keyframe {
@@ -246,6 +295,62 @@ mod tests {
             monotonic_us: sequence * 33_333,
             sequence,
         }
+    }
+
+    fn packetized(sequence: u64, keyframe: bool, monotonic_us: u64) -> Arc<PacketizedFrame> {
+        Arc::new(PacketizedFrame {
+            payloads: vec![Bytes::from_static(b"x")],
+            keyframe,
+            rtp_timestamp: 0,
+            capture_us: 0,
+            monotonic_us,
+            sequence,
+        })
+    }
+
+    fn sequences(run: &[Arc<PacketizedFrame>]) -> Vec<u64> {
+        run.iter().map(|frame| frame.sequence).collect()
+    }
+
+    #[test]
+    fn a_joining_viewer_gets_the_run_from_the_newest_fresh_keyframe() {
+        let max_age = Duration::from_millis(100);
+        let queued = vec![
+            packetized(1, true, 1_000_000),
+            packetized(2, false, 1_033_000),
+            packetized(3, true, 1_066_000),
+            packetized(4, false, 1_100_000),
+        ];
+        let run = joining_run(queued, 1_110_000, max_age).unwrap();
+        assert_eq!(sequences(&run), [3, 4]);
+    }
+
+    #[test]
+    fn a_stale_or_missing_keyframe_gives_the_joining_viewer_nothing() {
+        let max_age = Duration::from_millis(100);
+        let stale = vec![
+            packetized(1, true, 1_000_000),
+            packetized(2, false, 1_033_000),
+        ];
+        assert!(joining_run(stale, 1_133_001, max_age).is_none());
+        // An old keyframe with a fresh frame after it: the viewer shows the fresh one.
+        let old_keyframe = vec![
+            packetized(1, true, 1_000_000),
+            packetized(2, false, 1_150_000),
+        ];
+        assert_eq!(
+            sequences(&joining_run(old_keyframe, 1_160_000, max_age).unwrap()),
+            [1, 2]
+        );
+        let no_keyframe = vec![packetized(2, false, 1_033_000)];
+        assert!(joining_run(no_keyframe, 1_040_000, max_age).is_none());
+        assert!(joining_run(Vec::new(), 1_040_000, max_age).is_none());
+        // Exactly at the limit still counts.
+        let at_limit = vec![packetized(1, true, 1_000_000)];
+        assert_eq!(
+            sequences(&joining_run(at_limit, 1_100_000, max_age).unwrap()),
+            [1]
+        );
     }
 
     #[test]
@@ -328,6 +433,49 @@ mod tests {
             first.rtp_timestamp,
             rtp_timestamp_from_monotonic(2 * 33_333)
         );
+    }
+
+    #[tokio::test]
+    async fn a_viewer_joining_a_short_run_starts_at_its_keyframe_without_forcing_one() {
+        let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+        let _first = fanout.subscribe();
+        assert!(fanout.keyframes().take_due(Instant::now()));
+        fanout.publish(frame(1, true));
+        fanout.publish(frame(2, false));
+        let mut second = fanout.subscribe();
+        assert!(
+            !fanout
+                .keyframes()
+                .take_due(Instant::now() + Duration::from_secs(1)),
+            "no keyframe forced for a viewer that can start from the run"
+        );
+        fanout.publish(frame(3, false));
+        let received: Vec<_> = std::iter::from_fn(|| second.frames.try_recv().ok())
+            .map(|f| (f.sequence, f.keyframe))
+            .collect();
+        assert_eq!(received, [(1, true), (2, false), (3, false)]);
+    }
+
+    #[tokio::test]
+    async fn a_viewer_joining_a_long_run_asks_for_a_keyframe() {
+        let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+        let _first = fanout.subscribe();
+        assert!(fanout.keyframes().take_due(Instant::now()));
+        fanout.publish(frame(0, true));
+        for sequence in 1..=JOINING_RUN_FRAMES as u64 {
+            fanout.publish(frame(sequence, false));
+        }
+        let mut late = fanout.subscribe();
+        assert!(fanout
+            .keyframes()
+            .take_due(Instant::now() + Duration::from_secs(1)));
+        assert!(
+            late.frames.try_recv().is_err(),
+            "nothing before its keyframe"
+        );
+        fanout.publish(frame(50, false));
+        fanout.publish(frame(51, true));
+        assert_eq!(late.frames.try_recv().unwrap().sequence, 51);
     }
 
     #[tokio::test]

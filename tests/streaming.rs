@@ -391,11 +391,21 @@ fn udp_sockets_of(pid: u32) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The ports of the camera's candidates: those in its answer (the host candidates) and
+/// those it trickled.
 fn candidate_ports(messages: &[serde_json::Value]) -> Vec<u16> {
-    messages
+    let in_answers = messages
+        .iter()
+        .filter(|m| m["type"] == "answer")
+        .filter_map(|m| m["sdp"].as_str())
+        .flat_map(|sdp| sdp.lines().filter_map(|line| line.strip_prefix("a=")))
+        .filter(|line| line.starts_with("candidate:"));
+    let trickled = messages
         .iter()
         .filter(|m| m["type"] == "candidate")
-        .filter_map(|m| m["candidate"]["candidate"].as_str())
+        .filter_map(|m| m["candidate"]["candidate"].as_str());
+    in_answers
+        .chain(trickled)
         .filter_map(|line| line.split_whitespace().nth(5)?.parse().ok())
         .collect()
 }
