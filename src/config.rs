@@ -269,6 +269,10 @@ pub struct WebrtcConfig {
     /// Public addresses the camera's UDP ports are reachable at (a forwarded `udp_port`, a
     /// 1:1 NAT), announced to viewers as extra candidates.
     pub public_ips: Vec<IpAddr>,
+    /// `[min, max]` playout delay asked of viewers (the `playout-delay` RTP header
+    /// extension), in ms, multiples of 10; `[]` sends none. Min 0 lets a browser show a
+    /// frame as soon as it is decoded.
+    pub playout_delay_ms: Vec<u32>,
 }
 
 /// A STUN or TURN server, serialized in RTCIceServer shape (what viewers are told; see
@@ -453,6 +457,7 @@ impl Default for WebrtcConfig {
             udp_addrs: vec!["0.0.0.0:0".into()],
             udp_port: 0,
             public_ips: Vec::new(),
+            playout_delay_ms: vec![0, 100],
         }
     }
 }
@@ -677,6 +682,9 @@ impl Config {
         in_range("webrtc.offers_per_s", w.offers_per_s, 1..=100)?;
         in_range("webrtc.offer_burst", w.offer_burst, 1..=100)?;
         in_range("webrtc.connect_timeout_s", w.connect_timeout_s, 1..=300)?;
+        if let Err(reason) = crate::session::peer::PlayoutDelay::from_config(&w.playout_delay_ms) {
+            return Err(ConfigError::new("webrtc.playout_delay_ms", reason));
+        }
         for (i, server) in w.ice_servers.iter().enumerate() {
             let key = format!("webrtc.ice_servers[{i}].urls");
             check(
@@ -1296,6 +1304,8 @@ mod tests {
             ("[webrtc]\nmax_viewers = 0", "webrtc.max_viewers"),
             ("[webrtc]\nmax_pending = 0", "webrtc.max_pending"),
             ("[webrtc]\nmax_pending = 65", "webrtc.max_pending"),
+            ("[webrtc]\nplayout_delay_ms = [100, 0]", "webrtc.playout_delay_ms"),
+            ("[webrtc]\nplayout_delay_ms = [0, 105]", "webrtc.playout_delay_ms"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
             ("[http]\nheader_timeout_s = 0", "http.header_timeout_s"),
             ("[webrtc]\noffers_per_s = 0", "webrtc.offers_per_s"),

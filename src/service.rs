@@ -15,7 +15,7 @@ use crate::listener::Incoming;
 use crate::notify;
 use crate::pipeline::{Pipeline, PipelineCounters, PipelineHealth};
 use crate::session::core::{Limits, OfferRate};
-use crate::session::peer::PeerSettings;
+use crate::session::peer::{PeerSettings, PlayoutDelay};
 use crate::session::udp_mux::UdpMux;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
@@ -656,6 +656,9 @@ pub async fn run(
             udp_addrs: config.webrtc.udp_addrs.clone(),
             udp_mux,
             public_ips: config.webrtc.public_ips.clone(),
+            // Validated with the configuration.
+            playout_delay: PlayoutDelay::from_config(&config.webrtc.playout_delay_ms)
+                .unwrap_or_default(),
         },
         fanout: Arc::clone(&fanout),
         telemetry,

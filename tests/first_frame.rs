@@ -1,7 +1,7 @@
 //! The first frame: a regression guard, not a benchmark (scripts/bench has the figures).
 //! Sequential viewers join a 1280x720@30 camera; each must decode its first frame well
 //! inside a second of its offer, and the agent must log every phase of each session's
-//! start, in order, timed from the offer.
+//! start, in order, timed from the offer. Its packets carry the playout delay asked for.
 
 mod common;
 
@@ -50,6 +50,11 @@ async fn viewers_see_their_first_frame_well_inside_a_second() {
             stats.phases
         );
         assert_eq!((stats.width, stats.height), (1280, 720));
+        // webrtc.playout_delay_ms's default, [0, 100] ms in 10 ms units, 12 bits each.
+        assert_eq!(
+            stats.playout_delay.as_deref(),
+            Some(&[0x00, 0x00, 0x0a][..])
+        );
         assert!(
             first < Duration::from_secs(1),
             "first frame {first:?} after the offer"

@@ -9,6 +9,7 @@ use crate::clock;
 use crate::encode::H264_FMTP;
 use crate::fanout::PacketizedFrame;
 use crate::ice::IceServers;
+use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
@@ -16,7 +17,7 @@ use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +109,51 @@ pub fn h264_codec() -> RTCRtpCodec {
     }
 }
 
+/// The `playout-delay` RTP header extension (webrtc.org's): the delay range a viewer
+/// should keep between receiving and showing a frame.
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// A playout delay range, in the extension's 10 ms units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlayoutDelay {
+    min_10ms: u16,
+    max_10ms: u16,
+}
+
+impl PlayoutDelay {
+    /// The extension's fields are 12 bits of 10 ms.
+    const MAX_MS: u32 = 4095 * 10;
+
+    /// From `webrtc.playout_delay_ms`: `[]` (none) or `[min, max]` in ms, multiples of 10.
+    pub fn from_config(range_ms: &[u32]) -> Result<Option<PlayoutDelay>, String> {
+        let (min, max) = match range_ms {
+            [] => return Ok(None),
+            [min, max] => (*min, *max),
+            _ => return Err(format!("must be [] or [min, max] in ms (got {range_ms:?})")),
+        };
+        if min > max || max > Self::MAX_MS || min % 10 != 0 || max % 10 != 0 {
+            return Err(format!(
+                "must be [min, max] with min <= max <= {}, in multiples of 10 ms (got {range_ms:?})",
+                Self::MAX_MS
+            ));
+        }
+        Ok(Some(PlayoutDelay {
+            min_10ms: (min / 10) as u16,
+            max_10ms: (max / 10) as u16,
+        }))
+    }
+
+    /// The extension's 3 bytes: 12 bits of minimum, then 12 bits of maximum.
+    pub fn payload(self) -> [u8; 3] {
+        let (min, max) = (self.min_10ms, self.max_10ms);
+        [
+            (min >> 4) as u8,
+            ((min & 0xf) << 4) as u8 | (max >> 8) as u8,
+            max as u8,
+        ]
+    }
+}
+
 /// Settings shared by every viewer's connection.
 #[derive(Clone)]
 pub struct PeerSettings {
@@ -118,6 +164,8 @@ pub struct PeerSettings {
     pub udp_mux: Option<Arc<UdpMux>>,
     /// Announced as server-reflexive candidates at each local socket's port.
     pub public_ips: Vec<IpAddr>,
+    /// Offered to viewers whose offer has the extension (`webrtc.playout_delay_ms`).
+    pub playout_delay: Option<PlayoutDelay>,
 }
 
 /// A connection's place in the ICE UDP mux.
@@ -185,6 +233,15 @@ async fn build_peer_with(
         },
         RtpCodecKind::Video,
     )?;
+    if settings.playout_delay.is_some() {
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )?;
+    }
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
         .with(Slot::from(SLOT), KeyframeRequestForwarder::default());
     let setting_engine = SettingEngineBuilder::new()
@@ -279,6 +336,9 @@ pub struct RtpWriter {
     pub payload_type: u8,
     sequence_number: u16,
     timestamp_offset: u32,
+    /// The negotiated id of the playout-delay extension and its payload, put on every
+    /// packet: a browser reads it from each frame.
+    playout_delay: Option<(u8, Bytes)>,
 }
 
 impl RtpWriter {
@@ -288,7 +348,14 @@ impl RtpWriter {
             payload_type,
             sequence_number: rand::random(),
             timestamp_offset: rand::random(),
+            playout_delay: None,
         }
+    }
+
+    /// Writes `delay` on every packet under the extension id the viewer negotiated.
+    pub fn with_playout_delay(mut self, id: u8, delay: PlayoutDelay) -> Self {
+        self.playout_delay = Some((id, Bytes::copy_from_slice(&delay.payload())));
+        self
     }
 
     /// The RTP packets of one frame; payloads are reference-counted, not copied.
@@ -299,7 +366,7 @@ impl RtpWriter {
             .iter()
             .enumerate()
             .map(|(i, payload)| {
-                let header = rtp::Header {
+                let mut header = rtp::Header {
                     version: 2,
                     marker: i == last,
                     payload_type: self.payload_type,
@@ -308,6 +375,11 @@ impl RtpWriter {
                     ssrc: self.ssrc,
                     ..Default::default()
                 };
+                if let Some((id, payload)) = &self.playout_delay {
+                    // Cannot fail: a negotiated id (1-14 in a browser's one-byte form, else
+                    // two-byte) and 3 bytes fit either form.
+                    let _ = header.set_extension(*id, payload.clone());
+                }
                 self.sequence_number = self.sequence_number.wrapping_add(1);
                 rtp::Packet {
                     header,
@@ -316,6 +388,27 @@ impl RtpWriter {
             })
             .collect()
     }
+}
+
+/// The id the viewer gave the header extension `uri`, read from our sender after the
+/// answer; `None` when its offer did not have it.
+pub async fn negotiated_extension_id(
+    connection: &Arc<dyn PeerConnection>,
+    uri: &str,
+) -> Option<u8> {
+    for sender in connection.get_senders().await {
+        if let Ok(parameters) = sender.get_parameters().await {
+            if let Some(extension) = parameters
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|extension| extension.uri == uri)
+            {
+                return u8::try_from(extension.id).ok();
+            }
+        }
+    }
+    None
 }
 
 /// The payload type negotiated for our track, read from its sender after the answer.
@@ -333,4 +426,54 @@ pub async fn negotiated_payload_type(connection: &Arc<dyn PeerConnection>) -> Op
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn playout_delay_packs_two_12_bit_fields_of_10_ms() {
+        let delay = |range: &[u32]| PlayoutDelay::from_config(range).unwrap().unwrap();
+        assert_eq!(delay(&[0, 100]).payload(), [0x00, 0x00, 0x0a]);
+        assert_eq!(delay(&[100, 1000]).payload(), [0x00, 0xa0, 0x64]);
+        assert_eq!(delay(&[40950, 40950]).payload(), [0xff, 0xff, 0xff]);
+        assert_eq!(PlayoutDelay::from_config(&[]), Ok(None));
+    }
+
+    #[test]
+    fn impossible_playout_delays_are_refused() {
+        for range in [
+            &[100, 0][..],
+            &[0, 40960],
+            &[5, 100],
+            &[0, 105],
+            &[0],
+            &[0, 10, 20],
+        ] {
+            assert!(PlayoutDelay::from_config(range).is_err(), "{range:?}");
+        }
+    }
+
+    #[test]
+    fn every_packet_carries_the_playout_delay_under_the_negotiated_id() {
+        let frame = PacketizedFrame {
+            payloads: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            keyframe: true,
+            rtp_timestamp: 0,
+            capture_us: 0,
+            monotonic_us: 0,
+            sequence: 0,
+        };
+        let delay = PlayoutDelay::from_config(&[0, 100]).unwrap().unwrap();
+        let mut writer = RtpWriter::new(1, 102).with_playout_delay(7, delay);
+        for packet in writer.packets(&frame) {
+            assert_eq!(
+                packet.header.get_extension(7).as_deref(),
+                Some(&[0x00, 0x00, 0x0a][..])
+            );
+        }
+        let mut plain = RtpWriter::new(1, 102);
+        assert!(plain.packets(&frame).iter().all(|p| !p.header.extension));
+    }
 }

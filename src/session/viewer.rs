@@ -5,7 +5,8 @@
 
 use super::core::{EndReason, PeerReport, Refusal};
 use super::peer::{
-    build_peer, negotiated_payload_type, MuxRegistration, PeerEvent, RtpWriter, ViewerPeer,
+    build_peer, negotiated_extension_id, negotiated_payload_type, MuxRegistration, PeerEvent,
+    RtpWriter, ViewerPeer, PLAYOUT_DELAY_URI,
 };
 use super::timeline::{Phase, Timeline};
 use super::SessionContext;
@@ -249,6 +250,13 @@ impl PeerTask {
             Ok(payload_type) => payload_type,
             Err(end) => return end,
         };
+        // Only for a viewer whose offer has the extension (browsers' do).
+        let playout_delay = match self.ctx.peer_settings.playout_delay {
+            Some(delay) => negotiated_extension_id(connection, PLAYOUT_DELAY_URI)
+                .await
+                .map(|id| (id, delay)),
+            None => None,
+        };
         let mut connected = false;
         let mut media: Option<JoinHandle<()>> = None;
         let mut telemetry_channel: Option<Arc<dyn DataChannel>> = None;
@@ -295,7 +303,12 @@ impl PeerTask {
                                 tracing::info!("viewer connected");
                                 self.emit(PeerOutput::Report(PeerReport::Connected));
                                 if let Some(subscription) = subscription.take() {
-                                    media = Some(self.start_media(subscription, track, ssrc, payload_type, timeline.clone()));
+                                    let writer = RtpWriter::new(ssrc, payload_type);
+                                    let writer = match playout_delay {
+                                        Some((id, delay)) => writer.with_playout_delay(id, delay),
+                                        None => writer,
+                                    };
+                                    media = Some(self.start_media(subscription, track, writer, timeline.clone()));
                                 }
                             }
                             RTCPeerConnectionState::Connected => {
@@ -352,15 +365,14 @@ impl PeerTask {
         &self,
         subscription: Subscription,
         track: &Arc<TrackLocalStaticRTP>,
-        ssrc: u32,
-        payload_type: u8,
+        writer: RtpWriter,
         timeline: Timeline,
     ) -> JoinHandle<()> {
         let mut subscription = subscription;
         let keyframes = Arc::clone(self.ctx.fanout.keyframes());
         let mut sender = MediaSender {
             track: Arc::clone(track),
-            writer: RtpWriter::new(ssrc, payload_type),
+            writer,
             failures: 0,
             timeline,
         };

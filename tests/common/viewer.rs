@@ -12,7 +12,7 @@ use rtc::peer_connection::configuration::{RTCConfigurationBuilder, RTCOfferOptio
 use rtc::peer_connection::transport::RTCIceServerTransportProtocol;
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::statistics::report::{RTCStatsReport, RTCStatsReportEntry};
 use rtc::statistics::stats::ice_candidate::RTCIceCandidateStats;
@@ -126,6 +126,8 @@ pub struct ViewerStats {
     /// "camera candidate", "ice connected", "connected" (DTLS too), "first rtp",
     /// "first decoded". Where a slow first frame spent its time, seen from the viewer.
     pub phases: Vec<(&'static str, Duration)>,
+    /// The playout-delay header extension's payload on the first video packet that had it.
+    pub playout_delay: Option<Vec<u8>>,
 }
 
 impl ViewerStats {
@@ -181,6 +183,8 @@ pub struct Shared {
     pub offer_sent: Mutex<Option<Instant>>,
     /// Each received access unit's RTP timestamp and when its last packet came.
     pub rtp_frames: Mutex<Vec<(Instant, u32)>>,
+    /// The id this viewer's offer gave the playout-delay extension.
+    pub playout_delay_id: Mutex<Option<u8>>,
 }
 
 impl Shared {
@@ -222,6 +226,7 @@ impl Shared {
             fingerprints: Mutex::new(HashSet::new()),
             offer_sent: Mutex::new(None),
             rtp_frames: Mutex::new(Vec::new()),
+            playout_delay_id: Mutex::new(None),
         })
     }
 }
@@ -302,6 +307,15 @@ pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
                 access_unit.extend_from_slice(&nals);
             }
             shared.mark("first rtp");
+            let playout_delay_id = *shared.playout_delay_id.lock().unwrap();
+            if let Some(delay) = playout_delay_id.and_then(|id| packet.header.get_extension(id)) {
+                shared
+                    .stats
+                    .lock()
+                    .unwrap()
+                    .playout_delay
+                    .get_or_insert_with(|| delay.to_vec());
+            }
             if packet.header.marker {
                 shared
                     .rtp_frames
@@ -487,6 +501,16 @@ pub async fn receive_only_peer_in(
 ) -> (Arc<dyn PeerConnection>, Arc<dyn DataChannel>) {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs().unwrap();
+    // As browsers offer it: the camera may then ask for a playout delay.
+    media_engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )
+        .unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
     let pc: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
@@ -583,6 +607,17 @@ pub struct TestViewer {
     _data_channel: Arc<dyn DataChannel>,
     /// Runs the MQTT client until [`TestViewer::leave`] disconnects it.
     signaling: tokio::task::JoinHandle<()>,
+}
+
+/// webrtc.org's playout-delay RTP header extension.
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// The id `sdp` gives the header extension `uri` (`a=extmap:ID URI`).
+pub fn extension_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines()
+        .filter_map(|line| line.strip_prefix("a=extmap:"))
+        .find(|rest| rest.split_whitespace().nth(1) == Some(uri))
+        .and_then(|rest| rest.split(['/', ' ']).next()?.parse().ok())
 }
 
 pub fn new_session_id() -> String {
@@ -745,6 +780,7 @@ impl TestViewer {
 
         let offer = pc.create_offer(None).await.unwrap();
         pc.set_local_description(offer.clone()).await.unwrap();
+        *shared.playout_delay_id.lock().unwrap() = extension_id(&offer.sdp, PLAYOUT_DELAY_URI);
         *shared.offer_sent.lock().unwrap() = Some(Instant::now());
         let viewer = TestViewer {
             sid: sid.to_owned(),
