@@ -2,7 +2,9 @@
 //! once and shared by reference count; every viewer has its own bounded queue.
 //! It must never block the encoder or let one viewer's backlog delay another.
 
+use crate::clock;
 use crate::encode::EncodedFrame;
+use crate::telemetry::StageLatencies;
 use bytes::Bytes;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
@@ -36,6 +38,8 @@ pub struct PacketizedFrame {
     pub capture_us: u64,
     /// The capture instant on the monotonic clock (`clock::monotonic_us`): a frame's age.
     pub monotonic_us: u64,
+    /// When it was encoded and packetized, on the same clock.
+    pub published_us: u64,
     pub sequence: u64,
 }
 
@@ -128,6 +132,9 @@ struct FanOutState {
 pub struct FanOut {
     state: Mutex<FanOutState>,
     keyframes: Arc<KeyframeRequests>,
+    /// Per-frame stage latencies for telemetry: the fan-out records capture-to-encoded,
+    /// sessions encoded-to-sent.
+    latencies: StageLatencies,
 }
 
 /// A viewer's feed. Dropping it unsubscribes.
@@ -162,11 +169,16 @@ impl FanOut {
                 current_run: Vec::new(),
             }),
             keyframes,
+            latencies: StageLatencies::default(),
         })
     }
 
     pub fn keyframes(&self) -> &Arc<KeyframeRequests> {
         &self.keyframes
+    }
+
+    pub fn latencies(&self) -> &StageLatencies {
+        &self.latencies
     }
 
     /// Adds a viewer. Its first frame is a keyframe: the stream's newest, with the frames
@@ -229,14 +241,18 @@ impl FanOut {
                 return;
             }
         };
+        let published_us = clock::monotonic_us();
         let shared = Arc::new(PacketizedFrame {
             payloads,
             keyframe: frame.keyframe,
             rtp_timestamp: rtp_timestamp_from_monotonic(frame.monotonic_us),
             capture_us: frame.capture_us,
             monotonic_us: frame.monotonic_us,
+            published_us,
             sequence: frame.sequence,
         });
+        self.latencies
+            .record_encoded(published_us.saturating_sub(frame.monotonic_us));
         if shared.keyframe {
             state.current_run = vec![Arc::clone(&shared)];
         } else if !state.current_run.is_empty() && state.current_run.len() < JOINING_RUN_FRAMES {
@@ -304,6 +320,7 @@ mod tests {
             rtp_timestamp: 0,
             capture_us: 0,
             monotonic_us,
+            published_us: monotonic_us,
             sequence,
         })
     }

@@ -367,6 +367,7 @@ async fn sample_telemetry(
     counters: Arc<PipelineCounters>,
     streamed: watch::Receiver<Option<StreamedMode>>,
     camera: watch::Receiver<bool>,
+    viewers: watch::Receiver<usize>,
     telemetry: watch::Sender<Option<Arc<str>>>,
     stop: CancellationToken,
 ) {
@@ -388,7 +389,13 @@ async fn sample_telemetry(
         if let Some(mode) = *streamed.borrow() {
             sampler.set_video_size(mode.width, mode.height);
         }
-        let message = sampler.sample(&counters, fanout.subscriber_count(), *camera.borrow());
+        // Connected viewers: pending sessions subscribe to the fan-out too.
+        let message = sampler.sample(
+            &counters,
+            fanout.latencies(),
+            *viewers.borrow(),
+            *camera.borrow(),
+        );
         telemetry.send_replace(Some(Arc::from(message.to_json())));
     }
 }
@@ -721,6 +728,7 @@ pub async fn run(
         Arc::clone(&counters),
         pipeline.streamed_mode(),
         camera_available.clone(),
+        viewers.clone(),
         telemetry_tx,
         stop.child_token(),
     ));

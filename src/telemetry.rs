@@ -22,6 +22,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::pipeline::{CountersSnapshot, PipelineCounters};
@@ -138,6 +139,72 @@ pub struct VideoTelemetry {
     pub encode_ms_avg: f64,
 }
 
+/// Where a frame's time goes inside the camera, median over the last interval, in ms;
+/// `null` when no frame passed that stage (nobody watching).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+pub struct StageLatencyTelemetry {
+    /// From capture to encoded and packetized (the queue before the encoder included).
+    pub capture_to_encoded: Option<f64>,
+    /// From encoded to every packet handed to a viewer's connection (its queue and the
+    /// session task; encryption and the socket write follow on the connection's driver).
+    pub encoded_to_sent: Option<f64>,
+}
+
+/// Per-frame stage latencies, recorded on the frame path and drained by each sample.
+/// Bounded: past [`StageLatencies::MAX_SAMPLES`] an interval's further samples are ignored.
+#[derive(Debug, Default)]
+pub struct StageLatencies {
+    capture_to_encoded_us: Mutex<Vec<u32>>,
+    encoded_to_sent_us: Mutex<Vec<u32>>,
+}
+
+impl StageLatencies {
+    /// Per stage and interval: 30 fps × 50 viewers × a few seconds.
+    pub const MAX_SAMPLES: usize = 8192;
+
+    pub fn record_encoded(&self, capture_to_encoded_us: u64) {
+        Self::record(&self.capture_to_encoded_us, capture_to_encoded_us);
+    }
+
+    pub fn record_sent(&self, encoded_to_sent_us: u64) {
+        Self::record(&self.encoded_to_sent_us, encoded_to_sent_us);
+    }
+
+    fn record(samples: &Mutex<Vec<u32>>, value_us: u64) {
+        let mut samples = samples
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if samples.len() < Self::MAX_SAMPLES {
+            samples.push(u32::try_from(value_us).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// The medians since the last call, which starts the next interval.
+    pub fn take_medians(&self) -> StageLatencyTelemetry {
+        let median_ms = |samples: &Mutex<Vec<u32>>| {
+            let mut taken = std::mem::take(
+                &mut *samples
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            median_us(&mut taken).map(|us| round_to(f64::from(us) / 1000.0, 2))
+        };
+        StageLatencyTelemetry {
+            capture_to_encoded: median_ms(&self.capture_to_encoded_us),
+            encoded_to_sent: median_ms(&self.encoded_to_sent_us),
+        }
+    }
+}
+
+/// The median (the lower one of an even count); `None` for no samples.
+fn median_us(samples: &mut [u32]) -> Option<u32> {
+    if samples.is_empty() {
+        return None;
+    }
+    let middle = (samples.len() - 1) / 2;
+    Some(*samples.select_nth_unstable(middle).1)
+}
+
 /// The JSON object sent over each viewer's `telemetry` data channel.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct TelemetryMessage {
@@ -153,6 +220,8 @@ pub struct TelemetryMessage {
     /// Number of connected viewers.
     pub viewers: u64,
     pub camera: CameraStatus,
+    /// Where a frame's time goes inside the camera.
+    pub latency_ms: StageLatencyTelemetry,
 }
 
 impl TelemetryMessage {
@@ -220,6 +289,7 @@ impl TelemetrySampler {
     pub fn sample(
         &mut self,
         counters: &PipelineCounters,
+        latencies: &StageLatencies,
         viewers: usize,
         camera_online: bool,
     ) -> TelemetryMessage {
@@ -255,6 +325,7 @@ impl TelemetrySampler {
             } else {
                 CameraStatus::Unavailable
             },
+            latency_ms: latencies.take_medians(),
         }
     }
 
@@ -653,6 +724,10 @@ mod tests {
             },
             viewers: 3,
             camera: CameraStatus::Unavailable,
+            latency_ms: StageLatencyTelemetry {
+                capture_to_encoded: Some(12.5),
+                encoded_to_sent: None,
+            },
         }
     }
 
@@ -660,6 +735,38 @@ mod tests {
         let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
         keys.sort();
         keys
+    }
+
+    #[test]
+    fn stage_latencies_are_each_intervals_median_in_ms() {
+        let latencies = StageLatencies::default();
+        for us in [9_000, 30_000, 10_000] {
+            latencies.record_encoded(us);
+        }
+        for us in [400, 600] {
+            latencies.record_sent(us);
+        }
+        assert_eq!(
+            latencies.take_medians(),
+            StageLatencyTelemetry {
+                capture_to_encoded: Some(10.0),
+                encoded_to_sent: Some(0.4),
+            }
+        );
+        // The next interval starts empty: nothing passed, nothing claimed.
+        assert_eq!(latencies.take_medians(), StageLatencyTelemetry::default());
+    }
+
+    #[test]
+    fn stage_latencies_keep_a_bounded_number_of_samples() {
+        let latencies = StageLatencies::default();
+        for _ in 0..StageLatencies::MAX_SAMPLES + 100 {
+            latencies.record_sent(1_000);
+        }
+        assert_eq!(
+            latencies.encoded_to_sent_us.lock().unwrap().len(),
+            StageLatencies::MAX_SAMPLES
+        );
     }
 
     #[test]
@@ -725,7 +832,21 @@ mod tests {
         let json: Value = serde_json::from_str(&sample_message().to_json()).unwrap();
         assert_eq!(
             sorted_keys(&json),
-            ["camera", "process", "system", "ts_ms", "type", "uptime_s", "video", "viewers"]
+            [
+                "camera",
+                "latency_ms",
+                "process",
+                "system",
+                "ts_ms",
+                "type",
+                "uptime_s",
+                "video",
+                "viewers"
+            ]
+        );
+        assert_eq!(
+            sorted_keys(&json["latency_ms"]),
+            ["capture_to_encoded", "encoded_to_sent"]
         );
         assert_eq!(json["type"], "telemetry");
         assert_eq!(
@@ -969,7 +1090,7 @@ mod tests {
         while Instant::now() < deadline {
             spins = std::hint::black_box(spins + 1);
         }
-        let message = sampler.sample(&counters, 2, true);
+        let message = sampler.sample(&counters, &StageLatencies::default(), 2, true);
         // This test runs with a full /proc: every host and process figure is readable.
         let total = message.system.mem_total_bytes.unwrap();
         assert!(total > 0);
@@ -992,7 +1113,7 @@ mod tests {
         assert_eq!(parsed, message);
 
         // Second sample: no new frames, so the interval figures drop to zero.
-        let second = sampler.sample(&counters, 0, false);
+        let second = sampler.sample(&counters, &StageLatencies::default(), 0, false);
         assert_eq!(second.video.fps, 0.0);
         assert_eq!(second.video.encode_ms_avg, 0.0);
         assert_eq!(second.video.frames_encoded, 1);

@@ -463,6 +463,7 @@ mod tests {
             rtp_timestamp: 0,
             capture_us: 0,
             monotonic_us: 0,
+            published_us: 0,
             sequence: 0,
         };
         let delay = PlayoutDelay::from_config(&[0, 100]).unwrap().unwrap();

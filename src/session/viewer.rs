@@ -11,7 +11,9 @@ use super::peer::{
 use super::timeline::{Phase, Timeline};
 use super::SessionContext;
 use crate::clock;
-use crate::fanout::{joining_run, PacketizedFrame, Subscription, MIN_FORCED_KEYFRAME_INTERVAL};
+use crate::fanout::{
+    joining_run, FanOut, PacketizedFrame, Subscription, MIN_FORCED_KEYFRAME_INTERVAL,
+};
 use crate::signaling::protocol::{ErrorCode, IceCandidate, SessionId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -371,6 +373,7 @@ impl PeerTask {
         let mut subscription = subscription;
         let keyframes = Arc::clone(self.ctx.fanout.keyframes());
         let mut sender = MediaSender {
+            fanout: Arc::clone(&self.ctx.fanout),
             track: Arc::clone(track),
             writer,
             failures: 0,
@@ -434,6 +437,7 @@ const JOINING_RUN_MAX_AGE: Duration = MIN_FORCED_KEYFRAME_INTERVAL;
 
 /// Writes one viewer's frames to its track.
 struct MediaSender {
+    fanout: Arc<FanOut>,
     track: Arc<TrackLocalStaticRTP>,
     writer: RtpWriter,
     failures: u32,
@@ -449,6 +453,9 @@ impl MediaSender {
                 tracing::debug!("write_rtp: {err}");
             }
         }
+        self.fanout
+            .latencies()
+            .record_sent(clock::monotonic_us().saturating_sub(frame.published_us));
         self.timeline.log(Phase::FirstRtpSent);
         if frame.keyframe {
             self.timeline.log(Phase::FirstKeyframeSent);

@@ -67,12 +67,14 @@ export class Agent {
    * end (e.g. a [whep] table). For the NAT lab: `host` is the address the listeners bind,
    * `publicHost` the one viewers use, `ports` fixed ports, `udpAddrs` [webrtc] udp_addrs and
    * `exec` a command prefix the agent runs under (e.g. ['lab-exec', 'cam']); `brokerExtra`
-   * lines for the [broker] table, `webrtcExtra` for the [webrtc] one (e.g. udp_port).
+   * lines for the [broker] table, `webrtcExtra` for the [webrtc] one (e.g. udp_port),
+   * `width` and `height` testsrc's frame size.
    */
   static async create({
     name = 'Browser test camera', prefix = 'peercam-browser-', maxViewers = 8, source = 'testsrc',
     webSocket = false, webRoot, iceServers = [], auth = 'open', revoked = [], extra = '',
     host = '127.0.0.1', publicHost = host, ports, udpAddrs = ['127.0.0.1:0'], exec = [], brokerExtra = '', webrtcExtra = '',
+    width = 640, height = 480,
   } = {}) {
     const agent = new Agent();
     agent.exec = exec;
@@ -89,8 +91,8 @@ id = "cam1"
 name = ${JSON.stringify(name)}
 [video]
 source = ${JSON.stringify(source)}
-width = 640
-height = 480
+width = ${width}
+height = ${height}
 fps = 30
 [broker]
 listen = "${host}:${agent.ports.mqtt}"

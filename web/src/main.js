@@ -612,6 +612,10 @@ class App {
     this.charts.fps.push(video.fps);
     this.charts.bitrate.push(video.bitrate_kbps);
     $('viewers').textContent = `${message.viewers}`;
+    // Where the stamp latency goes inside the camera; the rest is network and browser.
+    const stages = message.latency_ms ?? {};
+    const ms = (value) => (typeof value === 'number' ? `${value.toFixed(1)} ms` : '–');
+    $('latency-stages').textContent = `camera: capture→encoded ${ms(stages.capture_to_encoded)}, encoded→sent ${ms(stages.encoded_to_sent)}`;
   }
 
   /** Reads the latency stamp from each presented frame (requestVideoFrameCallback where
