@@ -360,17 +360,30 @@ async fn publish_status(
     }
 }
 
-/// Samples telemetry once per interval for all viewers, until `stop`.
-async fn sample_telemetry(
-    mut live: watch::Receiver<Config>,
+/// What telemetry samples: the pipeline's counters and stage latencies, the streamed
+/// mode, the camera's availability and the connected viewers.
+struct TelemetrySources {
     fanout: Arc<FanOut>,
     counters: Arc<PipelineCounters>,
     streamed: watch::Receiver<Option<StreamedMode>>,
     camera: watch::Receiver<bool>,
     viewers: watch::Receiver<usize>,
+}
+
+/// Samples telemetry once per interval for all viewers, until `stop`.
+async fn sample_telemetry(
+    mut live: watch::Receiver<Config>,
+    sources: TelemetrySources,
     telemetry: watch::Sender<Option<Arc<str>>>,
     stop: CancellationToken,
 ) {
+    let TelemetrySources {
+        fanout,
+        counters,
+        streamed,
+        camera,
+        viewers,
+    } = sources;
     let (width, height) = {
         let config = live.borrow();
         (config.video.width, config.video.height)
@@ -724,11 +737,13 @@ pub async fn run(
     ));
     helpers.spawn(sample_telemetry(
         live.clone(),
-        Arc::clone(&fanout),
-        Arc::clone(&counters),
-        pipeline.streamed_mode(),
-        camera_available.clone(),
-        viewers.clone(),
+        TelemetrySources {
+            fanout: Arc::clone(&fanout),
+            counters: Arc::clone(&counters),
+            streamed: pipeline.streamed_mode(),
+            camera: camera_available.clone(),
+            viewers: viewers.clone(),
+        },
         telemetry_tx,
         stop.child_token(),
     ));
