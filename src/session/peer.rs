@@ -17,7 +17,7 @@ use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RTCRtpParameters, RtpCodecKind,
 };
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -390,42 +390,44 @@ impl RtpWriter {
     }
 }
 
-/// The id the viewer gave the header extension `uri`, read from our sender after the
-/// answer; `None` when its offer did not have it.
-pub async fn negotiated_extension_id(
+/// The first of our senders' negotiated parameters `pick` finds something in.
+async fn negotiated<T>(
     connection: &Arc<dyn PeerConnection>,
-    uri: &str,
-) -> Option<u8> {
+    pick: impl Fn(&RTCRtpParameters) -> Option<T>,
+) -> Option<T> {
     for sender in connection.get_senders().await {
         if let Ok(parameters) = sender.get_parameters().await {
-            if let Some(extension) = parameters
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .find(|extension| extension.uri == uri)
-            {
-                return u8::try_from(extension.id).ok();
+            if let Some(found) = pick(&parameters.rtp_parameters) {
+                return Some(found);
             }
         }
     }
     None
 }
 
+/// The id the viewer gave the header extension `uri`, read from our sender after the
+/// answer; `None` when its offer did not have it.
+pub async fn negotiated_extension_id(
+    connection: &Arc<dyn PeerConnection>,
+    uri: &str,
+) -> Option<u8> {
+    negotiated(connection, |parameters| {
+        let extension = parameters.header_extensions.iter().find(|e| e.uri == uri)?;
+        u8::try_from(extension.id).ok()
+    })
+    .await
+}
+
 /// The payload type negotiated for our track, read from its sender after the answer.
 pub async fn negotiated_payload_type(connection: &Arc<dyn PeerConnection>) -> Option<u8> {
-    for sender in connection.get_senders().await {
-        if let Ok(parameters) = sender.get_parameters().await {
-            if let Some(codec) = parameters
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_H264))
-            {
-                return Some(codec.payload_type);
-            }
-        }
-    }
-    None
+    negotiated(connection, |parameters| {
+        let codec = parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_H264))?;
+        Some(codec.payload_type)
+    })
+    .await
 }
 
 #[cfg(test)]
