@@ -694,6 +694,7 @@ fn draw_plot(rows: &[Row], path: &Path) -> Result<(), String> {
         chart
             .configure_mesh()
             .max_light_lines(0)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .x_desc("viewers")
             .draw()
             .map_err(|e| e.to_string())?;
