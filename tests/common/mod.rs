@@ -121,6 +121,7 @@ pub struct AgentOptions {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    pub bitrate_kbps: u32,
     pub keyframe_interval_s: u32,
     pub max_viewers: usize,
     pub connect_timeout_s: u64,
@@ -162,6 +163,7 @@ impl Default for AgentOptions {
             width: 640,
             height: 480,
             fps: 30,
+            bitrate_kbps: 1500,
             keyframe_interval_s: 2,
             max_viewers: 8,
             connect_timeout_s: 15,
@@ -235,7 +237,7 @@ source = "{source}"
 width = {width}
 height = {height}
 fps = {fps}
-bitrate_kbps = 1500
+bitrate_kbps = {bitrate}
 keyframe_interval_s = {kf}
 [mqtt]
 {broker_line}
@@ -265,6 +267,7 @@ level = "info"
             width = options.width,
             height = options.height,
             fps = options.fps,
+            bitrate = options.bitrate_kbps,
             kf = options.keyframe_interval_s,
             max = options.max_viewers,
             cto = options.connect_timeout_s,

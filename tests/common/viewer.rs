@@ -2,7 +2,8 @@
 //! signaling protocol (raw JSON over MQTT), decodes every frame, and reads the latency stamp.
 //! It gathers on loopback with no ICE servers unless a test gives it a [`PeerNetwork`] (the
 //! NAT lab: the servers the camera announces), and reports its selected candidate pair from
-//! its own stats ([`selected_pair_in`]).
+//! its own stats ([`selected_pair_in`]). A counting viewer ([`TestViewer::start_counting`])
+//! only depacketizes and counts access units and keyframes, for benchmarks with many viewers.
 
 use bytes::Bytes;
 use openh264::decoder::Decoder;
@@ -104,6 +105,10 @@ impl MqttEndpoint {
 /// What the viewer has seen so far.
 #[derive(Default, Debug, Clone)]
 pub struct ViewerStats {
+    /// Access units received whole (up to the RTP marker), decoded or not.
+    pub frames_received: u64,
+    /// Received access units that hold an IDR picture.
+    pub keyframes_received: u64,
     pub frames_decoded: u64,
     pub decode_errors: u64,
     pub width: usize,
@@ -235,6 +240,8 @@ struct Handler {
     shared: Arc<Shared>,
     client: AsyncClient,
     to_camera: String,
+    /// Decode the video ([`decode_track`]) or only count it ([`count_track`]).
+    decode: bool,
 }
 
 impl Handler {
@@ -287,7 +294,11 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        decode_track(Arc::clone(&self.shared), track);
+        if self.decode {
+            decode_track(Arc::clone(&self.shared), track);
+        } else {
+            count_track(Arc::clone(&self.shared), track);
+        }
     }
 }
 
@@ -323,6 +334,9 @@ pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
                     .unwrap()
                     .push((Instant::now(), packet.header.timestamp));
             }
+            if packet.header.marker && !access_unit.is_empty() {
+                record_access_unit(&shared, &access_unit);
+            }
             if packet.header.marker
                 && !access_unit.is_empty()
                 && units_tx
@@ -333,6 +347,46 @@ pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
             }
         }
     });
+}
+
+/// Depacketizes `track` into access units and only counts them and their keyframes: what
+/// a benchmark's many viewers do, so that the test process does not decode N streams.
+pub fn count_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
+    tokio::spawn(async move {
+        let mut depacketizer = H264Packet::default();
+        let mut access_unit = Vec::new();
+        while let Some(event) = track.poll().await {
+            let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                continue;
+            };
+            if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
+                access_unit.extend_from_slice(&nals);
+            }
+            shared.mark("first rtp");
+            if packet.header.marker && !access_unit.is_empty() {
+                record_access_unit(&shared, &access_unit);
+                access_unit.clear();
+            }
+        }
+    });
+}
+
+/// Counts one whole access unit (Annex-B) and whether it holds an IDR.
+fn record_access_unit(shared: &Shared, access_unit: &[u8]) {
+    let keyframe = holds_idr(access_unit);
+    let mut stats = shared.stats.lock().unwrap();
+    stats.frames_received += 1;
+    if keyframe {
+        stats.keyframes_received += 1;
+    }
+}
+
+/// True when an Annex-B access unit has a NAL unit of type 5 (IDR slice). Written here, not
+/// taken from the agent, so that the viewer checks the stream on its own.
+pub fn holds_idr(annex_b: &[u8]) -> bool {
+    annex_b
+        .windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
 fn decode_loop(shared: Arc<Shared>, units: std::sync::mpsc::Receiver<Bytes>) {
@@ -664,6 +718,14 @@ impl TestViewer {
         Self::start_in(endpoint, device, sid, access, &PeerNetwork::loopback()).await
     }
 
+    /// A viewer that only depacketizes and counts what it receives (frames and keyframes
+    /// in its stats), without decoding: a benchmark's many cheap viewers.
+    pub async fn start_counting(mqtt_port: u16, device: &str) -> TestViewer {
+        let endpoint = MqttEndpoint::plain(mqtt_port);
+        let (sid, network) = (new_session_id(), PeerNetwork::loopback());
+        Self::start_with(&endpoint, device, &sid, None, &network, false).await
+    }
+
     /// A viewer that reaches its broker through `endpoint` and gathers in `network`.
     pub async fn start_in(
         endpoint: &MqttEndpoint,
@@ -671,6 +733,18 @@ impl TestViewer {
         sid: &str,
         access: Option<AccessKey>,
         network: &PeerNetwork,
+    ) -> TestViewer {
+        Self::start_with(endpoint, device, sid, access, network, true).await
+    }
+
+    /// [`TestViewer::start_in`], decoding its video or (`decode` false) only counting it.
+    async fn start_with(
+        endpoint: &MqttEndpoint,
+        device: &str,
+        sid: &str,
+        access: Option<AccessKey>,
+        network: &PeerNetwork,
+        decode: bool,
     ) -> TestViewer {
         let to_camera = format!("peercam/{device}/session/{sid}/to-camera");
         let to_viewer = format!("peercam/{device}/session/{sid}/to-viewer");
@@ -699,6 +773,7 @@ impl TestViewer {
             shared: Arc::clone(&shared),
             client: client.clone(),
             to_camera: to_camera.clone(),
+            decode,
         });
         let (pc, data_channel) = receive_only_peer_in(handler, Arc::clone(&shared), network).await;
 
