@@ -304,9 +304,24 @@ impl PeerConnectionEventHandler for Handler {
 
 /// Depacketizes `track` into access units and decodes them on a thread of their own.
 pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
-    let (units_tx, units_rx) = std::sync::mpsc::channel::<Bytes>();
-    let decoded = Arc::clone(&shared);
-    std::thread::spawn(move || decode_loop(decoded, units_rx));
+    receive_track(shared, track, true);
+}
+
+/// Depacketizes `track` into access units and only counts them and their keyframes: what
+/// a benchmark's many viewers do, so that the test process does not decode N streams.
+pub fn count_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
+    receive_track(shared, track, false);
+}
+
+/// Depacketizes `track`, records each access unit (and the playout delay the camera asks
+/// for), and hands the units to a decoder thread when `decode`.
+fn receive_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>, decode: bool) {
+    let units_tx = decode.then(|| {
+        let (units_tx, units_rx) = std::sync::mpsc::channel::<Bytes>();
+        let decoded = Arc::clone(&shared);
+        std::thread::spawn(move || decode_loop(decoded, units_rx));
+        units_tx
+    });
     tokio::spawn(async move {
         let mut depacketizer = H264Packet::default();
         let mut access_unit = Vec::new();
@@ -327,45 +342,23 @@ pub fn decode_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
                     .playout_delay
                     .get_or_insert_with(|| delay.to_vec());
             }
-            if packet.header.marker {
-                shared
-                    .rtp_frames
-                    .lock()
-                    .unwrap()
-                    .push((Instant::now(), packet.header.timestamp));
-            }
-            if packet.header.marker && !access_unit.is_empty() {
-                record_access_unit(&shared, &access_unit);
-            }
-            if packet.header.marker
-                && !access_unit.is_empty()
-                && units_tx
-                    .send(Bytes::from(std::mem::take(&mut access_unit)))
-                    .is_err()
-            {
-                break;
-            }
-        }
-    });
-}
-
-/// Depacketizes `track` into access units and only counts them and their keyframes: what
-/// a benchmark's many viewers do, so that the test process does not decode N streams.
-pub fn count_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
-    tokio::spawn(async move {
-        let mut depacketizer = H264Packet::default();
-        let mut access_unit = Vec::new();
-        while let Some(event) = track.poll().await {
-            let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            if !packet.header.marker {
                 continue;
-            };
-            if let Ok(nals) = depacketizer.depacketize(&packet.payload) {
-                access_unit.extend_from_slice(&nals);
             }
-            shared.mark("first rtp");
-            if packet.header.marker && !access_unit.is_empty() {
-                record_access_unit(&shared, &access_unit);
-                access_unit.clear();
+            shared
+                .rtp_frames
+                .lock()
+                .unwrap()
+                .push((Instant::now(), packet.header.timestamp));
+            if access_unit.is_empty() {
+                continue;
+            }
+            record_access_unit(&shared, &access_unit);
+            let unit = Bytes::from(std::mem::take(&mut access_unit));
+            if let Some(units_tx) = &units_tx {
+                if units_tx.send(unit).is_err() {
+                    break;
+                }
             }
         }
     });
