@@ -345,7 +345,6 @@ impl SessionManager {
             offer_received: std::time::Instant::now(),
             early_candidates,
             gather_first,
-            answer_sdp: String::new(),
             inbox,
             close: close.clone(),
             output: self.peer_output_tx.clone(),

@@ -66,8 +66,6 @@ pub(super) struct PeerTask {
     pub early_candidates: Vec<Option<IceCandidate>>,
     /// The transport cannot trickle (WHEP): gather every candidate into the answer.
     pub gather_first: bool,
-    /// The answer as sent (empty until then): the candidates in it are not trickled again.
-    pub answer_sdp: String,
     /// The viewer's candidates and ICE restart offers, in the order it sent them (a
     /// restart's candidates must follow its offer).
     pub inbox: mpsc::Receiver<PeerInput>,
@@ -133,7 +131,8 @@ impl PeerTask {
         end
     }
 
-    /// Answers the offer; returns the negotiated payload type, or how the session ends.
+    /// Answers the offer; returns the negotiated payload type and the answer as sent, or
+    /// how the session ends.
     async fn answer(
         &mut self,
         connection: &Arc<dyn PeerConnection>,
@@ -141,7 +140,7 @@ impl PeerTask {
         gathering_started: &watch::Receiver<bool>,
         events: &mut mpsc::UnboundedReceiver<PeerEvent>,
         timeline: &mut Timeline,
-    ) -> Result<u8, PeerEnd> {
+    ) -> Result<(u8, String), PeerEnd> {
         let offer = RTCSessionDescription::offer(self.offer_sdp.clone()).map_err(|err| {
             refused(
                 EndReason::BadOffer,
@@ -197,15 +196,14 @@ impl PeerTask {
         if let Some(description) = connection.local_description().await {
             answer_sdp = description.sdp;
         }
-        self.answer_sdp.clone_from(&answer_sdp);
         // The answer goes out before any local candidate, so the viewer can apply them.
-        self.emit(PeerOutput::Answer(answer_sdp));
+        self.emit(PeerOutput::Answer(answer_sdp.clone()));
         timeline.log(Phase::AnswerPublished);
         for candidate in std::mem::take(&mut self.early_candidates) {
             add_remote_candidate(connection, candidate).await;
         }
         tracing::info!(payload_type, "answered offer");
-        Ok(payload_type)
+        Ok((payload_type, answer_sdp))
     }
 
     /// Waits (bounded) until every local candidate is known; they end up in the answer.
@@ -239,7 +237,8 @@ impl PeerTask {
         // Subscribing asks the encoder for a keyframe now, so that it is ready when the
         // viewer has connected rather than a frame interval and an encode after.
         let mut subscription = Some(self.ctx.fanout.subscribe());
-        let payload_type = match self
+        // The candidates in the answer are not trickled again.
+        let (payload_type, answer_sdp) = match self
             .answer(
                 connection,
                 peer.mux.as_ref(),
@@ -249,7 +248,7 @@ impl PeerTask {
             )
             .await
         {
-            Ok(payload_type) => payload_type,
+            Ok(answered) => answered,
             Err(end) => return end,
         };
         // Only for a viewer whose offer has the extension (browsers' do).
@@ -283,7 +282,7 @@ impl PeerTask {
                         // A non-trickling transport already has them all in the answer, and
                         // the host candidates are in every answer.
                         let in_answer = candidate.as_ref().is_some_and(|c| {
-                            self.answer_sdp.contains(&format!("a={}\r\n", c.candidate))
+                            answer_sdp.contains(&format!("a={}\r\n", c.candidate))
                         });
                         if !self.gather_first && !in_answer {
                             self.emit(PeerOutput::LocalCandidate(candidate.map(protocol_candidate)));
@@ -365,12 +364,11 @@ impl PeerTask {
     /// fresh. Returns the task; it ends only if the track can no longer be written.
     fn start_media(
         &self,
-        subscription: Subscription,
+        mut subscription: Subscription,
         track: &Arc<TrackLocalStaticRTP>,
         writer: RtpWriter,
         timeline: Timeline,
     ) -> JoinHandle<()> {
-        let mut subscription = subscription;
         let keyframes = Arc::clone(self.ctx.fanout.keyframes());
         let mut sender = MediaSender {
             fanout: Arc::clone(&self.ctx.fanout),
