@@ -60,9 +60,9 @@ async fn viewers_see_their_first_frame_well_inside_a_second() {
             "first frame {first:?} after the offer"
         );
         first_frames.push(first);
+        // Every phase is logged before the viewer can decode its first frame.
+        let sid = viewer.sid.clone();
         viewer.leave().await;
-        // The last phases are logged from the media task: wait for them, then check all.
-        let sid = viewer_sid_in(&agent, first_frames.len());
         let phases = logged_phases(&agent.log_lines(), &sid);
         let names: Vec<&str> = phases.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, PHASES, "phases logged for {sid}: {phases:?}");
@@ -79,17 +79,4 @@ async fn viewers_see_their_first_frame_well_inside_a_second() {
         first_frames[first_frames.len() / 2],
         first_frames.last().unwrap()
     );
-}
-
-/// The session id of the `n`th session the agent started (1-based), from its log.
-fn viewer_sid_in(agent: &Agent, n: usize) -> String {
-    agent
-        .log_lines()
-        .iter()
-        .filter(|line| line.contains("new viewer session"))
-        .nth(n - 1)
-        .and_then(|line| line.split("sid=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("session logged")
-        .to_owned()
 }
