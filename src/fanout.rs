@@ -69,18 +69,40 @@ pub fn joining_run(
     Some(queued.into_iter().skip(start).collect())
 }
 
+/// Called on every keyframe request: lets an idle encoder serve it from the frame in hand
+/// instead of waiting for the next capture. It must not block.
+type KeyframeWaker = Box<dyn Fn() + Send + Sync>;
+
 /// Coalesced keyframe requests from viewers (joins, PLI, FIR), read by the encoder.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyframeRequests {
     pending: AtomicBool,
     last_forced: Mutex<Option<Instant>>,
     requested_total: AtomicU64,
+    waker: std::sync::OnceLock<KeyframeWaker>,
+}
+
+impl std::fmt::Debug for KeyframeRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyframeRequests")
+            .field("pending", &self.pending)
+            .field("requested_total", &self.requested_total)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyframeRequests {
     pub fn request(&self) {
         self.requested_total.fetch_add(1, Ordering::Relaxed);
         self.pending.store(true, Ordering::Release);
+        if let Some(wake) = self.waker.get() {
+            wake();
+        }
+    }
+
+    /// Sets what every request calls after it is recorded (once; later calls are ignored).
+    pub fn set_waker(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.waker.set(Box::new(wake));
     }
 
     /// True when the encoder should force an IDR now: a request is pending and the last
@@ -300,6 +322,23 @@ impl FanOut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_viewer_joining_with_no_run_to_start_from_wakes_the_encoder() {
+        let requests = Arc::new(KeyframeRequests::default());
+        let wakes = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&wakes);
+        requests.set_waker(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let fanout = FanOut::new(Arc::clone(&requests));
+        let _viewer = fanout.subscribe();
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+        assert!(
+            requests.take_due(Instant::now()),
+            "the request is recorded first"
+        );
+    }
 
     fn frame(sequence: u64, keyframe: bool) -> EncodedFrame {
         // A tiny IDR or non-IDR slice; the payloader only needs valid NAL framing.

@@ -17,6 +17,10 @@ use tokio::sync::watch;
 
 /// Frames waiting between capture and encoder; more would only add latency.
 const ENCODE_QUEUE_FRAMES: usize = 2;
+/// With nobody watching, the encoder keeps the newest captured frame; a viewer's keyframe
+/// request then encodes it at once instead of waiting up to a frame interval for the next
+/// capture. Older than this, it is not worth showing first (the camera has stalled).
+const IDLE_FRAME_MAX_AGE: Duration = Duration::from_millis(100);
 /// Reopening a failed camera: first retry after this, doubling up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -222,7 +226,19 @@ impl Pipeline {
         crate::clock::monotonic_origin();
         let health = Arc::new(PipelineHealth::default());
         let (streamed_mode_tx, streamed_mode) = watch::channel(None);
-        let (frames_tx, frames_rx) = sync_channel::<Captured>(ENCODE_QUEUE_FRAMES);
+        let (frames_tx, frames_rx) = sync_channel::<EncodeInput>(ENCODE_QUEUE_FRAMES);
+        let idle_frame_held = Arc::new(AtomicBool::new(false));
+        {
+            // Only an encoder idling with a frame in hand is woken: a wake queued while
+            // frames flow would only take a captured frame's place.
+            let wake = frames_tx.clone();
+            let idle_frame_held = Arc::clone(&idle_frame_held);
+            fanout.keyframes().set_waker(move || {
+                if idle_frame_held.load(Ordering::Acquire) {
+                    let _ = wake.try_send(EncodeInput::KeyframeRequested);
+                }
+            });
+        }
         let (encoder_restarts_tx, encoder_restarts) = watch::channel(0);
 
         let capture = {
@@ -256,10 +272,17 @@ impl Pipeline {
                         counters,
                         failures: EncodeFailures::default(),
                         encoder_restarts: encoder_restarts_tx,
+                        idle_frame: None,
+                        idle_frame_held,
                     };
                     while !health.stopping() {
                         match frames_rx.recv_timeout(Duration::from_millis(100)) {
-                            Ok(captured) => stage.handle(captured, &health),
+                            Ok(EncodeInput::Captured(captured)) => stage.handle(captured, &health),
+                            Ok(EncodeInput::KeyframeRequested) => stage
+                                .serve_request_from_idle_frame(
+                                    &health,
+                                    crate::clock::monotonic_us(),
+                                ),
                             Err(RecvTimeoutError::Timeout) => continue,
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
@@ -304,7 +327,7 @@ impl Pipeline {
 /// mode the source reports for the frames it delivers.
 fn capture_loop(
     mut source: Box<dyn VideoSource>,
-    frames: std::sync::mpsc::SyncSender<Captured>,
+    frames: std::sync::mpsc::SyncSender<EncodeInput>,
     health: &PipelineHealth,
     counters: &PipelineCounters,
     camera_available: &watch::Sender<bool>,
@@ -363,12 +386,19 @@ fn capture_loop(
             });
         }
         counters.record_captured();
-        match frames.try_send(captured) {
+        match frames.try_send(EncodeInput::Captured(captured)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => counters.record_dropped(),
             Err(TrySendError::Disconnected(_)) => break,
         }
     }
+}
+
+/// What the encode thread receives.
+enum EncodeInput {
+    Captured(Captured),
+    /// A viewer asked for a keyframe while the encoder idled with a frame in hand.
+    KeyframeRequested,
 }
 
 /// The encode thread's state: raw frames go through openh264, a camera's own H.264
@@ -382,6 +412,10 @@ struct EncodeStage {
     failures: EncodeFailures,
     /// Rebuilds so far, for the status (the counters have them too, for telemetry).
     encoder_restarts: watch::Sender<u64>,
+    /// The newest raw frame captured while nobody watched ([`IDLE_FRAME_MAX_AGE`]).
+    idle_frame: Option<crate::source::Frame>,
+    /// Whether `idle_frame` holds one: the keyframe waker reads it from other threads.
+    idle_frame_held: Arc<AtomicBool>,
 }
 
 /// What to do after an encode failure.
@@ -449,6 +483,28 @@ impl EncodeStage {
                     ),
                 }
             }
+        }
+    }
+
+    fn drop_idle_frame(&mut self) {
+        if self.idle_frame.take().is_some() {
+            self.idle_frame_held.store(false, Ordering::Release);
+        }
+    }
+
+    /// A viewer's keyframe request woke the idle encoder at `now_us` (monotonic): encode
+    /// the frame in hand now, when it is recent and somebody watches; otherwise the next
+    /// capture serves the request.
+    fn serve_request_from_idle_frame(&mut self, health: &PipelineHealth, now_us: u64) {
+        let Some(frame) = self.idle_frame.take() else {
+            return;
+        };
+        self.idle_frame_held.store(false, Ordering::Release);
+        let age_us = now_us.saturating_sub(frame.monotonic_us);
+        if u128::from(age_us) <= IDLE_FRAME_MAX_AGE.as_micros()
+            && self.fanout.subscriber_count() > 0
+        {
+            self.handle(Captured::Raw(frame), health);
         }
     }
 
@@ -520,9 +576,13 @@ impl EncodeStage {
                 }
                 if self.fanout.subscriber_count() == 0 {
                     // Nobody watches: spare the board the encoder's CPU and heat. A
-                    // viewer's subscription requests an IDR, so it starts at once.
+                    // viewer's subscription requests an IDR, encoded from this frame at
+                    // once if no newer one came by then.
+                    self.idle_frame = Some(frame);
+                    self.idle_frame_held.store(true, Ordering::Release);
                     return;
                 }
+                self.drop_idle_frame();
                 let force_keyframe = keyframes.take_due(started);
                 let result = self.encoder.encode(&frame, force_keyframe);
                 match &result {
@@ -740,6 +800,94 @@ mod tests {
         }
     }
 
+    fn stage_for_test(
+        settings: EncoderSettings,
+        fanout: &Arc<FanOut>,
+        counters: &Arc<PipelineCounters>,
+    ) -> (EncodeStage, watch::Receiver<u64>) {
+        let (restarts_tx, restarts) = watch::channel(0);
+        let stage = EncodeStage {
+            encoder: H264Encoder::new(settings).unwrap(),
+            settings,
+            passthrough: Passthrough::default(),
+            fanout: Arc::clone(fanout),
+            counters: Arc::clone(counters),
+            failures: EncodeFailures::default(),
+            encoder_restarts: restarts_tx,
+            idle_frame: None,
+            idle_frame_held: Arc::new(AtomicBool::new(false)),
+        };
+        (stage, restarts)
+    }
+
+    fn small_frame(sequence: u64, monotonic_us: u64) -> Captured {
+        Captured::Raw(crate::source::Frame {
+            width: 64,
+            height: 48,
+            i420: vec![100; 64 * 48 * 3 / 2],
+            capture_us: 0,
+            monotonic_us,
+            sequence,
+        })
+    }
+
+    const SMALL: EncoderSettings = EncoderSettings {
+        width: 64,
+        height: 48,
+        fps: 30,
+        bitrate_kbps: 200,
+        keyframe_interval_s: 600,
+    };
+
+    #[test]
+    fn a_viewer_joining_an_idle_encoder_gets_the_frame_in_hand_as_a_keyframe() {
+        let fanout = FanOut::new(Arc::new(crate::fanout::KeyframeRequests::default()));
+        let counters = Arc::new(PipelineCounters::default());
+        let (mut stage, _) = stage_for_test(SMALL, &fanout, &counters);
+        let health = PipelineHealth::default();
+        // Nobody watches: frames are kept, not encoded.
+        stage.handle(small_frame(1, 1_000_000), &health);
+        stage.handle(small_frame(2, 1_000_000), &health);
+        assert_eq!(counters.snapshot().frames_encoded, 0);
+        assert!(stage.idle_frame_held.load(Ordering::Acquire));
+
+        let mut viewer = fanout.subscribe();
+        stage.serve_request_from_idle_frame(&health, 1_010_000);
+        let first = viewer
+            .frames
+            .try_recv()
+            .expect("the kept frame, encoded at once");
+        assert!(first.keyframe);
+        assert_eq!(first.sequence, 2, "the newest frame captured while idle");
+        assert!(!stage.idle_frame_held.load(Ordering::Acquire));
+        // Served once: a second wake has nothing left to encode.
+        stage.serve_request_from_idle_frame(&health, 1_010_000);
+        assert!(viewer.frames.try_recv().is_err());
+        assert_eq!(counters.snapshot().frames_encoded, 1);
+    }
+
+    #[test]
+    fn a_stale_or_unwatched_idle_frame_is_not_encoded() {
+        let fanout = FanOut::new(Arc::new(crate::fanout::KeyframeRequests::default()));
+        let counters = Arc::new(PipelineCounters::default());
+        let (mut stage, _) = stage_for_test(SMALL, &fanout, &counters);
+        let health = PipelineHealth::default();
+        // A wake with nobody subscribed (the viewer left again) encodes nothing.
+        stage.handle(small_frame(1, 1_000_000), &health);
+        stage.serve_request_from_idle_frame(&health, 1_010_000);
+        // A frame from before a camera stall is not shown as the viewer's first.
+        let stale = 1_010_000 - IDLE_FRAME_MAX_AGE.as_micros() as u64 - 1;
+        stage.handle(small_frame(2, stale), &health);
+        let mut viewer = fanout.subscribe();
+        stage.serve_request_from_idle_frame(&health, 1_010_000);
+        assert!(viewer.frames.try_recv().is_err());
+        assert_eq!(counters.snapshot().frames_encoded, 0);
+        // The next capture serves the request.
+        stage.handle(small_frame(3, 1_000_000), &health);
+        let first = viewer.frames.try_recv().expect("the next capture");
+        assert_eq!((first.sequence, first.keyframe), (3, true));
+    }
+
     #[test]
     fn repeated_openh264_failures_rebuild_the_encoder_and_are_counted() {
         let settings = EncoderSettings {
@@ -752,16 +900,7 @@ mod tests {
         let fanout = FanOut::new(Arc::new(crate::fanout::KeyframeRequests::default()));
         let mut viewer = fanout.subscribe();
         let counters = Arc::new(PipelineCounters::default());
-        let (restarts_tx, restarts) = watch::channel(0);
-        let mut stage = EncodeStage {
-            encoder: H264Encoder::new(settings).unwrap(),
-            settings,
-            passthrough: Passthrough::default(),
-            fanout: Arc::clone(&fanout),
-            counters: Arc::clone(&counters),
-            failures: EncodeFailures::default(),
-            encoder_restarts: restarts_tx,
-        };
+        let (mut stage, restarts) = stage_for_test(settings, &fanout, &counters);
         let health = PipelineHealth::default();
         let frame = |sequence: u64, bytes: usize| {
             Captured::Raw(crate::source::Frame {
