@@ -60,6 +60,8 @@ pub enum EncodeError {
 pub struct H264Encoder {
     encoder: Encoder,
     settings: EncoderSettings,
+    /// The warm-up picture was encoded: the first real frame must be an IDR of its own.
+    owes_keyframe: bool,
 }
 
 impl H264Encoder {
@@ -82,9 +84,24 @@ impl H264Encoder {
                     .saturating_mul(settings.keyframe_interval_s)
                     .max(1),
             ));
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| EncodeError::Codec(e.to_string()))?;
-        Ok(Self { encoder, settings })
+        // openh264 sets itself up (buffers of several MB at 720p) on its first picture.
+        // Doing that here, with a grey picture whose output is discarded, spares the first
+        // viewer after a start or rebuild that wait (~60 ms at 720p) and reports settings
+        // openh264 refuses at once.
+        let (w, h) = (settings.width as usize, settings.height as usize);
+        let grey = vec![128u8; w * h + 2 * (w / 2) * (h / 2)];
+        let (y, rest) = grey.split_at(w * h);
+        let (u, v) = rest.split_at((w / 2) * (h / 2));
+        encoder
+            .encode(&YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2)))
+            .map_err(|e| EncodeError::Codec(e.to_string()))?;
+        Ok(Self {
+            encoder,
+            settings,
+            owes_keyframe: true,
+        })
     }
 
     pub fn settings(&self) -> EncoderSettings {
@@ -116,7 +133,7 @@ impl H264Encoder {
         let (y, rest) = frame.i420.split_at(luma);
         let (u, v) = rest.split_at(chroma);
         let yuv = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
-        if force_keyframe {
+        if force_keyframe || std::mem::take(&mut self.owes_keyframe) {
             self.encoder.force_intra_frame();
         }
         let bitstream = self
@@ -226,6 +243,18 @@ mod tests {
             keyframes.len() >= 3 && keyframes.len() <= 5,
             "keyframes at {keyframes:?}"
         );
+    }
+
+    #[test]
+    fn a_size_openh264_refuses_fails_when_the_encoder_is_made() {
+        // openh264 sets up on its first picture; the warm-up makes that happen in new().
+        let too_big = EncoderSettings {
+            width: 4096,
+            height: 2304,
+            ..settings()
+        };
+        let err = H264Encoder::new(too_big).err().expect("refused at once");
+        assert!(err.to_string().contains("3840x2160"), "{err}");
     }
 
     #[test]
