@@ -171,11 +171,12 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-/// `VmRSS` of a `/proc/PID/status`, in KiB.
-fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+/// A `/proc/PID/status` figure in KiB: `VmRSS`, or `RssAnon` (the private part: heap,
+/// stacks; what the binary's mapped code and libraries add is `RssFile`).
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
         .next()?
         .parse()
@@ -252,8 +253,11 @@ fn snapshot(pid: u32) -> CpuSnapshot {
     }
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    parse_vm_rss_kib(&read_proc(&format!("/proc/{pid}/status"))).unwrap_or(0) as f64 / 1024.0
+/// The agent's resident memory: all of it and its anonymous part, MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = read_proc(&format!("/proc/{pid}/status"));
+    let mib = |field| parse_status_kib(&status, field).unwrap_or(0) as f64 / 1024.0;
+    (mib("VmRSS"), mib("RssAnon"))
 }
 
 fn cores() -> usize {
@@ -337,6 +341,8 @@ struct Row {
     viewers: usize,
     agent_cpu_pct: f64,
     rss_mib: f64,
+    /// The anonymous part of `rss_mib`; the rest is mapped code (the binary, libraries).
+    rss_anon_mib: f64,
     /// Frames each viewer received per second over the window: the slowest and the median.
     fps_min: f64,
     fps_median: f64,
@@ -358,6 +364,7 @@ struct Row {
 struct Idle {
     agent_cpu_pct: f64,
     rss_mib: f64,
+    rss_anon_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -457,7 +464,7 @@ fn row(
     viewers_before: &[ViewerStats],
     viewers_after: &[ViewerStats],
     cpu: &CpuWindow,
-    rss_mib: f64,
+    (rss_mib, rss_anon_mib): (f64, f64),
 ) -> Row {
     let pairs = || viewers_before.iter().zip(viewers_after);
     let fps: Vec<f64> = pairs()
@@ -477,6 +484,7 @@ fn row(
         viewers: viewers_after.len(),
         agent_cpu_pct: cpu.agent_pct,
         rss_mib,
+        rss_anon_mib,
         fps_min: fps.iter().copied().fold(f64::INFINITY, f64::min),
         fps_median: percentile(&fps, 50.0).unwrap_or(0.0),
         keyframes_min: keyframes.iter().copied().min().unwrap_or(0),
@@ -527,7 +535,7 @@ fn command_line(knobs: &Knobs) -> String {
 
 fn results_table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| viewers | agent CPU % | RSS MiB | fps min / median | latency p50 / p95 / p99 ms | keyframes | machine busy % |\n\
+        "| viewers | agent CPU % | RSS MiB (anonymous) | fps min / median | latency p50 / p95 / p99 ms | keyframes | machine busy % |\n\
          |---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
@@ -536,10 +544,11 @@ fn results_table(rows: &[Row]) -> String {
         });
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {:.1} / {:.1} | {latency} | {}–{} | {:.0}{} |",
+            "| {} | {:.1} | {:.1} ({:.1}) | {:.1} / {:.1} | {latency} | {}–{} | {:.0}{} |",
             r.viewers,
             r.agent_cpu_pct,
             r.rss_mib,
+            r.rss_anon_mib,
             r.fps_min,
             r.fps_median,
             r.keyframes_min,
@@ -603,8 +612,10 @@ fn render_markdown(report: &Report) -> String {
     out.push_str(&results_table(&report.rows));
     let _ = writeln!(
         out,
-        "\nIdle (no viewer; capture runs, the encoder idles): agent CPU {:.1}%, RSS {:.1} MiB.\n",
-        report.idle.agent_cpu_pct, report.idle.rss_mib
+        "\nIdle (no viewer; capture runs, the encoder idles): agent CPU {:.1}%, RSS {:.1} MiB ({:.1} anonymous).\n\
+         The anonymous part is the heap and stacks; the rest is the binary's code and the libraries \
+         mapped from disk, which the kernel can drop and reread.\n",
+        report.idle.agent_cpu_pct, report.idle.rss_mib, report.idle.rss_anon_mib
     );
     if report.rows.iter().any(|r| r.saturated) {
         let _ = writeln!(
@@ -846,8 +857,8 @@ async fn measure(pid: u32, viewers: &[TestViewer], seconds: u64) -> Row {
 
 fn print_row(r: &Row) {
     println!(
-        "bench: {} viewer(s): agent {:.1}% CPU, RSS {:.1} MiB, fps min {:.1} median {:.1}, latency {:?} ms ({} samples), keyframes {}-{}, test process {:.0}%, other processes {:.0}%, machine busy {:.0}% of {} cores{}",
-        r.viewers, r.agent_cpu_pct, r.rss_mib, r.fps_min, r.fps_median, r.latency_ms, r.latency_samples,
+        "bench: {} viewer(s): agent {:.1}% CPU, RSS {:.1} MiB ({:.1} anonymous), fps min {:.1} median {:.1}, latency {:?} ms ({} samples), keyframes {}-{}, test process {:.0}%, other processes {:.0}%, machine busy {:.0}% of {} cores{}",
+        r.viewers, r.agent_cpu_pct, r.rss_mib, r.rss_anon_mib, r.fps_min, r.fps_median, r.latency_ms, r.latency_samples,
         r.keyframes_min, r.keyframes_max, r.test_process_cpu_pct, r.other_processes_cpu_pct, r.machine_busy_pct, cores(),
         if r.saturated { " (SATURATED: the agent waits for a core; see the CPU split)" } else { "" }
     );
@@ -893,6 +904,7 @@ async fn agent_at_720p30_with_many_viewers() {
     let idle = Idle {
         agent_cpu_pct: idle.agent_cpu_pct,
         rss_mib: idle.rss_mib,
+        rss_anon_mib: idle.rss_anon_mib,
     };
     println!("bench: idle: {idle:?}");
 
@@ -971,9 +983,10 @@ fn proc_parsers_read_their_fields() {
         Some(("tokio-runtime (w)".to_owned(), 325))
     );
     assert_eq!(parse_stat("garbage"), None);
-    let status = "Name:\tpeercam\nVmPeak:\t  9000 kB\nVmRSS:\t   24576 kB\nThreads:\t9\n";
-    assert_eq!(parse_vm_rss_kib(status), Some(24576));
-    assert_eq!(parse_vm_rss_kib("Name:\tx\n"), None);
+    let status = "Name:\tpeercam\nVmPeak:\t  9000 kB\nVmRSS:\t   24576 kB\nRssAnon:\t   10240 kB\nThreads:\t9\n";
+    assert_eq!(parse_status_kib(status, "VmRSS"), Some(24576));
+    assert_eq!(parse_status_kib(status, "RssAnon"), Some(10240));
+    assert_eq!(parse_status_kib("Name:\tx\n", "VmRSS"), None);
     let proc_stat = "cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n";
     assert_eq!(parse_machine_ticks(proc_stat), Some((160, 980)));
 }
@@ -1003,6 +1016,7 @@ fn sample_row(viewers: usize, cpu: f64, saturated: bool) -> Row {
         viewers,
         agent_cpu_pct: cpu,
         rss_mib: 20.0 + viewers as f64,
+        rss_anon_mib: 10.0 + viewers as f64,
         fps_min: 29.5,
         fps_median: 30.0,
         keyframes_min: 4,
@@ -1058,6 +1072,7 @@ fn sample_report() -> Report {
         idle: Idle {
             agent_cpu_pct: 5.0,
             rss_mib: 18.0,
+            rss_anon_mib: 8.0,
         },
         slopes: slopes(&rows),
         rows,
