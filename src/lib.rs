@@ -21,6 +21,7 @@ pub mod probe;
 pub mod service;
 pub mod session;
 pub mod signaling;
+pub mod snapshot;
 pub mod source;
 pub mod telemetry;
 pub mod tls;
