@@ -21,6 +21,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub telemetry: TelemetryConfig,
+    pub snapshot: SnapshotConfig,
     pub log: LogConfig,
 }
 
@@ -365,6 +366,13 @@ pub struct TelemetryConfig {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// JPEG quality of snapshots, 1-100.
+    pub quality: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter directive such as "info" or "peercam=debug"; RUST_LOG overrides it.
     pub level: String,
@@ -476,6 +484,14 @@ impl Default for HttpConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig { interval_ms: 1000 }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            quality: crate::snapshot::DEFAULT_QUALITY,
+        }
     }
 }
 
@@ -782,6 +798,14 @@ impl Config {
                 self.telemetry.interval_ms
             ),
         )?;
+        check(
+            (1..=100).contains(&self.snapshot.quality),
+            "snapshot.quality",
+            format!(
+                "must be a JPEG quality from 1 to 100 (got {})",
+                self.snapshot.quality
+            ),
+        )?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|err| {
             ConfigError::new(
                 "log.level",
@@ -1086,6 +1110,7 @@ impl Config {
             auth,
             tls,
             telemetry,
+            snapshot,
             log,
         } = &self.with_live_keys_from(new);
         let sections = [
@@ -1101,6 +1126,7 @@ impl Config {
             // The files' contents are re-read on every reload; their paths need a restart.
             (*tls != new.tls, "tls"),
             (*telemetry != new.telemetry, "telemetry"),
+            (*snapshot != new.snapshot, "snapshot"),
             (*log != new.log, "log"),
         ];
         ReloadPlan {
@@ -1348,6 +1374,8 @@ mod tests {
                 "webrtc.ice_servers[0].credential_ttl_s",
             ),
             ("[telemetry]\ninterval_ms = 5", "telemetry.interval_ms"),
+            ("[snapshot]\nquality = 0", "snapshot.quality"),
+            ("[snapshot]\nquality = 101", "snapshot.quality"),
             ("[log]\nlevel = \"=[\"", "log.level"),
         ];
         for (text, key) in cases {

@@ -6,10 +6,16 @@
 //! number (the listener's limit), in how long its headers may take or it may sit idle, in
 //! how large a request body may be and how long a request may run.
 
+use crate::auth::AccessPolicy;
+use crate::clock;
 use crate::health::{self, Heartbeat};
 use crate::listener::Incoming;
+use crate::signaling::whep;
+use crate::snapshot::SnapshotRequests;
 use crate::tls::ServerTls;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +23,9 @@ use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -73,6 +81,65 @@ pub fn router(web_root: PathBuf, page: PageConfig, extra: Option<Router>) -> Rou
         router.fallback_service(ServeDir::new(web_root).fallback(ServeFile::new(index))),
     )
 }
+
+/// Where `GET` fetches a JPEG of the newest frame.
+pub const SNAPSHOT_PATH: &str = "/snapshot.jpg";
+/// How long a snapshot request waits for a frame before answering 503.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
+
+/// What `GET /snapshot.jpg` needs: the snapshot requests, and with access keys on, the
+/// policy and the live revoked list (the same bearer token as WHEP is required).
+#[derive(Clone)]
+pub struct SnapshotEndpoint {
+    pub requests: Arc<SnapshotRequests>,
+    pub access: Option<(AccessPolicy, watch::Receiver<Vec<String>>)>,
+}
+
+/// The snapshot route, to be merged into the server's router.
+pub fn snapshot_route(endpoint: SnapshotEndpoint) -> Router {
+    Router::new()
+        .route(SNAPSHOT_PATH, get(snapshot))
+        .with_state(endpoint)
+}
+
+async fn snapshot(State(endpoint): State<SnapshotEndpoint>, headers: HeaderMap) -> Response {
+    if let Some((policy, revoked)) = &endpoint.access {
+        let mut policy = policy.clone();
+        policy.set_revoked(&revoked.borrow());
+        let admitted = whep::bearer_token(&headers)
+            .is_some_and(|token| policy.check_whep_token(&token, clock::unix_s()).is_ok());
+        if !admitted {
+            let mut response = whep::plain(
+                StatusCode::UNAUTHORIZED,
+                "snapshots need a valid access key: send Authorization: Bearer VIEWER.EXP.MAC (peercam access --whep)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    match tokio::time::timeout(SNAPSHOT_WAIT, endpoint.requests.request()).await {
+        Ok(Ok(Ok(snapshot))) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "image/jpeg".to_owned()),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+                (CAPTURE_TIME_HEADER, snapshot.capture_us.to_string()),
+            ],
+            snapshot.jpeg,
+        )
+            .into_response(),
+        Ok(Ok(Err(err))) => whep::plain(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+        Ok(Err(_)) | Err(_) => whep::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no frame came from the camera in time; try again",
+        ),
+    }
+}
+
+/// The snapshot's capture time, Unix microseconds.
+const CAPTURE_TIME_HEADER: HeaderName = HeaderName::from_static("x-peercam-capture-us");
 
 /// `router` with [`SECURITY_HEADERS`] on every response, and the body and time limits
 /// on every request.

@@ -7,6 +7,7 @@
 use crate::encode::passthrough::Passthrough;
 use crate::encode::{EncoderSettings, H264Encoder};
 use crate::fanout::FanOut;
+use crate::snapshot::{SnapshotError, SnapshotJob, SnapshotRequests};
 use crate::source::{Captured, SourceError, StreamedMode, VideoSource};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, TrySendError};
@@ -212,6 +213,7 @@ impl Pipeline {
         fanout: Arc<FanOut>,
         counters: Arc<PipelineCounters>,
         camera_available: watch::Sender<bool>,
+        snapshots: SnapshotSettings,
     ) -> anyhow::Result<Self> {
         let encoder = H264Encoder::new(encoder_settings)?;
         tracing::info!(
@@ -259,6 +261,29 @@ impl Pipeline {
                     )
                 })?
         };
+        // One JPEG at a time, off the encode thread: a snapshot never delays the stream.
+        let (snapshot_jobs, snapshot_queue) = sync_channel::<SnapshotJob>(1);
+        let snapshot_worker = {
+            let health = Arc::clone(&health);
+            let requests = Arc::clone(&snapshots.requests);
+            std::thread::Builder::new()
+                .name("snapshot".to_owned())
+                .spawn(move || {
+                    while !health.stopping() {
+                        match snapshot_queue.recv_timeout(Duration::from_millis(100)) {
+                            Ok(job) => {
+                                let result = job.run(snapshots.quality);
+                                if let Err(err) = &result {
+                                    tracing::warn!("snapshot failed: {err}");
+                                }
+                                requests.answer(move || result);
+                            }
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                })?
+        };
         let encode = {
             let health = Arc::clone(&health);
             std::thread::Builder::new()
@@ -274,6 +299,11 @@ impl Pipeline {
                         encoder_restarts: encoder_restarts_tx,
                         idle_frame: None,
                         idle_frame_held,
+                        snapshots: SnapshotFeed {
+                            requests: snapshots.requests,
+                            jobs: snapshot_jobs,
+                            source_keyframe_asked: false,
+                        },
                     };
                     while !health.stopping() {
                         match frames_rx.recv_timeout(Duration::from_millis(100)) {
@@ -293,7 +323,7 @@ impl Pipeline {
             health,
             streamed_mode,
             encoder_restarts,
-            threads: vec![capture, encode],
+            threads: vec![capture, encode, snapshot_worker],
         })
     }
 
@@ -394,6 +424,33 @@ fn capture_loop(
     }
 }
 
+/// Where snapshots come from: the requests every transport shares, and the JPEG quality.
+pub struct SnapshotSettings {
+    pub requests: Arc<SnapshotRequests>,
+    pub quality: u8,
+}
+
+/// The encode thread's side of snapshots: it hands the worker a frame when one is asked for.
+struct SnapshotFeed {
+    requests: Arc<SnapshotRequests>,
+    jobs: std::sync::mpsc::SyncSender<SnapshotJob>,
+    /// A camera's own H.264 was asked for a keyframe to decode (cleared by the next IDR).
+    source_keyframe_asked: bool,
+}
+
+impl SnapshotFeed {
+    /// Gives the worker `job()` when a snapshot is wanted and none is being made.
+    fn offer(&self, job: impl FnOnce() -> SnapshotJob) {
+        if !self.requests.claim_frame() {
+            return;
+        }
+        if self.jobs.try_send(job()).is_err() {
+            // The worker has stopped (shutdown): nobody will answer otherwise.
+            self.requests.answer(|| Err(SnapshotError::NoFrame));
+        }
+    }
+}
+
 /// What the encode thread receives.
 enum EncodeInput {
     Captured(Captured),
@@ -416,6 +473,7 @@ struct EncodeStage {
     idle_frame: Option<crate::source::Frame>,
     /// Whether `idle_frame` holds one: the keyframe waker reads it from other threads.
     idle_frame_held: Arc<AtomicBool>,
+    snapshots: SnapshotFeed,
 }
 
 /// What to do after an encode failure.
@@ -532,11 +590,23 @@ impl EncodeStage {
                 if keyframes.take_due(started) {
                     health.source_keyframe.store(true, Ordering::Relaxed);
                 }
+                if self.snapshots.requests.pending() && !self.snapshots.source_keyframe_asked {
+                    // Only a keyframe decodes on its own.
+                    self.snapshots.source_keyframe_asked = true;
+                    health.source_keyframe.store(true, Ordering::Relaxed);
+                }
                 match self
                     .passthrough
                     .access_unit(&access_unit, capture_us, monotonic_us, sequence)
                 {
                     Some(frame) => {
+                        if frame.keyframe {
+                            self.snapshots.source_keyframe_asked = false;
+                            self.snapshots.offer(|| SnapshotJob::H264 {
+                                access_unit: frame.access_unit.clone(),
+                                capture_us: frame.capture_us,
+                            });
+                        }
                         self.counters.record_encoded(
                             frame.access_unit.len(),
                             frame.keyframe,
@@ -574,6 +644,7 @@ impl EncodeStage {
                         }
                     }
                 }
+                self.snapshots.offer(|| SnapshotJob::Raw(frame.clone()));
                 if self.fanout.subscriber_count() == 0 {
                     // Nobody watches: spare the board the encoder's CPU and heat. A
                     // viewer's subscription requests an IDR, encoded from this frame at
@@ -816,6 +887,11 @@ mod tests {
             encoder_restarts: restarts_tx,
             idle_frame: None,
             idle_frame_held: Arc::new(AtomicBool::new(false)),
+            snapshots: SnapshotFeed {
+                requests: Arc::new(SnapshotRequests::default()),
+                jobs: sync_channel(1).0,
+                source_keyframe_asked: false,
+            },
         };
         (stage, restarts)
     }
@@ -864,6 +940,38 @@ mod tests {
         stage.serve_request_from_idle_frame(&health, 1_010_000);
         assert!(viewer.frames.try_recv().is_err());
         assert_eq!(counters.snapshot().frames_encoded, 1);
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_from_the_next_frame_even_with_nobody_watching() {
+        let fanout = FanOut::new(Arc::new(crate::fanout::KeyframeRequests::default()));
+        let counters = Arc::new(PipelineCounters::default());
+        let (mut stage, _) = stage_for_test(SMALL, &fanout, &counters);
+        let (jobs, worker) = sync_channel(1);
+        stage.snapshots.jobs = jobs;
+        let health = PipelineHealth::default();
+        stage.handle(small_frame(1, 1_000_000), &health);
+        assert!(worker.try_recv().is_err(), "nobody asked");
+
+        let requests = Arc::clone(&stage.snapshots.requests);
+        let (mut first, mut second) = (requests.request(), requests.request());
+        stage.handle(small_frame(2, 1_033_000), &health);
+        stage.handle(small_frame(3, 1_066_000), &health);
+        let job = worker.try_recv().expect("frame 2 went to the worker");
+        assert!(worker.try_recv().is_err(), "one frame at a time");
+        requests.answer(|| job.run(80));
+        let (a, b) = (
+            first.try_recv().unwrap().unwrap(),
+            second.try_recv().unwrap().unwrap(),
+        );
+        assert_eq!((a.width, a.height), (64, 48));
+        assert_eq!(a.jpeg, b.jpeg, "one encode answered both");
+        assert_eq!(&a.jpeg[..2], &[0xff, 0xd8]);
+        assert_eq!(
+            counters.snapshot().frames_encoded,
+            0,
+            "the stream stayed idle"
+        );
     }
 
     #[test]
@@ -1062,6 +1170,10 @@ mod tests {
             Arc::clone(&fanout),
             Arc::clone(&counters),
             camera_tx,
+            SnapshotSettings {
+                requests: Arc::new(SnapshotRequests::default()),
+                quality: 80,
+            },
         )
         .unwrap();
         let mut viewer = fanout.subscribe();

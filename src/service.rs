@@ -9,11 +9,11 @@ use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::health::{self, Parts};
-use crate::http::{self, PageConfig};
+use crate::http::{self, PageConfig, SnapshotEndpoint};
 use crate::ice::IceServers;
 use crate::listener::Incoming;
 use crate::notify;
-use crate::pipeline::{Pipeline, PipelineCounters, PipelineHealth};
+use crate::pipeline::{Pipeline, PipelineCounters, PipelineHealth, SnapshotSettings};
 use crate::session::core::{Limits, OfferRate};
 use crate::session::peer::{PeerSettings, PlayoutDelay};
 use crate::session::udp_mux::UdpMux;
@@ -25,12 +25,14 @@ use crate::signaling::mqtt_security::{self, FailureContext, Password};
 use crate::signaling::protocol::{AuthMode, CameraState, Status, Topics, VideoInfo};
 use crate::signaling::relay;
 use crate::signaling::whep::{self, WhepSettings};
+use crate::snapshot::SnapshotRequests;
 use crate::source::testsrc::TestSource;
 use crate::source::v4l2::{V4l2Options, V4l2Source};
 use crate::source::{StreamedMode, VideoSource};
 use crate::telemetry::TelemetrySampler;
 use crate::tls::ServerTls;
 use anyhow::Context;
+use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -568,6 +570,7 @@ async fn start_http(
     ice: &Arc<IceServers>,
     tls: Option<ServerTls>,
     signals: mpsc::Sender<Signal>,
+    snapshots: SnapshotEndpoint,
     parts: &Arc<Parts>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -596,11 +599,11 @@ async fn start_http(
         whep::router(signals, &settings)
     });
     let mqtt_relay = embedded.then(|| relay::mqtt_route(config.broker.local_addr()));
-    let extra = match (whep_routes, mqtt_relay) {
-        (Some(whep), Some(mqtt)) => Some(whep.merge(mqtt)),
-        (whep, mqtt) => whep.or(mqtt),
-    };
-    let app = http::router(config.http.web_root.clone(), page, extra);
+    let extra = [whep_routes, mqtt_relay]
+        .into_iter()
+        .flatten()
+        .fold(http::snapshot_route(snapshots), Router::merge);
+    let app = http::router(config.http.web_root.clone(), page, Some(extra));
     Ok(Some(
         http::serve(
             listen,
@@ -647,6 +650,7 @@ pub async fn run(
 
     let counters = Arc::new(PipelineCounters::default());
     let fanout = FanOut::new(Arc::new(KeyframeRequests::default()));
+    let snapshots = Arc::new(SnapshotRequests::default());
     let source = open_source(&config)?;
     let (camera_tx, camera_available) = watch::channel(true);
     let pipeline = Pipeline::start(
@@ -655,6 +659,10 @@ pub async fn run(
         Arc::clone(&fanout),
         Arc::clone(&counters),
         camera_tx,
+        SnapshotSettings {
+            requests: Arc::clone(&snapshots),
+            quality: config.snapshot.quality,
+        },
     )
     .context("starting the video pipeline")?;
 
@@ -693,6 +701,10 @@ pub async fn run(
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
     };
     let (revoked_tx, revoked) = watch::channel(config.auth.revoked.clone());
+    let snapshot_endpoint = SnapshotEndpoint {
+        requests: Arc::clone(&snapshots),
+        access: access.clone().map(|policy| (policy, revoked.clone())),
+    };
     let manager = tokio::spawn(
         SessionManager::new(ctx, limits, access, to_viewers_tx, viewers_tx).run(ManagerInputs {
             signals,
@@ -761,6 +773,7 @@ pub async fn run(
         &ice,
         tls.clone(),
         signals_tx,
+        snapshot_endpoint,
         &parts,
         stop.child_token(),
     )

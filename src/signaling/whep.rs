@@ -144,7 +144,8 @@ impl Endpoint {
     }
 }
 
-fn plain(status: StatusCode, reason: &str) -> Response {
+/// A plain-text response: the reason, for people and logs.
+pub(crate) fn plain(status: StatusCode, reason: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -180,7 +181,7 @@ fn refusal_response(refusal: &Refusal) -> Response {
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())

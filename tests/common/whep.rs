@@ -17,7 +17,9 @@ use webrtc::peer_connection::{
 pub struct HttpReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body as text (lossy), and as it came.
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl HttpReply {
@@ -69,10 +71,12 @@ pub async fn http(
                 )
             })
             .collect();
+        let bytes = response.body_mut().read_to_vec().unwrap_or_default();
         HttpReply {
             status: response.status().as_u16(),
             headers,
-            body: response.body_mut().read_to_string().unwrap_or_default(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
         }
     })
     .await
