@@ -690,6 +690,7 @@ pub async fn run(
         },
         fanout: Arc::clone(&fanout),
         telemetry,
+        snapshots: Arc::clone(&snapshots),
     });
     let limits = Limits {
         max_viewers: config.webrtc.max_viewers,

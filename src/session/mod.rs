@@ -94,6 +94,8 @@ pub struct SessionContext {
     pub fanout: Arc<FanOut>,
     /// The latest telemetry message as JSON text, shared by all viewers.
     pub telemetry: watch::Receiver<Option<Arc<str>>>,
+    /// Where a viewer's `{"type":"snapshot"}` on its data channel asks for a JPEG.
+    pub snapshots: Arc<crate::snapshot::SnapshotRequests>,
 }
 
 /// What the manager follows while it runs.

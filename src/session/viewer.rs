@@ -15,12 +15,14 @@ use crate::fanout::{
     joining_run, FanOut, PacketizedFrame, Subscription, MIN_FORCED_KEYFRAME_INTERVAL,
 };
 use crate::signaling::protocol::{ErrorCode, IceCandidate, SessionId};
+use crate::snapshot::{data_channel_messages, SnapshotError, SnapshotRequests};
+use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use webrtc::data_channel::DataChannel;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
@@ -30,6 +32,71 @@ use webrtc::peer_connection::{
 
 /// The label of the data channel the viewer opens for telemetry.
 pub const TELEMETRY_LABEL: &str = "telemetry";
+/// A snapshot's binary messages on the data channel: 16 KiB stays under every browser's
+/// SCTP message limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 16 * 1024;
+/// How long a viewer's snapshot waits for a frame before it is told there is none.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
+/// A viewer's data-channel message longer than this is ignored unread.
+const MAX_VIEWER_MESSAGE_BYTES: usize = 1024;
+
+/// What a viewer may ask on its data channel.
+#[derive(Debug, PartialEq, Eq)]
+enum ChannelRequest {
+    /// `{"type":"snapshot"}`: a JPEG of the next frame, as a JSON header then binary chunks.
+    Snapshot,
+}
+
+/// A viewer's data-channel message as a request; anything else (too long, not JSON, an
+/// unknown type) is `None` and ignored.
+fn parse_channel_request(data: &[u8]) -> Option<ChannelRequest> {
+    if data.len() > MAX_VIEWER_MESSAGE_BYTES {
+        return None;
+    }
+    let message: serde_json::Value = serde_json::from_slice(data).ok()?;
+    match message.get("type")?.as_str()? {
+        "snapshot" => Some(ChannelRequest::Snapshot),
+        _ => None,
+    }
+}
+
+/// Answers the viewer's requests on its data channel, one at a time, until it closes.
+async fn serve_channel_requests(channel: Arc<dyn DataChannel>, snapshots: Arc<SnapshotRequests>) {
+    while let Some(event) = channel.poll().await {
+        let DataChannelEvent::OnMessage(message) = event else {
+            continue;
+        };
+        match parse_channel_request(&message.data) {
+            Some(ChannelRequest::Snapshot) => send_snapshot(channel.as_ref(), &snapshots).await,
+            None => tracing::debug!(bytes = message.data.len(), "ignored a data-channel message"),
+        }
+    }
+}
+
+/// Sends a snapshot (header, then chunks) or `{"type":"snapshot_error","message":…}`.
+async fn send_snapshot(channel: &dyn DataChannel, snapshots: &SnapshotRequests) {
+    let result = match tokio::time::timeout(SNAPSHOT_WAIT, snapshots.request()).await {
+        Ok(Ok(result)) => result,
+        _ => Err(SnapshotError::NoFrame),
+    };
+    let snapshot = match result {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            let error = serde_json::json!({"type": "snapshot_error", "message": err.to_string()});
+            let _ = channel.send_text(&error.to_string()).await;
+            return;
+        }
+    };
+    let (header, chunks) = data_channel_messages(&snapshot, SNAPSHOT_CHUNK_BYTES);
+    if channel.send_text(&header).await.is_err() {
+        return;
+    }
+    for chunk in chunks {
+        if channel.send(BytesMut::from(&chunk[..])).await.is_err() {
+            return;
+        }
+    }
+}
 /// A transport that cannot trickle waits this long at most for the camera's candidates.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A trickling answer waits this long at most for the host candidates to put them in the
@@ -261,6 +328,7 @@ impl PeerTask {
         let mut connected = false;
         let mut media: Option<JoinHandle<()>> = None;
         let mut telemetry_channel: Option<Arc<dyn DataChannel>> = None;
+        let mut channel_requests: Option<JoinHandle<()>> = None;
         let mut telemetry = self.ctx.telemetry.clone();
         let close = self.close.clone();
         let end = loop {
@@ -329,6 +397,12 @@ impl PeerTask {
                     }
                     Some(PeerEvent::DataChannel(channel)) => {
                         if channel.label().await.is_ok_and(|label| label == TELEMETRY_LABEL) {
+                            if let Some(old) = channel_requests.replace(tokio::spawn(tracing::Instrument::instrument(
+                                serve_channel_requests(Arc::clone(&channel), Arc::clone(&self.ctx.snapshots)),
+                                tracing::Span::current(),
+                            ))) {
+                                old.abort();
+                            }
                             telemetry_channel = Some(channel);
                         }
                     }
@@ -352,7 +426,7 @@ impl PeerTask {
                 }
             }
         };
-        if let Some(task) = media {
+        for task in [media, channel_requests].into_iter().flatten() {
             task.abort();
         }
         end
@@ -512,5 +586,34 @@ async fn add_remote_candidate(
         .await
     {
         tracing::debug!("ignoring remote candidate {:?}: {err}", candidate.candidate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_snapshot_request_is_a_request() {
+        assert_eq!(
+            parse_channel_request(br#"{"type":"snapshot"}"#),
+            Some(ChannelRequest::Snapshot)
+        );
+        assert_eq!(
+            parse_channel_request(br#"{"type":"snapshot","extra":[1,2]}"#),
+            Some(ChannelRequest::Snapshot)
+        );
+        for ignored in [
+            &br#"{"type":"reboot"}"#[..],
+            br#"{"type":1}"#,
+            br#"["snapshot"]"#,
+            b"snapshot",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert_eq!(parse_channel_request(ignored), None, "{ignored:?}");
+        }
+        let padded = format!(r#"{{"type":"snapshot","pad":"{}"}}"#, "x".repeat(2000));
+        assert_eq!(parse_channel_request(padded.as_bytes()), None, "too long");
     }
 }

@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import mqtt from 'mqtt';
 import { repo, artifacts, waitFor, Agent, useChromium, openPage, decodedFrames } from './harness.mjs';
 
@@ -46,6 +47,53 @@ test('the page plays the camera with telemetry and latency', async () => {
     assert.deepEqual(await violations(), [], 'the page works under the agent\'s Content-Security-Policy');
     const frames = await decodedFrames(page);
     console.log(`figures: decoded ${frames} frames, first frame ${firstFrameMs} ms after page load, page latency ${latency} ms, path ${await page.textContent('#path')}, screenshot ${shot}`);
+    await context.close();
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('the Snapshot button saves a JPEG of the camera\'s size with a fresh stamp, over the data channel', async () => {
+  const agent = await Agent.create({ webSocket: true, webRoot: join(repo, 'web', 'dist'), width: 1280, height: 720 });
+  try {
+    const { page, context, violations } = await openViewer(agent);
+    await waitFor('30 presented frames', 20000, async () => (await page.evaluate(() => window.peercam?.presentedFrames ?? 0)) >= 30);
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 10000 }), page.click('#snapshot')]);
+    const saved = join(artifacts, 'snapshot-data-channel.jpg');
+    await download.saveAs(saved);
+    assert.match(download.suggestedFilename(), /^cam1-\d{4}-\d\d-\d\dT[\d-]+Z\.jpg$/);
+    const jpeg = readFileSync(saved);
+    assert.deepEqual([...jpeg.subarray(0, 2)], [0xff, 0xd8], 'JPEG start of image');
+    assert.deepEqual([...jpeg.subarray(-2)], [0xff, 0xd9], 'JPEG end of image');
+    // Chromium decodes the very bytes saved; the stamp is read from the top row of cells
+    // here, independently of the page's reader (docs/latency-stamp.md).
+    const facts = await page.evaluate(async () => {
+      const shot = window.peercam.lastSnapshot;
+      const bitmap = await createImageBitmap(shot.blob);
+      const cell = bitmap.height >= 720 ? 16 : 8;
+      const canvas = document.createElement('canvas');
+      canvas.width = 48 * cell;
+      canvas.height = cell;
+      const context = canvas.getContext('2d');
+      context.drawImage(bitmap, 0, 0);
+      const pixels = context.getImageData(0, 0, 48 * cell, cell).data;
+      let stamp = 0;
+      for (let bit = 0; bit < 48; bit += 1) {
+        const i = ((cell >> 1) * 48 * cell + bit * cell + (cell >> 1)) * 4;
+        stamp = stamp * 2 + (pixels[i + 1] >= 128 ? 1 : 0);
+      }
+      return { width: bitmap.width, height: bitmap.height, bytes: shot.blob.size, stamp, receivedAt: shot.receivedAt,
+        captureMs: Math.floor(shot.captureUs / 1000), header: [shot.width, shot.height], errors: window.peercam.snapshotErrors };
+    });
+    assert.equal(facts.bytes, jpeg.length, 'the saved file is the snapshot received');
+    assert.deepEqual([facts.width, facts.height], [1280, 720]);
+    assert.deepEqual(facts.header, [1280, 720]);
+    assert.equal(facts.stamp, facts.captureMs, 'the header names the frame shown');
+    const ageMs = facts.receivedAt - facts.stamp;
+    assert.ok(ageMs >= 0 && ageMs < 1000, `the snapshot was ${ageMs} ms old when it arrived`);
+    assert.deepEqual(facts.errors, []);
+    assert.deepEqual(await violations(), [], 'the download works under the agent\'s Content-Security-Policy');
+    console.log(`figures: data-channel snapshot 1280x720, ${jpeg.length} bytes, ${ageMs} ms old on arrival; saved ${saved}`);
     await context.close();
   } finally {
     await agent.stop();

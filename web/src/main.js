@@ -181,6 +181,38 @@ class Session {
     });
   }
 
+  /** Telemetry, or a snapshot: its JSON header, then `chunks` binary messages. */
+  onChannelMessage(data) {
+    if (typeof data !== 'string') {
+      const snapshot = this.snapshot;
+      if (!snapshot) return;
+      snapshot.parts.push(data);
+      if (snapshot.parts.length === snapshot.header.chunks) {
+        this.snapshot = null;
+        const blob = new Blob(snapshot.parts, { type: 'image/jpeg' });
+        if (blob.size === snapshot.header.bytes) this.ui.snapshotTaken(blob, snapshot.header);
+        else this.ui.snapshotFailed('the snapshot arrived incomplete');
+      }
+      return;
+    }
+    let message;
+    try { message = JSON.parse(data); } catch { return; }
+    if (message?.type === 'snapshot' && Number.isInteger(message.chunks) && message.chunks > 0) {
+      this.snapshot = { header: message, parts: [] };
+    } else if (message?.type === 'snapshot_error') {
+      this.ui.snapshotFailed(String(message.message ?? 'no snapshot'));
+    } else {
+      this.ui.telemetry(message);
+    }
+  }
+
+  /** Asks the camera for a JPEG of its next frame over the data channel. */
+  requestSnapshot() {
+    if (this.channel?.readyState !== 'open') return false;
+    this.channel.send(JSON.stringify({ type: 'snapshot' }));
+    return true;
+  }
+
   hangupMessage() {
     return this.key ? { type: 'hangup', mac: this.key.hangupMac(this.sid) } : { type: 'hangup' };
   }
@@ -199,9 +231,9 @@ class Session {
       if (h264.length) transceiver.setCodecPreferences(h264);
     }
     const channel = pc.createDataChannel('telemetry');
-    channel.onmessage = (event) => {
-      try { this.ui.telemetry(JSON.parse(event.data)); } catch { /* ignore a bad message */ }
-    };
+    channel.binaryType = 'arraybuffer';
+    this.channel = channel;
+    channel.onmessage = (event) => this.onChannelMessage(event.data);
     pc.ontrack = (event) => this.ui.attach(event.streams[0] || new MediaStream([event.track]));
     pc.onicecandidate = (event) => {
       const c = event.candidate;
@@ -416,7 +448,8 @@ class App {
     this.stats = { telemetry: 0, latencyMs: null, framesDecoded: 0, presentedFrames: 0, rejectedAnswers: 0, rejectedBeforeAnswer: 0, ignoredHangups: 0,
       // ICE restarts started, answered by the camera, given up for a new session; and each
       // recovery of a session that had played: { by: 'ice-restart' | 'ice-reconnect', ms }.
-      iceRestarts: 0, restartAnswers: 0, restartFallbacks: 0, recoveries: [], sessions: 0 };
+      iceRestarts: 0, restartAnswers: 0, restartFallbacks: 0, recoveries: [], sessions: 0,
+      snapshots: 0, snapshotErrors: [], lastSnapshot: null };
     this.needsNewLink = false; // set by a refusal no retry can cure
     window.peercam = this.stats; // read by the browser test and handy in the console
   }
@@ -442,6 +475,12 @@ class App {
     client.on('error', () => setBrokerState('unreachable', 'broker unreachable'));
     client.on('message', (topic, payload) => this.onStatus(topic, payload));
     $('stop').onclick = () => this.stop();
+    $('snapshot').onclick = () => {
+      if (!this.session?.requestSnapshot()) return;
+      // Until it arrives or fails; a session that ends meanwhile must not leave it off.
+      $('snapshot').disabled = true;
+      setTimeout(() => { $('snapshot').disabled = false; }, 5000);
+    };
     $('fullscreen').onclick = () => {
       const video = $('video');
       const stage = $('stage');
@@ -596,6 +635,24 @@ class App {
     if (video.srcObject !== stream) video.srcObject = stream;
     video.play().catch(() => { /* autoplay of muted video is allowed; retry on next frame */ });
     this.backoff = 1000;
+  }
+
+  /** Saves the snapshot as NAME-TIME.jpg and keeps it for the console and the tests. */
+  snapshotTaken(blob, header) {
+    $('snapshot').disabled = false;
+    this.stats.snapshots += 1;
+    this.stats.lastSnapshot = { blob, width: header.width, height: header.height, captureUs: header.capture_us, receivedAt: Date.now() };
+    const taken = new Date(Math.floor(header.capture_us / 1000)).toISOString().replace(/[:.]/g, '-');
+    const link = document.createElement('a');
+    link.href = URL.createObjectURL(blob);
+    link.download = `${this.watching ?? 'camera'}-${taken}.jpg`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  }
+
+  snapshotFailed(reason) {
+    $('snapshot').disabled = false;
+    this.stats.snapshotErrors.push(reason);
   }
 
   telemetry(message) {

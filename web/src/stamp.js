@@ -1,18 +1,19 @@
-// Reads peercam's latency stamp (docs/latency-stamp.md) from the video element: 48 cells
+// Reads peercam's latency stamp (docs/latency-stamp.md) from the video or a snapshot: 48 cells
 // of C px (16 when the frame is >= 720 rows, else 8) in the top row, white = 1, black = 0,
 // most significant bit first, holding the capture time in Unix milliseconds.
 
 const BITS = 48;
 
-/** Returns the stamped capture time (ms), or null when the frame carries no stamp. */
-export function readStamp(video, canvas, context) {
-  const width = video.videoWidth;
-  const height = video.videoHeight;
+/** Returns the stamped capture time (ms), or null when the frame carries no stamp.
+ *  `source` is the video element, or any picture with a width and height (a snapshot). */
+export function readStamp(source, canvas, context) {
+  const width = source.videoWidth ?? source.width;
+  const height = source.videoHeight ?? source.height;
   const cell = height >= 720 ? 16 : 8;
   if (width < BITS * cell || height < cell) return null;
   canvas.width = BITS * cell;
   canvas.height = cell;
-  context.drawImage(video, 0, 0, BITS * cell, cell, 0, 0, BITS * cell, cell);
+  context.drawImage(source, 0, 0, BITS * cell, cell, 0, 0, BITS * cell, cell);
   const pixels = context.getImageData(0, 0, BITS * cell, cell).data;
   let value = 0;
   const centre = cell >> 1;
