@@ -1104,11 +1104,11 @@ fn markdown_has_the_table_the_sections_and_the_plot() {
         "PEERCAM_BENCH_VIEWERS=\"1 5 10 25 50\" PEERCAM_BENCH_SECONDS=10 PEERCAM_BENCH_JOINS=20 scripts/bench"
     ));
     assert!(
-        md.contains("| 1 | 40.0 | 21.0 | 29.5 / 30.0 | 12 / 20 / 31 | 4–5 | 50 |"),
+        md.contains("| 1 | 40.0 | 21.0 (11.0) | 29.5 / 30.0 | 12 / 20 / 31 | 4–5 | 50 |"),
         "{md}"
     );
     assert!(
-        md.contains("| 50 | 90.0 | 70.0 | 29.5 / 30.0 | 12 / 20 / 31 | 4–5 | 97 (saturated) |"),
+        md.contains("| 50 | 90.0 | 70.0 (60.0) | 29.5 / 30.0 | 12 / 20 / 31 | 4–5 | 97 (saturated) |"),
         "{md}"
     );
     assert!(
