@@ -280,12 +280,15 @@ impl SessionManager {
             }
             Action::ClosePeer { sid, reason } => {
                 if let Some(peer) = self.peers.get_mut(&sid) {
-                    peer.close_reason = Some(reason);
+                    // The first reason stands: a viewer that answers the camera's hangup
+                    // with its own, while the peer is still closing, did not end it.
+                    peer.close_reason.get_or_insert(reason);
                     peer.close.cancel();
                 }
             }
             Action::ViewerCount(count) => {
                 self.viewers.send_replace(count);
+                self.ctx.metrics.viewers.set(count as i64);
             }
         }
     }
