@@ -22,6 +22,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub telemetry: TelemetryConfig,
     pub snapshot: SnapshotConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -340,6 +341,21 @@ pub struct WhepConfig {
     pub enabled: Option<bool>,
     /// `Access-Control-Allow-Origin` for browser players on other origins: `*` or one origin.
     pub allow_origin: String,
+}
+
+/// Prometheus metrics (`GET /metrics`) on the HTTP server.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Unset: on whenever `http.listen` is.
+    pub enabled: Option<bool>,
+}
+
+impl MetricsConfig {
+    /// Whether `/metrics` is served, given the HTTP server's state.
+    pub fn is_served(&self, http: &HttpConfig) -> bool {
+        http.listen.is_some() && self.enabled.unwrap_or(true)
+    }
 }
 
 impl WhepConfig {
@@ -788,6 +804,11 @@ impl Config {
             "whep.enabled",
             "WHEP is served by the HTTP server; set http.listen to turn it on".into(),
         )?;
+        check(
+            self.metrics.enabled != Some(true) || self.http.listen.is_some(),
+            "metrics.enabled",
+            "/metrics is served by the HTTP server; set http.listen to turn it on".into(),
+        )?;
         self.validate_listeners()?;
         self.validate_security()?;
         check(
@@ -1111,6 +1132,7 @@ impl Config {
             tls,
             telemetry,
             snapshot,
+            metrics,
             log,
         } = &self.with_live_keys_from(new);
         let sections = [
@@ -1127,6 +1149,7 @@ impl Config {
             (*tls != new.tls, "tls"),
             (*telemetry != new.telemetry, "telemetry"),
             (*snapshot != new.snapshot, "snapshot"),
+            (*metrics != new.metrics, "metrics"),
             (*log != new.log, "log"),
         ];
         ReloadPlan {
@@ -1375,6 +1398,10 @@ mod tests {
             ),
             ("[telemetry]\ninterval_ms = 5", "telemetry.interval_ms"),
             ("[snapshot]\nquality = 0", "snapshot.quality"),
+            (
+                "[http]\nlisten = \"off\"\n[metrics]\nenabled = true",
+                "metrics.enabled",
+            ),
             ("[snapshot]\nquality = 101", "snapshot.quality"),
             ("[log]\nlevel = \"=[\"", "log.level"),
         ];

@@ -10,6 +10,7 @@ use crate::auth::AccessPolicy;
 use crate::clock;
 use crate::health::{self, Heartbeat};
 use crate::listener::Incoming;
+use crate::metrics::Metrics;
 use crate::signaling::whep;
 use crate::snapshot::SnapshotRequests;
 use crate::tls::ServerTls;
@@ -87,39 +88,77 @@ pub const SNAPSHOT_PATH: &str = "/snapshot.jpg";
 /// How long a snapshot request waits for a frame before answering 503.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
 
-/// What `GET /snapshot.jpg` needs: the snapshot requests, and with access keys on, the
-/// policy and the live revoked list (the same bearer token as WHEP is required).
+/// Where `GET` fetches the Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The camera's own HTTP routes besides the page and WHEP: `/snapshot.jpg`, and `/metrics`
+/// when served. With access keys on (`access`: the policy and the live revoked list), both
+/// need the same bearer token as WHEP.
 #[derive(Clone)]
-pub struct SnapshotEndpoint {
-    pub requests: Arc<SnapshotRequests>,
+pub struct HttpRoutes {
+    pub snapshots: Arc<SnapshotRequests>,
+    pub metrics: Option<Arc<Metrics>>,
     pub access: Option<(AccessPolicy, watch::Receiver<Vec<String>>)>,
 }
 
-/// The snapshot route, to be merged into the server's router.
-pub fn snapshot_route(endpoint: SnapshotEndpoint) -> Router {
-    Router::new()
-        .route(SNAPSHOT_PATH, get(snapshot))
-        .with_state(endpoint)
+/// The routes of [`HttpRoutes`], to be merged into the server's router.
+pub fn camera_routes(routes: HttpRoutes) -> Router {
+    let router = Router::new().route(SNAPSHOT_PATH, get(snapshot));
+    let router = match routes.metrics {
+        Some(_) => router.route(METRICS_PATH, get(metrics)),
+        None => router,
+    };
+    router.with_state(routes)
 }
 
-async fn snapshot(State(endpoint): State<SnapshotEndpoint>, headers: HeaderMap) -> Response {
-    if let Some((policy, revoked)) = &endpoint.access {
+impl HttpRoutes {
+    /// A 401 refusal, unless the request may have what it asks for: anyone in open mode,
+    /// else the holder of a valid, unrevoked WHEP bearer token.
+    fn refusal(&self, headers: &HeaderMap, what: &str) -> Option<Response> {
+        let Some((policy, revoked)) = &self.access else {
+            return None;
+        };
         let mut policy = policy.clone();
         policy.set_revoked(&revoked.borrow());
-        let admitted = whep::bearer_token(&headers)
+        let admitted = whep::bearer_token(headers)
             .is_some_and(|token| policy.check_whep_token(&token, clock::unix_s()).is_ok());
-        if !admitted {
-            let mut response = whep::plain(
-                StatusCode::UNAUTHORIZED,
-                "snapshots need a valid access key: send Authorization: Bearer VIEWER.EXP.MAC (peercam access --whep)",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+        if admitted {
+            return None;
         }
+        let mut response = whep::plain(
+            StatusCode::UNAUTHORIZED,
+            &format!("{what} need a valid access key: send Authorization: Bearer VIEWER.EXP.MAC (peercam access --whep)"),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(response)
     }
-    match tokio::time::timeout(SNAPSHOT_WAIT, endpoint.requests.request()).await {
+}
+
+async fn metrics(State(routes): State<HttpRoutes>, headers: HeaderMap) -> Response {
+    if let Some(refused) = routes.refusal(&headers, "metrics") {
+        return refused;
+    }
+    let Some(metrics) = &routes.metrics else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+async fn snapshot(State(routes): State<HttpRoutes>, headers: HeaderMap) -> Response {
+    if let Some(refused) = routes.refusal(&headers, "snapshots") {
+        return refused;
+    }
+    match tokio::time::timeout(SNAPSHOT_WAIT, routes.snapshots.request()).await {
         Ok(Ok(Ok(snapshot))) => (
             StatusCode::OK,
             [

@@ -15,6 +15,7 @@ pub mod http;
 pub mod ice;
 pub mod listener;
 pub mod log_throttle;
+pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod probe;

@@ -105,7 +105,7 @@ impl PipelineHealth {
 
 /// Counters the capture/encode pipeline bumps with relaxed atomics; cheap enough for the
 /// per-frame path. All counters are cumulative since creation and wrap on overflow.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipelineCounters {
     pub frames_captured: AtomicU64,
     pub frames_encoded: AtomicU64,
@@ -118,6 +118,27 @@ pub struct PipelineCounters {
     pub encode_us_total: AtomicU64,
     /// Times the encoder was rebuilt after repeated failures.
     pub encoder_restarts: AtomicU64,
+    /// Of `keyframes`: IDRs forced for a viewer (a join, PLI or FIR).
+    pub keyframes_forced: AtomicU64,
+    /// Each frame's encode time, for `/metrics` (a histogram: atomics per bucket).
+    pub encode_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for PipelineCounters {
+    fn default() -> Self {
+        PipelineCounters {
+            frames_captured: AtomicU64::new(0),
+            frames_encoded: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            frames_rejected: AtomicU64::new(0),
+            keyframes: AtomicU64::new(0),
+            bytes_encoded: AtomicU64::new(0),
+            encode_us_total: AtomicU64::new(0),
+            encoder_restarts: AtomicU64::new(0),
+            keyframes_forced: AtomicU64::new(0),
+            encode_seconds: crate::metrics::encode_seconds_histogram(),
+        }
+    }
 }
 
 impl PipelineCounters {
@@ -135,6 +156,12 @@ impl PipelineCounters {
             self.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         self.encode_us_total.fetch_add(encode_us, Ordering::Relaxed);
+        self.encode_seconds.observe(encode_us as f64 / 1e6);
+    }
+
+    /// Records that the keyframe just encoded was forced for a viewer.
+    pub fn record_forced_keyframe(&self) {
+        self.keyframes_forced.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one frame dropped before or instead of encoding.
@@ -160,6 +187,7 @@ impl PipelineCounters {
             bytes_encoded: self.bytes_encoded.load(Ordering::Relaxed),
             encode_us_total: self.encode_us_total.load(Ordering::Relaxed),
             encoder_restarts: self.encoder_restarts.load(Ordering::Relaxed),
+            keyframes_forced: self.keyframes_forced.load(Ordering::Relaxed),
         }
     }
 }
@@ -175,6 +203,7 @@ pub struct CountersSnapshot {
     pub bytes_encoded: u64,
     pub encode_us_total: u64,
     pub encoder_restarts: u64,
+    pub keyframes_forced: u64,
 }
 
 /// Whether the pipeline still deserves the systemd watchdog's pings.
@@ -665,6 +694,9 @@ impl EncodeStage {
                         if force_keyframe && !encoded.keyframe {
                             keyframes.request();
                         }
+                        if force_keyframe && encoded.keyframe {
+                            self.counters.record_forced_keyframe();
+                        }
                         self.counters.record_encoded(
                             encoded.access_unit.len(),
                             encoded.keyframe,
@@ -1057,6 +1089,7 @@ mod tests {
                 bytes_encoded: 1_250,
                 encode_us_total: 6_000,
                 encoder_restarts: 0,
+                keyframes_forced: 0,
             }
         );
     }

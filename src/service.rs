@@ -9,9 +9,10 @@ use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::health::{self, Parts};
-use crate::http::{self, PageConfig, SnapshotEndpoint};
+use crate::http::{self, HttpRoutes, PageConfig};
 use crate::ice::IceServers;
 use crate::listener::Incoming;
+use crate::metrics::Metrics;
 use crate::notify;
 use crate::pipeline::{Pipeline, PipelineCounters, PipelineHealth, SnapshotSettings};
 use crate::session::core::{Limits, OfferRate};
@@ -570,7 +571,7 @@ async fn start_http(
     ice: &Arc<IceServers>,
     tls: Option<ServerTls>,
     signals: mpsc::Sender<Signal>,
-    snapshots: SnapshotEndpoint,
+    routes: HttpRoutes,
     parts: &Arc<Parts>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -602,7 +603,7 @@ async fn start_http(
     let extra = [whep_routes, mqtt_relay]
         .into_iter()
         .flatten()
-        .fold(http::snapshot_route(snapshots), Router::merge);
+        .fold(http::camera_routes(routes), Router::merge);
     let app = http::router(config.http.web_root.clone(), page, Some(extra));
     Ok(Some(
         http::serve(
@@ -665,6 +666,10 @@ pub async fn run(
         },
     )
     .context("starting the video pipeline")?;
+    let metrics = Arc::new(Metrics::new(
+        Arc::clone(&counters),
+        camera_available.clone(),
+    ));
 
     let (signals_tx, signals) = mpsc::channel(SIGNAL_QUEUE);
     let (to_viewers_tx, to_viewers) = mpsc::unbounded_channel();
@@ -691,6 +696,7 @@ pub async fn run(
         fanout: Arc::clone(&fanout),
         telemetry,
         snapshots: Arc::clone(&snapshots),
+        metrics: Arc::clone(&metrics),
     });
     let limits = Limits {
         max_viewers: config.webrtc.max_viewers,
@@ -702,8 +708,12 @@ pub async fn run(
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_s),
     };
     let (revoked_tx, revoked) = watch::channel(config.auth.revoked.clone());
-    let snapshot_endpoint = SnapshotEndpoint {
-        requests: Arc::clone(&snapshots),
+    let http_routes = HttpRoutes {
+        snapshots: Arc::clone(&snapshots),
+        metrics: config
+            .metrics
+            .is_served(&config.http)
+            .then(|| Arc::clone(&metrics)),
         access: access.clone().map(|policy| (policy, revoked.clone())),
     };
     let manager = tokio::spawn(
@@ -734,6 +744,7 @@ pub async fn run(
         signals_tx.clone(),
         to_viewers,
         mqtt_liveness,
+        metrics.mqtt_reconnects.clone(),
     ));
     let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(publish_status(
@@ -774,7 +785,7 @@ pub async fn run(
         &ice,
         tls.clone(),
         signals_tx,
-        snapshot_endpoint,
+        http_routes,
         &parts,
         stop.child_token(),
     )

@@ -1108,7 +1108,9 @@ fn markdown_has_the_table_the_sections_and_the_plot() {
         "{md}"
     );
     assert!(
-        md.contains("| 50 | 90.0 | 70.0 (60.0) | 29.5 / 30.0 | 12 / 20 / 31 | 4–5 | 97 (saturated) |"),
+        md.contains(
+            "| 50 | 90.0 | 70.0 (60.0) | 29.5 / 30.0 | 12 / 20 / 31 | 4–5 | 97 (saturated) |"
+        ),
         "{md}"
     );
     assert!(

@@ -96,6 +96,8 @@ pub struct SessionContext {
     pub telemetry: watch::Receiver<Option<Arc<str>>>,
     /// Where a viewer's `{"type":"snapshot"}` on its data channel asks for a JPEG.
     pub snapshots: Arc<crate::snapshot::SnapshotRequests>,
+    /// What `/metrics` reports: sessions, refusals, bytes sent.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the manager follows while it runs.
@@ -247,11 +249,20 @@ impl SessionManager {
         for action in actions {
             self.carry_out(action);
         }
+        self.ctx
+            .metrics
+            .pending_sessions
+            .set(self.core.pending_count() as i64);
     }
 
     fn carry_out(&mut self, action: Action) {
         match action {
-            Action::Send { sid, message } => self.send(sid, message),
+            Action::Send { sid, message } => {
+                if let CameraMessage::Error { code, .. } = &message {
+                    self.ctx.metrics.offer_rejected(code.as_str());
+                }
+                self.send(sid, message)
+            }
             Action::StartPeer {
                 sid,
                 offer_sdp,
@@ -414,6 +425,7 @@ impl SessionManager {
             report: PeerReport::Ended { reason, refusal },
         });
         self.forget_whep_route_if_ended(&sid);
+        self.ctx.metrics.session_ended(logged.as_str());
         tracing::info!(%sid, reason = logged.as_str(), viewers = self.core.viewer_count(), "session ended");
         debug_assert!(!self.peers.contains_key(&sid));
     }

@@ -446,6 +446,7 @@ impl PeerTask {
         let keyframes = Arc::clone(self.ctx.fanout.keyframes());
         let mut sender = MediaSender {
             fanout: Arc::clone(&self.ctx.fanout),
+            metrics: Arc::clone(&self.ctx.metrics),
             track: Arc::clone(track),
             writer,
             failures: 0,
@@ -510,6 +511,7 @@ const JOINING_RUN_MAX_AGE: Duration = MIN_FORCED_KEYFRAME_INTERVAL;
 /// Writes one viewer's frames to its track.
 struct MediaSender {
     fanout: Arc<FanOut>,
+    metrics: Arc<crate::metrics::Metrics>,
     track: Arc<TrackLocalStaticRTP>,
     writer: RtpWriter,
     failures: u32,
@@ -528,6 +530,8 @@ impl MediaSender {
         self.fanout
             .latencies()
             .record_sent(clock::monotonic_us().saturating_sub(frame.published_us));
+        let bytes: usize = frame.payloads.iter().map(bytes::Bytes::len).sum();
+        self.metrics.bytes_sent.inc_by(bytes as u64);
         self.timeline.log(Phase::FirstRtpSent);
         if frame.keyframe {
             self.timeline.log(Phase::FirstKeyframeSent);

@@ -136,13 +136,14 @@ impl MqttLiveness {
 
 /// Runs the signaling connection until the session manager closes `to_viewers` (after
 /// its last hangup); then publishes the offline status and disconnects cleanly. `status`
-/// holds the retained status JSON.
+/// holds the retained status JSON. `reconnects` counts connections after the first.
 pub async fn run(
     settings: MqttSettings,
     mut status: watch::Receiver<String>,
     signals: mpsc::Sender<Signal>,
     mut to_viewers: mpsc::UnboundedReceiver<ToViewer>,
     liveness: MqttLiveness,
+    reconnects: prometheus_client::metrics::counter::Counter,
 ) {
     let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
     let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
@@ -151,6 +152,7 @@ pub async fn run(
     let session_filter = settings.topics.to_camera_filter();
     let mut backoff = MIN_BACKOFF;
     let mut connected = false;
+    let mut ever_connected = false;
     // The line last logged for a failed attempt: each distinct failure is logged once.
     let mut last_failure: Option<String> = None;
     // While waiting to reconnect, the event loop is not polled (polling reconnects).
@@ -176,6 +178,9 @@ pub async fn run(
                     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port),
                         client_id = %settings.client_id, "MQTT connected");
                     connected = true;
+                    if std::mem::replace(&mut ever_connected, true) {
+                        reconnects.inc();
+                    }
                     last_failure = None;
                     backoff = MIN_BACKOFF;
                     // A clean session forgets subscriptions: subscribe on every connect. The
