@@ -188,37 +188,16 @@ impl Collector for PipelineCollector {
     }
 }
 
+/// The tests' Prometheus text reader, shared with tests/metrics.rs.
+#[cfg(test)]
+#[path = "../tests/common/prometheus.rs"]
+mod prometheus_samples;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Each sample's value by `name{labels}` as prometheus-parse reads the text.
-    fn parse(text: &str) -> std::collections::BTreeMap<String, f64> {
-        let lines = text.lines().map(|line| Ok(line.to_owned()));
-        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
-        scrape
-            .samples
-            .into_iter()
-            .map(|sample| {
-                let value = match sample.value {
-                    prometheus_parse::Value::Counter(v)
-                    | prometheus_parse::Value::Gauge(v)
-                    | prometheus_parse::Value::Untyped(v) => v,
-                    prometheus_parse::Value::Histogram(buckets) => {
-                        buckets.last().map_or(0.0, |b| b.count)
-                    }
-                    prometheus_parse::Value::Summary(_) => f64::NAN,
-                };
-                let mut labels: Vec<String> = sample
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                labels.sort();
-                (format!("{}{{{}}}", sample.metric, labels.join(",")), value)
-            })
-            .collect()
-    }
+    use super::prometheus_samples::samples as parse;
 
     #[test]
     fn the_exposition_parses_and_carries_every_family_with_the_prefix() {

@@ -6,19 +6,15 @@ mod common;
 
 use common::viewer::{new_session_id, AccessKey, Observer, TestViewer};
 use common::whep::{http, WhepViewer};
-use common::{require_loopback_only_network, temp_dir, Agent, AgentOptions};
+use common::{keys_auth_section, require_loopback_only_network, Agent, AgentOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// An agent that admits only key holders; `mallory` is revoked.
 fn keyed_agent() -> Agent {
-    let secret = temp_dir("secret").join("secret");
     Agent::start(AgentOptions {
         http: true,
-        auth_section: format!(
-            "[auth]\nmode = \"keys\"\nsecret_file = \"{}\"\nrevoked = [\"mallory\"]\n",
-            secret.display()
-        ),
+        auth_section: keys_auth_section(&["mallory"]),
         ..Default::default()
     })
 }

@@ -6,19 +6,15 @@
 mod common;
 
 use common::viewer::{receive_only_peer, AccessKey, Observer, Shared, TestViewer};
-use common::{require_loopback_only_network, temp_dir, Agent, AgentOptions};
+use common::{keys_auth_section, require_loopback_only_network, Agent, AgentOptions};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use webrtc::peer_connection::PeerConnectionEventHandler;
 
 fn keyed_agent() -> Agent {
-    let secret = temp_dir("secret").join("secret");
     Agent::start(AgentOptions {
-        auth_section: format!(
-            "[auth]\nmode = \"keys\"\nsecret_file = \"{}\"\n",
-            secret.display()
-        ),
+        auth_section: keys_auth_section(&[]),
         ..Default::default()
     })
 }

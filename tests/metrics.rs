@@ -6,7 +6,7 @@ mod common;
 
 use common::viewer::TestViewer;
 use common::whep::http;
-use common::{require_loopback_only_network, temp_dir, Agent, AgentOptions};
+use common::{keys_auth_section, require_loopback_only_network, Agent, AgentOptions};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,30 +18,7 @@ async fn scrape(port: u16, headers: &[(&str, &str)]) -> BTreeMap<String, f64> {
         reply.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    let lines = reply.body.lines().map(|line| Ok(line.to_owned()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    parsed
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let value = match sample.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                prometheus_parse::Value::Histogram(buckets) => {
-                    buckets.last().map_or(0.0, |bucket| bucket.count)
-                }
-                prometheus_parse::Value::Summary(_) => f64::NAN,
-            };
-            let mut labels: Vec<String> = sample
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            labels.sort();
-            (format!("{}{{{}}}", sample.metric, labels.join(",")), value)
-        })
-        .collect()
+    common::prometheus::samples(&reply.body)
 }
 
 fn get(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
@@ -122,13 +99,9 @@ async fn counters_move_while_a_viewer_watches_and_its_end_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_access_keys_metrics_need_the_whep_bearer_token_and_can_be_turned_off() {
     require_loopback_only_network();
-    let secret = temp_dir("secret").join("secret");
     let agent = Agent::start(AgentOptions {
         http: true,
-        auth_section: format!(
-            "[auth]\nmode = \"keys\"\nsecret_file = \"{}\"\n",
-            secret.display()
-        ),
+        auth_section: keys_auth_section(&[]),
         ..Default::default()
     });
     agent.wait_for_log("peercam ready", Duration::from_secs(10));

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::whep::{http, HttpReply};
-use common::{require_loopback_only_network, temp_dir, Agent, AgentOptions};
+use common::whep::{get_with_bearer, http, HttpReply};
+use common::{keys_auth_section, require_loopback_only_network, Agent, AgentOptions};
 use peercam::source::stamp;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -87,13 +87,9 @@ async fn an_open_camera_serves_a_fresh_jpeg_of_its_size_without_any_viewer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_access_keys_a_snapshot_needs_the_whep_bearer_token() {
     require_loopback_only_network();
-    let secret = temp_dir("secret").join("secret");
     let agent = Agent::start(AgentOptions {
         http: true,
-        auth_section: format!(
-            "[auth]\nmode = \"keys\"\nsecret_file = \"{}\"\nrevoked = [\"mallory\"]\n",
-            secret.display()
-        ),
+        auth_section: keys_auth_section(&["mallory"]),
         ..Default::default()
     });
     agent.wait_for_log("peercam ready", Duration::from_secs(10));
@@ -112,25 +108,9 @@ async fn with_access_keys_a_snapshot_needs_the_whep_bearer_token() {
         ("revoked", revoked["whep_token"].as_str().unwrap()),
         ("garbage", "not-a-token"),
     ] {
-        let bearer = format!("Bearer {token}");
-        let refused = http(
-            port,
-            "GET",
-            "/snapshot.jpg",
-            &[("Authorization", &bearer)],
-            "",
-        )
-        .await;
+        let refused = get_with_bearer(port, "/snapshot.jpg", token).await;
         assert_eq!(refused.status, 401, "{what}: {refused:?}");
     }
-    let bearer = format!("Bearer {token}");
-    let reply = http(
-        port,
-        "GET",
-        "/snapshot.jpg",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let reply = get_with_bearer(port, "/snapshot.jpg", token).await;
     assert_fresh_jpeg(&reply, 640, 480);
 }

@@ -3,6 +3,7 @@
 //! Networked tests must run inside a loopback-only network namespace (see scripts/).
 #![allow(dead_code)]
 
+pub mod prometheus;
 pub mod tls;
 pub mod viewer;
 pub mod whep;
@@ -53,6 +54,16 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+}
+
+/// An `[auth]` section admitting only access-key holders, with a fresh secret file;
+/// `revoked` viewers are refused.
+pub fn keys_auth_section(revoked: &[&str]) -> String {
+    let secret = temp_dir("secret").join("secret");
+    format!(
+        "[auth]\nmode = \"keys\"\nsecret_file = {:?}\nrevoked = {revoked:?}\n",
+        secret.display().to_string()
+    )
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {

@@ -38,6 +38,12 @@ impl HttpReply {
     }
 }
 
+/// `GET path` with `Authorization: Bearer token`.
+pub async fn get_with_bearer(port: u16, path: &str, token: &str) -> HttpReply {
+    let bearer = format!("Bearer {token}");
+    http(port, "GET", path, &[("Authorization", &bearer)], "").await
+}
+
 /// One HTTP request to 127.0.0.1:`port`; never fails on an error status.
 pub async fn http(
     port: u16,
