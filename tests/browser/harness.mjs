@@ -184,7 +184,18 @@ export const decodedFrames = (page) => page.evaluate(() => {
 /** Debian's headless Chromium (never a downloaded browser), set up for WebRTC on loopback
  *  only; `extraArgs` for one test file's needs, `executablePath` e.g. a wrapper that starts
  *  it in a NAT lab namespace. */
-export function launchChromium({ executablePath = process.env.CHROMIUM || '/usr/bin/chromium', extraArgs = [] } = {}) {
+export async function launchChromium(options = {}) {
+  try {
+    return await launchChromiumOnce(options);
+  } catch (error) {
+    // Chromium itself crashed while starting (seen once in CI: SIGSEGV before any page,
+    // 3d91399). That is not what these tests test: say so and start it once more.
+    console.error(`Chromium did not start (${error.message.split('\n')[0]}); starting it again`);
+    return launchChromiumOnce(options);
+  }
+}
+
+function launchChromiumOnce({ executablePath = process.env.CHROMIUM || '/usr/bin/chromium', extraArgs = [] } = {}) {
   return chromium.launch({
     executablePath,
     timeout: 30000,
