@@ -23,6 +23,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub snapshot: SnapshotConfig,
     pub metrics: MetricsConfig,
+    pub homeassistant: HomeAssistantConfig,
     pub log: LogConfig,
 }
 
@@ -378,6 +379,49 @@ impl Default for WhepConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     pub interval_ms: u64,
+    /// How often telemetry goes to `{prefix}/{device}/telemetry` when Home Assistant
+    /// integration is on (seconds).
+    pub mqtt_interval_s: u32,
+}
+
+/// Home Assistant MQTT discovery: a JPEG camera entity and sensors, off unless enabled.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration's setting).
+    pub discovery_prefix: String,
+    /// The camera entity: snapshots on `{prefix}/{device}/snapshot`, readable by anyone who
+    /// can read the broker. Unset: on, unless access keys guard the video.
+    pub camera: Option<bool>,
+    /// Seconds between snapshots to the camera entity; 0: only when asked on
+    /// `{prefix}/{device}/snapshot/request`.
+    pub snapshot_interval_s: u32,
+    /// The device's "Visit" link in Home Assistant. Unset: the page at `http.listen`.
+    pub configuration_url: Option<String>,
+}
+
+impl HomeAssistantConfig {
+    /// Whether snapshots go to MQTT: never with the integration off; by default not when
+    /// access keys guard the video, since anyone reading the broker would see them.
+    pub fn publishes_snapshots(&self, auth: &AuthConfig) -> bool {
+        self.enabled
+            && self
+                .camera
+                .unwrap_or(auth.mode == crate::signaling::protocol::AuthMode::Open)
+    }
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            enabled: false,
+            discovery_prefix: "homeassistant".into(),
+            camera: None,
+            snapshot_interval_s: 10,
+            configuration_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -499,7 +543,10 @@ impl Default for HttpConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { interval_ms: 1000 }
+        TelemetryConfig {
+            interval_ms: 1000,
+            mqtt_interval_s: 10,
+        }
     }
 }
 
@@ -827,6 +874,12 @@ impl Config {
                 self.snapshot.quality
             ),
         )?;
+        in_range(
+            "telemetry.mqtt_interval_s",
+            self.telemetry.mqtt_interval_s,
+            1..=3600,
+        )?;
+        self.validate_homeassistant()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|err| {
             ConfigError::new(
                 "log.level",
@@ -841,6 +894,41 @@ impl Config {
 }
 
 impl Config {
+    fn validate_homeassistant(&self) -> Result<(), ConfigError> {
+        let ha = &self.homeassistant;
+        let prefix = &ha.discovery_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 128
+            || prefix.contains(['+', '#'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.chars().any(char::is_control)
+        {
+            return Err(ConfigError::new(
+                "homeassistant.discovery_prefix",
+                format!("must be 1 to 128 characters, without '+', '#' or control characters, and not start or end with '/' (got {prefix:?})"),
+            ));
+        }
+        if ha.snapshot_interval_s > 86_400 {
+            return Err(ConfigError::new(
+                "homeassistant.snapshot_interval_s",
+                format!(
+                    "must be between 0 (only on request) and 86400 (got {})",
+                    ha.snapshot_interval_s
+                ),
+            ));
+        }
+        if let Some(url) = &ha.configuration_url {
+            if !crate::homeassistant::is_configuration_url(url) {
+                return Err(ConfigError::new(
+                    "homeassistant.configuration_url",
+                    format!("must be an http:// or https:// URL with a host, such as \"http://cam1.lan:8080/\" (got {url:?})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The broker credentials and TLS files: which go together, and that each file is
     /// there, private where it holds a secret, and parses.
     fn validate_mqtt_security(&self) -> Result<(), ConfigError> {
@@ -1133,6 +1221,7 @@ impl Config {
             telemetry,
             snapshot,
             metrics,
+            homeassistant,
             log,
         } = &self.with_live_keys_from(new);
         let sections = [
@@ -1150,6 +1239,7 @@ impl Config {
             (*telemetry != new.telemetry, "telemetry"),
             (*snapshot != new.snapshot, "snapshot"),
             (*metrics != new.metrics, "metrics"),
+            (*homeassistant != new.homeassistant, "homeassistant"),
             (*log != new.log, "log"),
         ];
         ReloadPlan {
@@ -1403,6 +1493,27 @@ mod tests {
                 "metrics.enabled",
             ),
             ("[snapshot]\nquality = 101", "snapshot.quality"),
+            ("[telemetry]\nmqtt_interval_s = 0", "telemetry.mqtt_interval_s"),
+            (
+                "[homeassistant]\ndiscovery_prefix = \"ha/#\"",
+                "homeassistant.discovery_prefix",
+            ),
+            (
+                "[homeassistant]\ndiscovery_prefix = \"\"",
+                "homeassistant.discovery_prefix",
+            ),
+            (
+                "[homeassistant]\nsnapshot_interval_s = 86401",
+                "homeassistant.snapshot_interval_s",
+            ),
+            (
+                "[homeassistant]\nconfiguration_url = \"cam.lan:8080\"",
+                "homeassistant.configuration_url",
+            ),
+            (
+                "[homeassistant]\nconfiguration_url = \"ftp://cam.lan/\"",
+                "homeassistant.configuration_url",
+            ),
             ("[log]\nlevel = \"=[\"", "log.level"),
         ];
         for (text, key) in cases {

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod fanout;
 pub mod h264;
 pub mod health;
+pub mod homeassistant;
 pub mod http;
 pub mod ice;
 pub mod listener;

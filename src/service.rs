@@ -9,6 +9,7 @@ use crate::config::{BrokerTarget, Config};
 use crate::encode::EncoderSettings;
 use crate::fanout::{FanOut, KeyframeRequests};
 use crate::health::{self, Parts};
+use crate::homeassistant::{self, Discovery};
 use crate::http::{self, HttpRoutes, PageConfig};
 use crate::ice::IceServers;
 use crate::listener::Incoming;
@@ -21,7 +22,7 @@ use crate::session::udp_mux::UdpMux;
 use crate::session::{ManagerInputs, SessionContext, SessionManager, Signal};
 use crate::signaling::broker;
 use crate::signaling::broker_users::{Credential, Gate};
-use crate::signaling::mqtt::{self, MqttLiveness, MqttSettings};
+use crate::signaling::mqtt::{self, HomeAssistantLink, MqttLiveness, MqttSettings};
 use crate::signaling::mqtt_security::{self, FailureContext, Password};
 use crate::signaling::protocol::{AuthMode, CameraState, Status, Topics, VideoInfo};
 use crate::signaling::relay;
@@ -149,7 +150,18 @@ fn mqtt_settings(
         topics,
         device: config.device.id.clone(),
         failure_context,
+        max_outgoing_bytes: mqtt_packet_limit(config),
     })
+}
+
+/// The largest MQTT packet the camera sends (and, embedded, its broker takes): room for
+/// a snapshot only when snapshots go to MQTT.
+fn mqtt_packet_limit(config: &Config) -> usize {
+    if config.homeassistant.publishes_snapshots(&config.auth) {
+        homeassistant::MAX_SNAPSHOT_BYTES + homeassistant::PACKET_OVERHEAD_BYTES
+    } else {
+        crate::signaling::protocol::MAX_PACKET_BYTES
+    }
 }
 
 /// The ICE servers with their shared secrets read (each from a private file); static TURN
@@ -373,6 +385,50 @@ struct TelemetrySources {
     viewers: watch::Receiver<usize>,
 }
 
+/// Home Assistant integration: the publisher of telemetry and snapshots when it is on,
+/// and the transport's link (which, off, still clears discovery configs it finds).
+fn start_home_assistant(
+    config: &Config,
+    topics: &Topics,
+    snapshots: &Arc<SnapshotRequests>,
+    telemetry: watch::Receiver<Option<Arc<str>>>,
+    helpers: &mut tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+) -> HomeAssistantLink {
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let url = homeassistant::configuration_url(config, host_name.trim());
+    let discovery = Discovery::new(config, url);
+    // Closed at once when off: the transport's branch for it then never fires.
+    let (out, publications) = mpsc::channel(4);
+    let (requests_tx, snapshot_requests) = mpsc::channel(1);
+    let ha = &config.homeassistant;
+    let camera = ha.publishes_snapshots(&config.auth);
+    if ha.enabled {
+        if ha.camera.is_none() && !camera {
+            tracing::info!("Home Assistant: sensors only; the camera entity is off because access keys guard the video (homeassistant.camera = true publishes snapshots to the broker anyway)");
+        }
+        helpers.spawn(homeassistant::run(
+            homeassistant::Publisher {
+                topics: topics.clone(),
+                snapshots: camera.then(|| Arc::clone(snapshots)),
+                snapshot_interval: (ha.snapshot_interval_s > 0)
+                    .then(|| Duration::from_secs(ha.snapshot_interval_s.into())),
+                telemetry,
+                telemetry_interval: Duration::from_secs(config.telemetry.mqtt_interval_s.into()),
+                snapshot_requests,
+                out,
+            },
+            stop.child_token(),
+        ));
+    }
+    HomeAssistantLink {
+        discovery,
+        snapshot_requests: camera
+            .then(|| (homeassistant::snapshot_request_topic(topics), requests_tx)),
+        publications,
+    }
+}
+
 /// Samples telemetry once per interval for all viewers, until `stop`.
 async fn sample_telemetry(
     mut live: watch::Receiver<Config>,
@@ -531,7 +587,11 @@ async fn start_broker(
     let limits = http::ConnectionLimits::from_config(&config.http);
     let listen = config.broker.listen;
     let running = parts.register("the embedded broker's thread", Duration::MAX);
-    tokio::task::spawn_blocking(move || broker::start(listen, gate, Some(running))).await??;
+    let max_packet_bytes = mqtt_packet_limit(config);
+    tokio::task::spawn_blocking(move || {
+        broker::start(listen, gate, Some(running), max_packet_bytes)
+    })
+    .await??;
     let target = config.broker.local_addr();
     if let Some(ws) = config.broker.ws_listen {
         let incoming =
@@ -675,6 +735,7 @@ pub async fn run(
     let (to_viewers_tx, to_viewers) = mpsc::unbounded_channel();
     let (viewers_tx, viewers) = watch::channel(0usize);
     let (telemetry_tx, telemetry) = watch::channel::<Option<Arc<str>>>(None);
+    let telemetry_for_mqtt = telemetry.clone();
     let (status_tx, status) = watch::channel(status_json(&config, &ice, 0, true, None, 0));
     let (live_tx, live) = watch::channel(config.clone());
     let (max_viewers_tx, max_viewers) = watch::channel(config.webrtc.max_viewers);
@@ -738,6 +799,15 @@ pub async fn run(
             )
         }),
     };
+    let mut helpers = tokio::task::JoinSet::new();
+    let home_assistant = start_home_assistant(
+        &config,
+        &mqtt_settings.topics,
+        &snapshots,
+        telemetry_for_mqtt,
+        &mut helpers,
+        &stop,
+    );
     let signaling = tokio::spawn(mqtt::run(
         mqtt_settings,
         status,
@@ -745,8 +815,8 @@ pub async fn run(
         to_viewers,
         mqtt_liveness,
         metrics.mqtt_reconnects.clone(),
+        home_assistant,
     ));
-    let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(publish_status(
         Arc::clone(&ice),
         live.clone(),

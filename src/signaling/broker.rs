@@ -6,7 +6,6 @@
 
 use crate::health::Heartbeat;
 use crate::signaling::broker_users::Gate;
-use crate::signaling::protocol::MAX_PACKET_BYTES;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -57,7 +56,12 @@ fn lists_listener(table: &str, port: u16) -> bool {
     })
 }
 
-fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::ServerSettings {
+fn server(
+    name: &str,
+    listen: SocketAddr,
+    gate: Option<Arc<Gate>>,
+    max_packet_bytes: usize,
+) -> rumqttd::ServerSettings {
     // rumqttd calls the hook on its listener's one thread: argon2 runs elsewhere.
     let external_auth: Option<rumqttd::AuthHandler> = gate.map(|gate| {
         Arc::new(move |_client_id, username, password| {
@@ -74,7 +78,7 @@ fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::S
             connection_timeout_ms: 10_000,
             // Checked against each packet's length before its body is read: a larger
             // packet closes the connection that sent it, and no one else's.
-            max_payload_size: MAX_PACKET_BYTES,
+            max_payload_size: max_packet_bytes,
             max_inflight_count: 256,
             auth: None,
             external_auth,
@@ -85,11 +89,13 @@ fn server(name: &str, listen: SocketAddr, gate: Option<Arc<Gate>>) -> rumqttd::S
 
 /// Starts the broker on its own threads and returns once it accepts TCP connections.
 /// With a `gate`, every connection must log in. `running` is held by the broker's thread
-/// for as long as the broker runs.
+/// for as long as the broker runs. `max_packet_bytes` caps every packet a client sends:
+/// [`crate::signaling::protocol::MAX_PACKET_BYTES`] for signaling alone, more when snapshots go to MQTT.
 pub fn start(
     listen: SocketAddr,
     gate: Option<Arc<Gate>>,
     running: Option<Heartbeat>,
+    max_packet_bytes: usize,
 ) -> Result<(), BrokerError> {
     ensure_free(listen, "broker.listen")?;
     let users = gate.is_some();
@@ -110,7 +116,7 @@ pub fn start(
         },
         v4: Some(HashMap::from([(
             "tcp".to_owned(),
-            server("v4-tcp", listen, gate),
+            server("v4-tcp", listen, gate, max_packet_bytes),
         )])),
         v5: None,
         ws: None,

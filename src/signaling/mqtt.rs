@@ -5,6 +5,7 @@
 //! the broker is away.
 
 use crate::health::{self, Heartbeat};
+use crate::homeassistant::{Discovery, Publication};
 use crate::session::core::{Credential, Refusal, ViewerInput};
 use crate::session::{Signal, ToViewer};
 use crate::signaling::mqtt_security::{describe_failure, FailureContext, Password};
@@ -45,6 +46,20 @@ pub struct MqttSettings {
     pub device: String,
     /// What a failed connection's log line names.
     pub failure_context: FailureContext,
+    /// The largest packet the camera sends: signaling's limit, or room for a snapshot
+    /// when snapshots go to MQTT.
+    pub max_outgoing_bytes: usize,
+}
+
+/// The transport's part in Home Assistant integration: discovery configs published (and
+/// stale ones cleared) on every connection, snapshot requests passed on, and what the
+/// publisher hands over sent while connected.
+pub struct HomeAssistantLink {
+    pub discovery: Discovery,
+    /// `{prefix}/{device}/snapshot/request` and where its messages go; `None` without the
+    /// camera entity.
+    pub snapshot_requests: Option<(String, mpsc::Sender<()>)>,
+    pub publications: mpsc::Receiver<Publication>,
 }
 
 fn options(settings: &MqttSettings) -> MqttOptions {
@@ -71,7 +86,7 @@ fn options(settings: &MqttSettings) -> MqttOptions {
         // A payload a little over the protocol's 64 KiB still arrives and gets a bad-request
         // reply; a larger packet makes rumqttc drop the connection before reading it, and the
         // loop below reconnects with a clean session, so the broker does not send it again.
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_max_packet_size(MAX_PACKET_BYTES, settings.max_outgoing_bytes)
         .set_last_will(LastWill::new(
             settings.topics.status(),
             Status::offline(&settings.device).to_json(),
@@ -144,12 +159,18 @@ pub async fn run(
     mut to_viewers: mpsc::UnboundedReceiver<ToViewer>,
     liveness: MqttLiveness,
     reconnects: prometheus_client::metrics::counter::Counter,
+    mut home_assistant: HomeAssistantLink,
 ) {
     let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
     let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
     eventloop.set_network_options(network_options());
     let status_topic = settings.topics.status();
     let session_filter = settings.topics.to_camera_filter();
+    let discovery_filter = home_assistant.discovery.node_filter();
+    let snapshot_request_topic = home_assistant
+        .snapshot_requests
+        .as_ref()
+        .map(|(topic, _)| topic.clone());
     let mut backoff = MIN_BACKOFF;
     let mut connected = false;
     let mut ever_connected = false;
@@ -186,13 +207,31 @@ pub async fn run(
                     // A clean session forgets subscriptions: subscribe on every connect. The
                     // camera also watches its own status, to put back the truth when anyone
                     // else overwrites it.
-                    for filter in [&session_filter, &status_topic] {
+                    // Discovery configs go out before their node is subscribed: the retained
+                    // ones that come back are then ours, or stale.
+                    for config in home_assistant.discovery.configs() {
+                        publish(&client, &config.topic, config.payload.to_vec(), true);
+                    }
+                    let filters = [Some(&session_filter), Some(&status_topic), Some(&discovery_filter), snapshot_request_topic.as_ref()];
+                    for filter in filters.into_iter().flatten() {
                         if let Err(err) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
                             tracing::error!("cannot subscribe to {filter}: {err}");
                         }
                     }
                     let current = status.borrow_and_update().clone();
                     publish_status(&client, &status_topic, current);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if home_assistant.discovery.is_node_topic(&publish.topic) => {
+                    if let Some(clear) = home_assistant.discovery.clear_if_stale(&publish.topic, &publish.payload, publish.retain) {
+                        tracing::info!(topic = %clear.topic, "removing a Home Assistant discovery config this camera no longer publishes");
+                        publish_message(&client, clear, QoS::AtLeastOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if snapshot_request_topic.as_deref() == Some(publish.topic.as_str()) => {
+                    if let Some((_, requests)) = &home_assistant.snapshot_requests {
+                        // Full: a request is already waiting, and it will serve this one too.
+                        let _ = requests.try_send(());
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == status_topic => {
                     let current = status.borrow().clone();
@@ -236,6 +275,12 @@ pub async fn run(
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             },
+            Some(publication) = home_assistant.publications.recv() => {
+                // Telemetry and snapshots are worth nothing late: none are queued while away.
+                if connected {
+                    publish_message(&client, publication, QoS::AtMostOnce);
+                }
+            }
             message = to_viewers.recv() => match message {
                 Some(ToViewer { sid, message }) => publish(&client, &settings.topics.to_viewer(sid.as_str()), message.to_json(), false),
                 None => break,
@@ -284,8 +329,14 @@ fn publish_status(client: &AsyncClient, topic: &str, status: String) {
     publish(client, topic, status, true);
 }
 
-fn publish(client: &AsyncClient, topic: &str, payload: String, retain: bool) {
+fn publish(client: &AsyncClient, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
     if let Err(err) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
         tracing::debug!(topic, "publish dropped: {err}");
+    }
+}
+
+fn publish_message(client: &AsyncClient, message: Publication, qos: QoS) {
+    if let Err(err) = client.try_publish(&message.topic, qos, message.retain, message.payload) {
+        tracing::debug!(topic = %message.topic, "publish dropped: {err}");
     }
 }
