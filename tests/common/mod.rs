@@ -137,6 +137,8 @@ pub struct AgentOptions {
     pub max_viewers: usize,
     pub connect_timeout_s: u64,
     pub telemetry_interval_ms: u64,
+    /// Extra lines for the `[telemetry]` section (e.g. `mqtt_interval_s`).
+    pub telemetry_extra: String,
     pub broker: BrokerMode,
     /// Extra lines for the `[mqtt]` section (e.g. credentials and TLS files).
     pub mqtt_extra: String,
@@ -179,6 +181,7 @@ impl Default for AgentOptions {
             max_viewers: 8,
             connect_timeout_s: 15,
             telemetry_interval_ms: 500,
+            telemetry_extra: String::new(),
             broker: BrokerMode::Embedded,
             mqtt_extra: String::new(),
             http: false,
@@ -267,6 +270,7 @@ listen = "{http}"
 {http_extra}
 [telemetry]
 interval_ms = {ti}
+{telemetry_extra}
 [log]
 level = "info"
 {auth_section}
@@ -283,6 +287,7 @@ level = "info"
             max = options.max_viewers,
             cto = options.connect_timeout_s,
             ti = options.telemetry_interval_ms,
+            telemetry_extra = options.telemetry_extra,
             webrtc_extra = options.webrtc_extra,
             http_extra = options.http_extra,
             auth_section = options.auth_section,
