@@ -141,22 +141,9 @@ fn render(template: &str, message: &[u8]) -> String {
         .unwrap_or_else(|err| panic!("{template:?} does not render: {err}"))
 }
 
-/// The picture's width, height and latency stamp (Unix ms).
-fn decode_jpeg(jpeg: &[u8]) -> (usize, usize, Option<u64>) {
-    let options = zune_jpeg::zune_core::options::DecoderOptions::default()
-        .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::YCbCr);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(jpeg), options);
-    let ycbcr = decoder.decode().expect("the snapshot decodes as a JPEG");
-    let info = decoder.info().unwrap();
-    let (width, height) = (usize::from(info.width), usize::from(info.height));
-    let luma: Vec<u8> = ycbcr.chunks_exact(3).map(|pixel| pixel[0]).collect();
-    let stamp = peercam::source::stamp::read_stamp(&luma, width, width as u32, height as u32);
-    (width, height, stamp)
-}
-
 /// A snapshot from MQTT: the configured size, and a stamp within a second of its arrival.
 fn assert_fresh_snapshot(message: &Received, width: usize, height: usize) {
-    let (w, h, stamp) = decode_jpeg(&message.payload);
+    let (w, h, stamp) = common::decode_stamped_jpeg(&message.payload);
     assert_eq!((w, h), (width, height), "snapshot size");
     let stamp = stamp.expect("testsrc's stamp reads back from the JPEG");
     let age_ms = message.at_unix_ms.abs_diff(stamp);
@@ -412,10 +399,11 @@ async fn home_assistant_sees_the_camera_its_sensors_and_the_last_will_on_mosquit
 async fn a_snapshot_over_signalings_packet_limit_goes_through_the_embedded_broker() {
     require_loopback_only_network();
     let agent = Agent::start(AgentOptions {
-        // testsrc's flat picture makes small JPEGs: 1080p at quality 100 passes 68 KiB.
-        width: 1920,
-        height: 1080,
-        fps: 10,
+        // testsrc's flat picture makes small JPEGs: at 1440p and quality 100 about 100 KB,
+        // well over 68 KiB and under 256 KiB (1080p is 68-72 KB, too close to call).
+        width: 2560,
+        height: 1440,
+        fps: 5,
         extra_sections: format!("{}[snapshot]\nquality = 100\n", ha_section("")),
         ..Default::default()
     });
@@ -432,9 +420,9 @@ async fn a_snapshot_over_signalings_packet_limit_goes_through_the_embedded_broke
         bytes > peercam::signaling::protocol::MAX_PACKET_BYTES,
         "the test needs a snapshot larger than signaling's limit; got {bytes} bytes"
     );
-    assert_fresh_snapshot(&snapshot[0], 1920, 1080);
+    assert_fresh_snapshot(&snapshot[0], 2560, 1440);
     let path =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-mqtt-1920x1080.jpg");
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-mqtt-2560x1440.jpg");
     std::fs::write(&path, &snapshot[0].payload).unwrap();
     println!("MQTT snapshot: {bytes} bytes, saved to {}", path.display());
 }

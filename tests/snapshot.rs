@@ -6,7 +6,6 @@ mod common;
 
 use common::whep::{get_with_bearer, http, HttpReply};
 use common::{keys_auth_section, require_loopback_only_network, Agent, AgentOptions};
-use peercam::source::stamp;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn unix_ms() -> u64 {
@@ -16,26 +15,13 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The decoded picture's width, height and latency stamp (Unix ms).
-fn decode(jpeg: &[u8]) -> (usize, usize, Option<u64>) {
-    let options = zune_jpeg::zune_core::options::DecoderOptions::default()
-        .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::YCbCr);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(jpeg), options);
-    let ycbcr = decoder.decode().expect("the snapshot decodes as a JPEG");
-    let info = decoder.info().unwrap();
-    let (width, height) = (usize::from(info.width), usize::from(info.height));
-    let luma: Vec<u8> = ycbcr.chunks_exact(3).map(|pixel| pixel[0]).collect();
-    let stamp = stamp::read_stamp(&luma, width, width as u32, height as u32);
-    (width, height, stamp)
-}
-
 /// Checks a `200` snapshot reply: a JPEG of `width`x`height` whose stamp is within a second
 /// of now and agrees with the capture-time header.
 fn assert_fresh_jpeg(reply: &HttpReply, width: usize, height: usize) {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("content-type"), Some("image/jpeg"));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
-    let (w, h, stamp) = decode(&reply.bytes);
+    let (w, h, stamp) = common::decode_stamped_jpeg(&reply.bytes);
     assert_eq!((w, h), (width, height));
     let stamp = stamp.expect("testsrc's stamp reads back from the JPEG");
     let age_ms = unix_ms().abs_diff(stamp);

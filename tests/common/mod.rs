@@ -568,3 +568,16 @@ impl InProcessAgent {
         assert!(result.is_ok(), "{result:?}");
     }
 }
+
+/// A snapshot's width, height and latency stamp (Unix ms; testsrc paints it).
+pub fn decode_stamped_jpeg(jpeg: &[u8]) -> (usize, usize, Option<u64>) {
+    let options = zune_jpeg::zune_core::options::DecoderOptions::default()
+        .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::YCbCr);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(jpeg), options);
+    let ycbcr = decoder.decode().expect("the snapshot decodes as a JPEG");
+    let info = decoder.info().unwrap();
+    let (width, height) = (usize::from(info.width), usize::from(info.height));
+    let luma: Vec<u8> = ycbcr.chunks_exact(3).map(|pixel| pixel[0]).collect();
+    let stamp = peercam::source::stamp::read_stamp(&luma, width, width as u32, height as u32);
+    (width, height, stamp)
+}
