@@ -103,12 +103,12 @@ pub struct HttpRoutes {
 
 /// The routes of [`HttpRoutes`], to be merged into the server's router.
 pub fn camera_routes(routes: HttpRoutes) -> Router {
-    let router = Router::new().route(SNAPSHOT_PATH, get(snapshot));
-    let router = match routes.metrics {
-        Some(_) => router.route(METRICS_PATH, get(metrics)),
-        None => router,
-    };
-    router.with_state(routes)
+    // `/metrics` is routed even when off: a scraper then gets a plain 404 saying so, not
+    // the page (the fallback), which it would fail to parse as metrics.
+    Router::new()
+        .route(SNAPSHOT_PATH, get(snapshot))
+        .route(METRICS_PATH, get(metrics))
+        .with_state(routes)
 }
 
 impl HttpRoutes {
@@ -137,12 +137,15 @@ impl HttpRoutes {
 }
 
 async fn metrics(State(routes): State<HttpRoutes>, headers: HeaderMap) -> Response {
+    let Some(metrics) = &routes.metrics else {
+        return whep::plain(
+            StatusCode::NOT_FOUND,
+            "metrics are off on this camera ([metrics] enabled = false)",
+        );
+    };
     if let Some(refused) = routes.refusal(&headers, "metrics") {
         return refused;
     }
-    let Some(metrics) = &routes.metrics else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
     (
         StatusCode::OK,
         [(

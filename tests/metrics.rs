@@ -128,10 +128,8 @@ async fn with_access_keys_metrics_need_the_whep_bearer_token_and_can_be_turned_o
     });
     off.wait_for_log("peercam ready", Duration::from_secs(10));
     let missing = http(off.http_port, "GET", "/metrics", &[], "").await;
-    // Not served: whatever answers (the page's fallback, or 404) carries no figures.
+    // Not served, and said so: a scraper gets a 404 with the reason, not the page.
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert!(missing.body.contains("metrics are off"), "{missing:?}");
     assert!(!missing.body.contains("peercam_frames"), "{missing:?}");
-    assert_ne!(
-        missing.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
 }
