@@ -291,8 +291,17 @@ impl Discovery {
         else {
             return false;
         };
-        let levels: Vec<&str> = rest.split('/').collect();
-        matches!(levels.as_slice(), [_, node, _, "config"] if *node == self.node_id)
+        // `{component}/{node}/{object}/config`, read without allocating: every incoming
+        // message is asked.
+        let mut levels = rest.split('/');
+        let shape = (
+            levels.next(),
+            levels.next(),
+            levels.next(),
+            levels.next(),
+            levels.next(),
+        );
+        matches!(shape, (Some(_), Some(node), Some(_), Some("config"), None) if node == self.node_id)
     }
 
     /// The empty retained payload that removes a config found on the broker (delivered

@@ -1,8 +1,9 @@
 //! The MQTT transport for signaling (rumqttc): keeps the broker connection alive with
 //! backoff, (re)subscribes, publishes the retained status with an offline last will, and
-//! translates session messages between the wire (topics, JSON) and the session manager.
-//! It must never carry media, decide anything about a session, or stall sessions while
-//! the broker is away.
+//! translates session messages between the wire (topics, JSON) and the session manager;
+//! with Home Assistant on, it also carries discovery configs, telemetry and still
+//! snapshots. It must never carry the video stream, decide anything about a session, or
+//! stall sessions while the broker is away.
 
 use crate::health::{self, Heartbeat};
 use crate::homeassistant::{Discovery, Publication};
@@ -330,13 +331,16 @@ fn publish_status(client: &AsyncClient, topic: &str, status: String) {
 }
 
 fn publish(client: &AsyncClient, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
-    if let Err(err) = client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
-        tracing::debug!(topic, "publish dropped: {err}");
-    }
+    send(client, topic, QoS::AtLeastOnce, retain, payload);
 }
 
 fn publish_message(client: &AsyncClient, message: Publication, qos: QoS) {
-    if let Err(err) = client.try_publish(&message.topic, qos, message.retain, message.payload) {
-        tracing::debug!(topic = %message.topic, "publish dropped: {err}");
+    send(client, &message.topic, qos, message.retain, message.payload);
+}
+
+/// Queues one publish; a full request queue drops it (logged at debug level).
+fn send(client: &AsyncClient, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+    if let Err(err) = client.try_publish(topic, qos, retain, payload) {
+        tracing::debug!(topic, "publish dropped: {err}");
     }
 }
