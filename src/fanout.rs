@@ -237,7 +237,14 @@ impl FanOut {
     }
 
     fn unsubscribe(&self, id: u64) {
-        lock(&self.state).subscribers.retain(|s| s.id != id);
+        let mut state = lock(&self.state);
+        state.subscribers.retain(|s| s.id != id);
+        if state.subscribers.is_empty() {
+            // The encoder idles from here on, so the run only gets older: the next viewer
+            // would be shown a picture from when the last one left. A fresh keyframe from
+            // the idle encoder's frame in hand is as quick and current.
+            state.current_run.clear();
+        }
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -338,6 +345,29 @@ mod tests {
             requests.take_due(Instant::now()),
             "the request is recorded first"
         );
+    }
+
+    #[test]
+    fn a_viewer_joining_after_everyone_left_gets_a_fresh_keyframe_not_the_old_run() {
+        let requests = Arc::new(KeyframeRequests::default());
+        let wakes = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&wakes);
+        requests.set_waker(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let fanout = FanOut::new(Arc::clone(&requests));
+        let first = fanout.subscribe();
+        fanout.publish(frame(1, true));
+        fanout.publish(frame(2, false));
+        // While the stream flows, a second viewer joins the run instead of forcing an IDR.
+        let mut second = fanout.subscribe();
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+        assert_eq!(second.frames.try_recv().unwrap().sequence, 1);
+        drop(first);
+        drop(second);
+        let mut later = fanout.subscribe();
+        assert_eq!(wakes.load(Ordering::Relaxed), 2, "the idle encoder is woken");
+        assert!(later.frames.try_recv().is_err(), "nothing from before the idle spell");
     }
 
     fn frame(sequence: u64, keyframe: bool) -> EncodedFrame {
