@@ -366,8 +366,15 @@ mod tests {
         drop(first);
         drop(second);
         let mut later = fanout.subscribe();
-        assert_eq!(wakes.load(Ordering::Relaxed), 2, "the idle encoder is woken");
-        assert!(later.frames.try_recv().is_err(), "nothing from before the idle spell");
+        assert_eq!(
+            wakes.load(Ordering::Relaxed),
+            2,
+            "the idle encoder is woken"
+        );
+        assert!(
+            later.frames.try_recv().is_err(),
+            "nothing from before the idle spell"
+        );
     }
 
     fn frame(sequence: u64, keyframe: bool) -> EncodedFrame {
