@@ -330,8 +330,8 @@ impl FanOut {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_viewer_joining_with_no_run_to_start_from_wakes_the_encoder() {
+    /// A fan-out whose keyframe waker counts its wakes, as the idle encoder would be woken.
+    fn fanout_counting_wakes() -> (Arc<FanOut>, Arc<KeyframeRequests>, Arc<AtomicU64>) {
         let requests = Arc::new(KeyframeRequests::default());
         let wakes = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&wakes);
@@ -339,6 +339,12 @@ mod tests {
             counted.fetch_add(1, Ordering::Relaxed);
         });
         let fanout = FanOut::new(Arc::clone(&requests));
+        (fanout, requests, wakes)
+    }
+
+    #[test]
+    fn a_viewer_joining_with_no_run_to_start_from_wakes_the_encoder() {
+        let (fanout, requests, wakes) = fanout_counting_wakes();
         let _viewer = fanout.subscribe();
         assert_eq!(wakes.load(Ordering::Relaxed), 1);
         assert!(
@@ -349,13 +355,7 @@ mod tests {
 
     #[test]
     fn a_viewer_joining_after_everyone_left_gets_a_fresh_keyframe_not_the_old_run() {
-        let requests = Arc::new(KeyframeRequests::default());
-        let wakes = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&wakes);
-        requests.set_waker(move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-        });
-        let fanout = FanOut::new(Arc::clone(&requests));
+        let (fanout, _requests, wakes) = fanout_counting_wakes();
         let first = fanout.subscribe();
         fanout.publish(frame(1, true));
         fanout.publish(frame(2, false));
