@@ -60,8 +60,11 @@ pub enum EncodeError {
 /// convert and send.
 const ENCODER_THREADS_MAX: u16 = 2;
 
-fn available_cores() -> u16 {
-    std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+/// Threads openh264 encodes on, one slice each: this board's cores, at most
+/// [`ENCODER_THREADS_MAX`].
+fn encoder_threads() -> u16 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from(cores).map_or(ENCODER_THREADS_MAX, |cores| cores.min(ENCODER_THREADS_MAX))
 }
 
 /// Constrained-baseline H.264 encoder (no B-frames, SPS/PPS before every IDR).
@@ -88,10 +91,10 @@ impl H264Encoder {
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             // One slice per thread, encoded in parallel (libwebrtc's openh264 setting for
             // packetization mode 1): a 720p IDR, which a joining viewer waits for, takes
-            // about 19 ms instead of 33 on two cores, for ~10 % more bits on the IDR and
-            // ~9 MB more memory (bench figures in docs/PERFORMANCE.md).
-            .num_threads(ENCODER_THREADS_MAX.min(available_cores()))
-            .slice_count(ENCODER_THREADS_MAX.min(available_cores()))
+            // about 19 ms instead of 33 on two cores, for ~10 % more bits on the IDR. The
+            // threads' buffers stay off the RSS thanks to the vendored openh264-sys2.
+            .num_threads(encoder_threads())
+            .slice_count(encoder_threads())
             .intra_frame_period(IntraFramePeriod::from_num_frames(
                 settings
                     .fps
@@ -232,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_picture_is_cut_into_one_slice_per_encoder_thread() {
-        let threads = usize::from(ENCODER_THREADS_MAX.min(available_cores()));
+        let threads = usize::from(encoder_threads());
         let mut encoder = H264Encoder::new(settings()).unwrap();
         for (seq, slice_type) in [(0, nal_type::IDR_SLICE), (1, nal_type::NON_IDR_SLICE)] {
             let out = encoder
