@@ -171,18 +171,6 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-/// A `/proc/PID/status` figure in KiB: `VmRSS`, or `RssAnon` (the private part: heap,
-/// stacks; what the binary's mapped code and libraries add is `RssFile`).
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Busy and total ticks of all cores from `/proc/stat`'s `cpu` line (idle and iowait are
 /// not busy; guest time is already in user time).
 fn parse_machine_ticks(proc_stat: &str) -> Option<(u64, u64)> {
@@ -257,7 +245,7 @@ fn snapshot(pid: u32) -> CpuSnapshot {
 /// The agent's resident memory: all of it and its anonymous part, MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = read_proc(&format!("/proc/{pid}/status"));
-    let mib = |field| parse_status_kib(&status, field).unwrap_or(0) as f64 / 1024.0;
+    let mib = |field| common::parse_status_kib(&status, field).unwrap_or(0) as f64 / 1024.0;
     (mib("VmRSS"), mib("RssAnon"))
 }
 
@@ -991,9 +979,9 @@ fn proc_parsers_read_their_fields() {
     );
     assert_eq!(parse_stat("garbage"), None);
     let status = "Name:\tpeercam\nVmPeak:\t  9000 kB\nVmRSS:\t   24576 kB\nRssAnon:\t   10240 kB\nThreads:\t9\n";
-    assert_eq!(parse_status_kib(status, "VmRSS"), Some(24576));
-    assert_eq!(parse_status_kib(status, "RssAnon"), Some(10240));
-    assert_eq!(parse_status_kib("Name:\tx\n", "VmRSS"), None);
+    assert_eq!(common::parse_status_kib(status, "VmRSS"), Some(24576));
+    assert_eq!(common::parse_status_kib(status, "RssAnon"), Some(10240));
+    assert_eq!(common::parse_status_kib("Name:\tx\n", "VmRSS"), None);
     let proc_stat = "cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n";
     assert_eq!(parse_machine_ticks(proc_stat), Some((160, 980)));
 }

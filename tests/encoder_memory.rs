@@ -5,6 +5,8 @@
 //! takes them from calloc, so only what a frame writes becomes resident. It must never
 //! depend on timing.
 
+mod common;
+
 use peercam::encode::{EncoderSettings, H264Encoder};
 use peercam::source::testsrc::TestSource;
 
@@ -14,12 +16,7 @@ use peercam::source::testsrc::TestSource;
 const MAX_GROWTH_MIB: f64 = 12.0;
 
 fn rss_anon_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon in /proc/self/status")
+    common::proc_status_kib("self", "RssAnon").expect("RssAnon in /proc/self/status")
 }
 
 #[test]

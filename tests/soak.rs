@@ -47,13 +47,9 @@ fn env_count(name: &str, default: usize) -> usize {
 
 /// VmRSS of a process, in bytes.
 fn rss_bytes(pid: u32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: i64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
+    let kib =
+        common::proc_status_kib(&pid.to_string(), "VmRSS").expect("VmRSS in /proc/PID/status");
+    kib as i64 * 1024
 }
 
 /// Open file descriptors of a process.

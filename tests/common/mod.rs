@@ -581,3 +581,21 @@ pub fn decode_stamped_jpeg(jpeg: &[u8]) -> (usize, usize, Option<u64>) {
     let stamp = peercam::source::stamp::read_stamp(&luma, width, width as u32, height as u32);
     (width, height, stamp)
 }
+
+/// A `/proc/PID/status` figure in KiB: `VmRSS`, or `RssAnon` (the private part: heap,
+/// stacks; what the binary's mapped code and libraries add is `RssFile`).
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `field` of `/proc/{process}/status` in KiB; `process` is a pid or "self".
+pub fn proc_status_kib(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
