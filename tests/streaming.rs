@@ -366,6 +366,66 @@ async fn a_hung_agent_reads_offline_once_its_keepalive_lapses() {
     );
 }
 
+/// The camera watches its own retained status to put back the truth when another client
+/// overwrites it. Neither the broker's copy from before it connected (here the last will
+/// of the camera's previous life) nor the late echo of its own earlier status (viewers
+/// joining at once change it faster than the broker echoes) is such an overwrite; a
+/// forgery still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_camera_takes_neither_its_last_will_nor_its_own_echoes_for_an_overwrite() {
+    require_loopback_only_network();
+    const OVERWRITTEN: &str = "retained status was overwritten";
+    let mosquitto = Mosquitto::start();
+    let options = || AgentOptions {
+        broker: BrokerMode::External(mosquitto.port),
+        ..Default::default()
+    };
+    let status = status_topic("cam1");
+    let observer = Observer::start(mosquitto.port, std::slice::from_ref(&status)).await;
+    let first_life = Agent::start(options());
+    observer
+        .wait_for(&status, Duration::from_secs(10), |v| v["state"] == "online")
+        .await;
+    first_life.signal("KILL");
+    observer
+        .wait_for(&status, Duration::from_secs(10), |v| {
+            v["state"] == "offline"
+        })
+        .await;
+    drop(first_life);
+
+    let agent = Agent::start(options());
+    let mut joins = tokio::task::JoinSet::new();
+    // Four: as many as may connect at once.
+    for _ in 0..4 {
+        let (port, device) = (agent.mqtt_port, agent.device.clone());
+        joins.spawn(async move {
+            let viewer = TestViewer::start(port, &device).await;
+            viewer.wait_for_frames(10, Duration::from_secs(30)).await;
+            viewer
+        });
+    }
+    let viewers = joins.join_all().await;
+    let four = observer
+        .wait_for(&status, Duration::from_secs(10), |v| v["viewers"] == 4)
+        .await;
+    assert_eq!(four["state"], "online");
+    let mut leaves = tokio::task::JoinSet::new();
+    for viewer in viewers {
+        leaves.spawn(viewer.leave());
+    }
+    leaves.join_all().await;
+    observer
+        .wait_for(&status, Duration::from_secs(10), |v| v["viewers"] == 0)
+        .await;
+    assert_eq!(agent.count_log(OVERWRITTEN), 0, "{:#?}", agent.log_lines());
+
+    let forged = serde_json::json!({"type": "status", "state": "offline", "device": "cam1"});
+    observer.publish_retained(&status, forged.to_string()).await;
+    agent.wait_for_log(OVERWRITTEN, Duration::from_secs(5));
+    assert_eq!(agent.count_log(OVERWRITTEN), 1);
+}
+
 /// UDP sockets a process holds, as (local address, port) from /proc/net/udp (this test's
 /// namespace) matched against the process's socket descriptors.
 fn udp_sockets_of(pid: u32) -> Vec<(String, u16)> {

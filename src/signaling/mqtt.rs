@@ -13,6 +13,7 @@ use crate::signaling::mqtt_security::{describe_failure, FailureContext, Password
 use crate::signaling::protocol::{
     parse_viewer_message, Status, TopicError, Topics, ViewerMessage, MAX_PACKET_BYTES,
 };
+use crate::signaling::retained_status::{Received, RetainedStatus};
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
     Transport,
@@ -27,8 +28,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// broker was gone (tests/streaming.rs kills mosquitto for longer than the backoff takes to
 /// reach this).
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
-/// The fastest the camera puts back its retained status after someone overwrote it.
-const STATUS_CORRECTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -179,20 +178,17 @@ pub async fn run(
     let mut last_failure: Option<String> = None;
     // While waiting to reconnect, the event loop is not polled (polling reconnects).
     let mut retry_at: Option<tokio::time::Instant> = None;
-    // When the next correction of an overwritten retained status is due, and the last one.
-    let mut correct_at: Option<tokio::time::Instant> = None;
-    let mut last_correction: Option<tokio::time::Instant> = None;
+    let mut retained_status = RetainedStatus::default();
     loop {
         tokio::select! {
             _ = beats.tick() => liveness.beat(connected),
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
             }
-            _ = tokio::time::sleep_until(correct_at.unwrap_or_else(tokio::time::Instant::now)), if correct_at.is_some() => {
-                correct_at = None;
-                last_correction = Some(tokio::time::Instant::now());
+            _ = tokio::time::sleep_until(retained_status.correction_due().unwrap_or_else(tokio::time::Instant::now)), if retained_status.correction_due().is_some() => {
+                retained_status.correcting(tokio::time::Instant::now());
                 if connected {
-                    publish_status(&client, &status_topic, status.borrow().clone());
+                    publish_status(&client, &status_topic, status.borrow().clone(), &mut retained_status);
                 }
             }
             event = eventloop.poll(), if retry_at.is_none() => match event {
@@ -200,6 +196,7 @@ pub async fn run(
                     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port),
                         client_id = %settings.client_id, "MQTT connected");
                     connected = true;
+                    retained_status.connected();
                     if std::mem::replace(&mut ever_connected, true) {
                         reconnects.inc();
                     }
@@ -220,7 +217,7 @@ pub async fn run(
                         }
                     }
                     let current = status.borrow_and_update().clone();
-                    publish_status(&client, &status_topic, current);
+                    publish_status(&client, &status_topic, current, &mut retained_status);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) if home_assistant.discovery.is_node_topic(&publish.topic) => {
                     if let Some(clear) = home_assistant.discovery.clear_if_stale(&publish.topic, &publish.payload, publish.retain) {
@@ -236,13 +233,10 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == status_topic => {
                     let current = status.borrow().clone();
-                    if publish.payload != current.as_bytes() && correct_at.is_none() {
-                        tracing::warn!("the retained status was overwritten by another client; republishing the camera's own");
-                        // At most one correction a second: two cameras sharing a device id
-                        // must not flood the broker fighting over it.
-                        let earliest = last_correction.map(|at| at + STATUS_CORRECTION_INTERVAL);
-                        let now = tokio::time::Instant::now();
-                        correct_at = Some(earliest.map_or(now, |earliest| earliest.max(now)));
+                    match retained_status.received(&publish.payload, current.as_bytes(), tokio::time::Instant::now()) {
+                        Received::Overwritten => tracing::warn!("the retained status was overwritten by another client; republishing the camera's own"),
+                        Received::Leftover => tracing::debug!("the broker's retained status from before this connection; the camera's own replaces it"),
+                        Received::Own | Received::OverwrittenAgain => {}
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -289,7 +283,7 @@ pub async fn run(
             changed = status.changed() => {
                 if changed.is_ok() && connected {
                     let current = status.borrow_and_update().clone();
-                    publish_status(&client, &status_topic, current);
+                    publish_status(&client, &status_topic, current, &mut retained_status);
                 }
             }
         }
@@ -325,9 +319,17 @@ fn oversized_packet(error: &rumqttc::ConnectionError) -> Option<usize> {
     }
 }
 
-/// The retained status; the camera's own copy is the only true one.
-fn publish_status(client: &AsyncClient, topic: &str, status: String) {
-    publish(client, topic, status, true);
+/// The retained status; the camera's own copy is the only true one, and `retained_status`
+/// learns it was sent so its echo is not taken for a forgery.
+fn publish_status(
+    client: &AsyncClient,
+    topic: &str,
+    status: String,
+    retained_status: &mut RetainedStatus,
+) {
+    if send(client, topic, QoS::AtLeastOnce, true, status.as_bytes()) {
+        retained_status.published(status.as_bytes());
+    }
 }
 
 fn publish(client: &AsyncClient, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
@@ -338,9 +340,20 @@ fn publish_message(client: &AsyncClient, message: Publication, qos: QoS) {
     send(client, &message.topic, qos, message.retain, message.payload);
 }
 
-/// Queues one publish; a full request queue drops it (logged at debug level).
-fn send(client: &AsyncClient, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
-    if let Err(err) = client.try_publish(topic, qos, retain, payload) {
-        tracing::debug!(topic, "publish dropped: {err}");
+/// Queues one publish; a full request queue drops it (logged at debug level). Returns
+/// whether it was queued.
+fn send(
+    client: &AsyncClient,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    payload: impl Into<Vec<u8>>,
+) -> bool {
+    match client.try_publish(topic, qos, retain, payload) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(topic, "publish dropped: {err}");
+            false
+        }
     }
 }
