@@ -103,10 +103,13 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 fn init_logging(level: &str) -> peercam::service::LogLevelSetter {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, reload, EnvFilter};
-    // Library internals stay quiet unless asked for through RUST_LOG.
+    // Library internals stay quiet unless asked for through RUST_LOG. rtc_sctp's endpoint
+    // warns "refusing first packet" on every browser session: as DTLS client the camera's
+    // SCTP endpoint refuses the browser's simultaneous INIT, and its own INIT sets up the
+    // association, so that warning is no news.
     let from_config = |level: &str| {
         EnvFilter::try_new(format!(
-            "{level},rumqttd=warn,rtc=warn,rtc_ice=error,rtc_dtls=error,webrtc=warn"
+            "{level},rumqttd=warn,rtc=warn,rtc_ice=error,rtc_dtls=error,rtc_sctp::endpoint=error,webrtc=warn"
         ))
     };
     let env_override = std::env::var_os("RUST_LOG").is_some();

@@ -45,6 +45,11 @@ test('the page plays the camera with telemetry and latency', async () => {
     const shot = join(artifacts, 'viewer.png');
     await page.screenshot({ path: shot });
     assert.deepEqual(await violations(), [], 'the page works under the agent\'s Content-Security-Policy');
+    // An ordinary session is no news for journald: an admin reads WARN as something to fix.
+    assert.match(agent.log, /Z +INFO new viewer session/);
+    // (The loopback-only namespace has no multicast interface: the one mDNS warning is true here.)
+    const warnings = agent.log.split('\n').filter((line) => /Z +WARN /.test(line) && !/mDNS unavailable/.test(line));
+    assert.deepEqual(warnings, [], 'no warnings for a normal session');
     const frames = await decodedFrames(page);
     console.log(`figures: decoded ${frames} frames, first frame ${firstFrameMs} ms after page load, page latency ${latency} ms, path ${await page.textContent('#path')}, screenshot ${shot}`);
     await context.close();
