@@ -6,6 +6,7 @@ mod common;
 use common::viewer::{encoded_per_second, Observer, TestViewer};
 use common::{require_loopback_only_network, Agent, AgentOptions, BrokerMode, Mosquitto};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn status_topic(device: &str) -> String {
@@ -291,6 +292,70 @@ async fn a_broker_restart_heals_and_viewers_keep_streaming() {
     );
     let newcomer = TestViewer::start(port, &agent.device).await;
     newcomer.wait_for_frames(10, Duration::from_secs(15)).await;
+}
+
+/// A TCP proxy to `upstream` that holds back the broker's first bytes (its CONNACK) on each
+/// connection for `delay`, as a distant or busy broker would. Returns its port and a count of
+/// the connections it took.
+async fn slow_broker_proxy(
+    upstream: u16,
+    delay: Duration,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let broker = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_broker, mut to_broker) = broker.into_split();
+                let upstream_copy = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_broker).await;
+                });
+                let mut first = vec![0; 4096];
+                if let Ok(read @ 1..) = from_broker.read(&mut first).await {
+                    tokio::time::sleep(delay).await;
+                    if to_client.write_all(&first[..read]).await.is_ok() {
+                        let _ = tokio::io::copy(&mut from_broker, &mut to_client).await;
+                    }
+                }
+                upstream_copy.abort();
+            });
+        }
+    });
+    (port, connections)
+}
+
+/// A broker that takes longer to answer than the camera's 1 s heartbeat (TLS to a distant
+/// broker, a busy one): the camera's connection attempt runs to its end instead of starting
+/// over at every heartbeat or status change, and viewers are served through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_camera_connects_to_a_broker_slower_than_its_heartbeat() {
+    require_loopback_only_network();
+    let mosquitto = Mosquitto::start();
+    let (port, connections) = slow_broker_proxy(mosquitto.port, Duration::from_millis(2500)).await;
+    let agent = Agent::start(AgentOptions {
+        broker: BrokerMode::External(port),
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    agent.wait_for_log("MQTT connected", Duration::from_secs(20));
+    let took = started.elapsed();
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection attempt, run to its end ({took:?})"
+    );
+    let viewer = TestViewer::start(port, &agent.device).await;
+    let stats = viewer.wait_for_frames(30, Duration::from_secs(30)).await;
+    assert_eq!((stats.width, stats.height), (640, 480));
+    println!("figures: connected through a 2.5 s broker in {took:?}");
 }
 
 /// The keep-alive the camera asks its broker for in the tests below (the smallest allowed).

@@ -15,14 +15,16 @@ use crate::signaling::protocol::{
 };
 use crate::signaling::retained_status::{Received, RetainedStatus};
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Packet, QoS,
+    TlsConfiguration, Transport,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 const REQUEST_QUEUE: usize = 512;
+/// Broker events read ahead of `run`.
+const EVENT_QUEUE: usize = 16;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Under 5 s, so the camera is back within 5 s of its broker's return however long the
 /// broker was gone (tests/streaming.rs kills mosquitto for longer than the backoff takes to
@@ -164,6 +166,9 @@ pub async fn run(
     let mut beats = tokio::time::interval(health::BEAT_INTERVAL);
     let (client, mut eventloop) = AsyncClient::new(options(&settings), REQUEST_QUEUE);
     eventloop.set_network_options(network_options());
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let (retry_tx, retry_rx) = mpsc::channel(1);
+    let poller = tokio::spawn(poll_broker(eventloop, events_tx, retry_rx));
     let status_topic = settings.topics.status();
     let session_filter = settings.topics.to_camera_filter();
     let discovery_filter = home_assistant.discovery.node_filter();
@@ -176,22 +181,17 @@ pub async fn run(
     let mut ever_connected = false;
     // The line last logged for a failed attempt: each distinct failure is logged once.
     let mut last_failure: Option<String> = None;
-    // While waiting to reconnect, the event loop is not polled (polling reconnects).
-    let mut retry_at: Option<tokio::time::Instant> = None;
     let mut retained_status = RetainedStatus::default();
     loop {
         tokio::select! {
             _ = beats.tick() => liveness.beat(connected),
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
-                retry_at = None;
-            }
             _ = tokio::time::sleep_until(retained_status.correction_due().unwrap_or_else(tokio::time::Instant::now)), if retained_status.correction_due().is_some() => {
                 retained_status.correcting(tokio::time::Instant::now());
                 if connected {
                     publish_status(&client, &status_topic, status.borrow().clone(), &mut retained_status);
                 }
             }
-            event = eventloop.poll(), if retry_at.is_none() => match event {
+            Some(event) = events.recv() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port),
                         client_id = %settings.client_id, "MQTT connected");
@@ -266,7 +266,8 @@ pub async fn run(
                         }
                     }
                     connected = false;
-                    retry_at = Some(tokio::time::Instant::now() + backoff);
+                    // The poller waits for this; its queue of one is empty while it does.
+                    let _ = retry_tx.try_send(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             },
@@ -298,7 +299,7 @@ pub async fn run(
         );
         let _ = client.try_disconnect();
         let flush = async {
-            while let Ok(event) = eventloop.poll().await {
+            while let Some(Ok(event)) = events.recv().await {
                 if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
                     break;
                 }
@@ -306,7 +307,33 @@ pub async fn run(
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
     }
+    poller.abort();
     tracing::info!("MQTT signaling stopped");
+}
+
+/// Polls the broker connection on a task of its own and hands each event to `run`. rumqttc's
+/// `poll` is not cancel-safe while it connects: polled in `run`'s select, every heartbeat or
+/// status change dropped a half-made connection (the broker logged a reset), and a connect
+/// slower than the 1 s heartbeat (TLS to a distant broker) would never have finished. After
+/// an error it polls again (which reconnects) only at the time `run` sends.
+async fn poll_broker(
+    mut eventloop: EventLoop,
+    events: mpsc::Sender<Result<Event, rumqttc::ConnectionError>>,
+    mut retry_at: mpsc::Receiver<tokio::time::Instant>,
+) {
+    loop {
+        let event = eventloop.poll().await;
+        let failed = event.is_err();
+        if events.send(event).await.is_err() {
+            return;
+        }
+        if failed {
+            match retry_at.recv().await {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => return,
+            }
+        }
+    }
 }
 
 /// The length of the packet that ended the connection for being over [`MAX_PACKET_BYTES`].
