@@ -413,8 +413,9 @@ impl Router {
         // This will lead to double Disconnect packets in router `events`
         let client_id = match &self.obufs.get(id) {
             Some(v) => v.client_id.clone(),
+            // peercam patch: at debug level: the double disconnect described above.
             None => {
-                error!("no-connection id {} is already gone", id);
+                debug!("no-connection id {} is already gone", id);
                 return;
             }
         };

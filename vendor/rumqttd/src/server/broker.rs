@@ -14,7 +14,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -489,6 +489,13 @@ impl Callback for WSCallback {
     }
 }
 
+/// peercam patch: whether the client closed its connection (rather than a broker fault).
+fn closed_by_peer(error: &remote::Error) -> bool {
+    matches!(error,
+        remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err)
+            if err.kind() == io::ErrorKind::ConnectionAborted)
+}
+
 /// A new network connection should wait for a mqtt connect packet. This should be handled
 /// asynchronously to avoid blocking other new connections while this connection is
 /// waiting for mqtt connect packet. Also this honours connection wait time as per config to prevent
@@ -513,6 +520,12 @@ async fn remote<P: Protocol>(
 
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
+        // peercam patch: a connection closed before its CONNECT (a port probe, a health
+        // check) is no error of the broker's.
+        Err(e) if closed_by_peer(&e) => {
+            debug!(error=?e, "closed before its MQTT connect packet");
+            return;
+        }
         Err(e) => {
             error!(error=?e, "Error while handling MQTT connect packet");
             return;
@@ -582,15 +595,16 @@ async fn remote<P: Protocol>(
         Ok(_) => error!("connection-stop"),
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
+        // peercam patch: at debug level. The router ends a link after the client's own
+        // DISCONNECT, or when a new session takes its client id: every clean goodbye
+        // landed here as an error.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
+            debug!(error=?e, "router-drop");
             send_disconnect = false;
         }
         // Connection was closed by peer
-        Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
-            if err.kind() == io::ErrorKind::ConnectionAborted =>
-        {
-            info!(error=?err, "disconnected");
+        Err(e) if closed_by_peer(&e) => {
+            info!(error=?e, "disconnected");
         }
         // Any other error
         Err(e) => {
