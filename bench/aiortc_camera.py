@@ -16,7 +16,7 @@ import sys
 
 import aiomqtt
 import av
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.sdp import candidate_from_sdp
 
@@ -88,7 +88,9 @@ class Camera:
             await self.publish_status()
 
     async def answer(self, sid, sdp):
-        pc = RTCPeerConnection()
+        # No ICE servers: aiortc's default is a public STUN server, which a loopback
+        # benchmark must never contact.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.sessions[sid] = pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for transceiver in pc.getTransceivers():
