@@ -105,8 +105,29 @@ async fn a_viewer_streams_through_the_embedded_broker() {
     let agent = Agent::start(AgentOptions::default());
     one_viewer_lifecycle(&agent).await;
     agent.wait_for_log("reason=\"viewer-hangup\"", Duration::from_secs(5));
+    // Two more ordinary goodbyes: a client that resets its connection after logging in,
+    // and a port probe that never logs in.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", agent.mqtt_port))
+            .await
+            .unwrap();
+        // MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s, client id "goodbye".
+        let connect = b"\x10\x13\x00\x04MQTT\x04\x02\x00\x3c\x00\x07goodbye";
+        client.write_all(connect).await.unwrap();
+        let mut connack = [0; 4];
+        client.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK, accepted");
+        client.set_zero_linger().unwrap();
+        drop(client);
+        drop(
+            tokio::net::TcpStream::connect(("127.0.0.1", agent.mqtt_port))
+                .await
+                .unwrap(),
+        );
+    }
     // A viewer that came, watched and left cleanly is no news for journald: the embedded
-    // broker, too, takes a clean disconnect in its stride. (It logs within milliseconds.)
+    // broker, too, takes these goodbyes in its stride. (It logs within milliseconds.)
     tokio::time::sleep(Duration::from_secs(1)).await;
     let problems: Vec<String> = agent
         .log_lines()

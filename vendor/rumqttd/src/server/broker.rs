@@ -489,11 +489,15 @@ impl Callback for WSCallback {
     }
 }
 
-/// peercam patch: whether the client closed its connection (rather than a broker fault).
+/// peercam patch: whether the client closed or reset its connection (rather than a broker
+/// fault). A reset is how many clients go: one that closes its socket with bytes still
+/// unread (a test viewer leaving did), or one whose connection a router cut.
 fn closed_by_peer(error: &remote::Error) -> bool {
     matches!(error,
         remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err)
-            if err.kind() == io::ErrorKind::ConnectionAborted)
+            if matches!(err.kind(), io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe))
 }
 
 /// A new network connection should wait for a mqtt connect packet. This should be handled
