@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 /// The fastest the camera puts back its retained status after someone overwrote it: two
 /// cameras sharing a device id must not flood the broker fighting over it.
-pub const CORRECTION_INTERVAL: Duration = Duration::from_secs(1);
+const CORRECTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// More unechoed publications than this means the echoes are not coming back; the oldest
 /// are forgotten so the record stays small.
