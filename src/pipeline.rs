@@ -932,7 +932,7 @@ mod tests {
         Captured::Raw(crate::source::Frame {
             width: 64,
             height: 48,
-            i420: vec![100; 64 * 48 * 3 / 2],
+            i420: vec![100; 64 * 48 * 3 / 2].into(),
             capture_us: 0,
             monotonic_us,
             sequence,
@@ -1046,7 +1046,7 @@ mod tests {
             Captured::Raw(crate::source::Frame {
                 width: 64,
                 height: 48,
-                i420: vec![100; bytes],
+                i420: vec![100; bytes].into(),
                 capture_us: 0,
                 monotonic_us: sequence * 33_333,
                 sequence,
@@ -1130,7 +1130,7 @@ mod tests {
                     Ok(Captured::Raw(crate::source::Frame {
                         width: SCRIPTED.width,
                         height: SCRIPTED.height,
-                        i420,
+                        i420: i420.into(),
                         capture_us: crate::clock::unix_us(),
                         monotonic_us: crate::clock::monotonic_us(),
                         sequence: self.sequence,

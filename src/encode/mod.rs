@@ -191,7 +191,7 @@ mod tests {
         Frame {
             width,
             height,
-            i420,
+            i420: i420.into(),
             capture_us: 1_000_000 + sequence * 33_333,
             monotonic_us: sequence * 33_333,
             sequence,

@@ -2,6 +2,7 @@
 //! capture time on both clocks (see `crate::clock`). A source runs on the capture thread and must never block the async runtime.
 
 pub mod convert;
+pub mod frame_pool;
 pub mod stamp;
 pub mod testsrc;
 pub mod v4l2;
@@ -12,7 +13,7 @@ pub struct Frame {
     pub width: u32,
     pub height: u32,
     /// Y (width*height) then U and V ((width/2)*(height/2) each).
-    pub i420: Vec<u8>,
+    pub i420: frame_pool::FrameBuffer,
     /// Capture time, microseconds since the Unix epoch: the latency stamp, never timing.
     pub capture_us: u64,
     /// Capture instant on the monotonic clock (`clock::monotonic_us`): RTP timestamps.

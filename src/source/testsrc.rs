@@ -2,6 +2,7 @@
 //! clock, carrying the latency stamp. Lets everything downstream run without a camera.
 //! It must never burst frames to catch up, nor do per-pixel work it can do once.
 
+use super::frame_pool::FramePool;
 use super::stamp;
 use super::{Frame, StreamedMode};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ pub struct TestSource {
     height: u32,
     fps: u32,
     background: Vec<u8>,
+    buffers: FramePool,
     sequence: u64,
     anchor: Option<(Instant, u64)>,
     stall: Option<Stall>,
@@ -53,6 +55,7 @@ impl TestSource {
             height,
             fps,
             background: bars(width as usize, height as usize),
+            buffers: FramePool::default(),
             sequence: 0,
             anchor: None,
             stall: None,
@@ -119,7 +122,8 @@ impl TestSource {
     /// `monotonic_us` is 0: `next_frame` sets it).
     pub fn render(&mut self, sequence: u64, capture_us: u64) -> Frame {
         let (w, h) = (self.width as usize, self.height as usize);
-        let mut i420 = self.background.clone();
+        let mut i420 = self.buffers.take();
+        i420.as_vec_mut().extend_from_slice(&self.background);
         let frames_per_sweep = (SWEEP_SECONDS * u64::from(self.fps)).max(1);
         let phase = (sequence % frames_per_sweep) as usize;
         let sweep = frames_per_sweep as usize;
@@ -211,6 +215,20 @@ mod tests {
             stamp::read_stamp(&frame.i420, 640, 640, 480),
             Some(1_763_942_400_123)
         );
+    }
+
+    #[test]
+    fn a_dropped_frame_lends_its_buffer_to_the_next() {
+        let mut source = TestSource::new(64, 32, 50).unwrap();
+        let first = source.render(0, 0);
+        let address = first.i420.as_ptr();
+        drop(first);
+        // Without the pool, the allocator would hand the freed block to this decoy.
+        let decoy = vec![0u8; 64 * 32 * 3 / 2];
+        let second = source.render(1, 0);
+        assert_eq!(second.i420.as_ptr(), address, "no allocation per frame");
+        assert_ne!(decoy.as_ptr(), address);
+        assert_eq!(second.i420.len(), 64 * 32 * 3 / 2);
     }
 
     #[test]

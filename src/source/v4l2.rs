@@ -4,6 +4,7 @@
 //! capture loop, which retries; nothing here may panic or block longer than the stall limit.
 
 use super::convert::{self, Layout, PixelFormat};
+use super::frame_pool::FramePool;
 use super::{Captured, Frame, SourceError, StreamedMode, VideoSource};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -92,6 +93,7 @@ pub struct V4l2Source {
     keyframe_wanted: bool,
     /// Time the last frame's conversion to I420 took (for `peercam probe`).
     last_convert: Duration,
+    buffers: FramePool,
 }
 
 impl V4l2Source {
@@ -104,6 +106,7 @@ impl V4l2Source {
             sequence: 0,
             keyframe_wanted: false,
             last_convert: Duration::ZERO,
+            buffers: FramePool::default(),
         }
     }
 
@@ -274,7 +277,7 @@ impl V4l2Source {
                 sequence: self.sequence,
             });
         }
-        let mut i420 = Vec::new();
+        let mut i420 = self.buffers.take();
         let layout = Layout {
             format: mode.offer.format,
             width: mode.offer.width,
@@ -282,7 +285,8 @@ impl V4l2Source {
             stride: mode.stride,
         };
         let converting = std::time::Instant::now();
-        convert::to_i420(layout, data, &mut i420).map_err(|e| SourceError::Frame(e.to_string()))?;
+        convert::to_i420(layout, data, i420.as_vec_mut())
+            .map_err(|e| SourceError::Frame(e.to_string()))?;
         self.last_convert = converting.elapsed();
         Ok(Captured::Raw(Frame {
             width: mode.offer.width,
