@@ -604,8 +604,9 @@ fn render_markdown(report: &Report) -> String {
         "\nIdle (no viewer; capture runs, the encoder idles): agent CPU {:.1}%, RSS {:.1} MiB ({:.1} anonymous).\n\
          The anonymous part is the heap and stacks; the rest is the binary's code and the libraries \
          mapped from disk, which the kernel can drop and reread. The kernel maps code in 64 KiB \
-         windows around each page that faults (fault-around), so most of the binary's code counts \
-         as resident although far less of it runs.\n",
+         windows around each page that faults (fault-around); release builds put the code the \
+         agent runs in one block at the front of the binary (build.rs, link/hot-code.ld), so \
+         little code beyond it counts as resident.\n",
         report.idle.agent_cpu_pct, report.idle.rss_mib, report.idle.rss_anon_mib
     );
     if report.rows.iter().any(|r| r.saturated) {
