@@ -32,12 +32,14 @@ impl FramePool {
     }
 
     /// Spare buffers held now.
-    pub fn spares(&self) -> usize {
+    #[cfg(test)]
+    fn spares(&self) -> usize {
         self.spares.lock().map_or(0, |spares| spares.len())
     }
 }
 
-/// The bytes of one picture; returns to its pool when dropped.
+/// The bytes of one picture; returns to its pool when dropped (a clone too).
+#[derive(Clone)]
 pub struct FrameBuffer {
     bytes: Vec<u8>,
     /// The pool the buffer returns to; `None` for a buffer made outside any pool.
@@ -54,15 +56,6 @@ impl FrameBuffer {
 impl From<Vec<u8>> for FrameBuffer {
     fn from(bytes: Vec<u8>) -> Self {
         FrameBuffer { bytes, home: None }
-    }
-}
-
-impl Clone for FrameBuffer {
-    fn clone(&self) -> Self {
-        FrameBuffer {
-            bytes: self.bytes.clone(),
-            home: self.home.clone(),
-        }
     }
 }
 
@@ -149,13 +142,5 @@ mod tests {
         assert_eq!(&outside[..], &[9, 9, 9, 9]);
         drop(outside);
         assert_eq!(pool.spares(), 0, "a buffer from outside joins no pool");
-    }
-
-    #[test]
-    fn a_buffer_outliving_its_pool_is_simply_freed() {
-        let pool = FramePool::default();
-        let buffer = pool.take();
-        drop(pool);
-        drop(buffer);
     }
 }
