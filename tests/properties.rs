@@ -1432,9 +1432,30 @@ fn check_luma(
 fn check_conversion(layout: Layout, data: &[u8]) -> Result<(), TestCaseError> {
     let mut out = vec![0xAA; 3];
     match to_i420(layout, data, &mut out) {
-        Ok(()) => prop_assert_eq!(out.len(), i420_len(layout.width, layout.height)),
+        Ok(()) => {
+            prop_assert_eq!(out.len(), i420_len(layout.width, layout.height));
+            check_every_byte_written(layout, data, &out)?;
+        }
         Err(err) => prop_assert!(!err.to_string().is_empty()),
     }
+    Ok(())
+}
+
+/// A source converts into a recycled buffer that still holds an earlier picture, so the
+/// conversion must write every byte: into a buffer full of other bytes, it must give
+/// `converted` (made in a buffer that held 0xAA then zeros) again.
+fn check_every_byte_written(
+    layout: Layout,
+    data: &[u8],
+    converted: &[u8],
+) -> Result<(), TestCaseError> {
+    let mut stale = vec![0x55; converted.len()];
+    prop_assert_eq!(to_i420(layout, data, &mut stale), Ok(()));
+    prop_assert_eq!(
+        &stale[..],
+        converted,
+        "a byte kept the buffer's old contents"
+    );
     Ok(())
 }
 
@@ -1556,9 +1577,10 @@ proptest! {
             .unwrap();
         let (width, height) = (u32::from(width), u32::from(height));
         let at_size = Layout { format: PixelFormat::Mjpeg, width, height, stride: 0 };
-        let mut out = Vec::new();
+        let mut out = vec![0xAA; 3];
         prop_assert_eq!(to_i420(at_size, &jpeg, &mut out), Ok(()));
         prop_assert_eq!(out.len(), i420_len(width, height));
+        check_every_byte_written(at_size, &jpeg, &out)?;
         let (declared_width, declared_height) = declared;
         let declared_layout = Layout { width: declared_width, height: declared_height, ..at_size };
         let result = to_i420(declared_layout, &jpeg, &mut out);

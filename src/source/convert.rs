@@ -194,14 +194,21 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
                 width: layout.width,
                 height: layout.height,
             };
+            let yuyv = layout.format == PixelFormat::Yuyv;
             fill_out(out);
             let mut planar = planar_out(out, layout.width, layout.height);
-            let result = if layout.format == PixelFormat::Yuyv {
+            let result = if yuyv {
                 yuv::yuyv422_to_yuv420(&mut planar, &packed)
             } else {
                 yuv::uyvy422_to_yuv420(&mut planar, &packed)
             };
-            result.map_err(|e| ConvertError::Library(e.to_string()))
+            result.map_err(|e| ConvertError::Library(e.to_string()))?;
+            if h % 2 == 1 {
+                // The yuv crate converts rows in pairs and leaves an odd last row unwritten.
+                let last_row = &data[stride * (h - 1)..need];
+                last_packed_422_row(last_row, yuyv, out, w, h);
+            }
+            Ok(())
         }
         PixelFormat::Yu12 | PixelFormat::Yv12 | PixelFormat::Nv12 => {
             // Planar and semi-planar formats put the chroma rows after `height` luma rows
@@ -314,6 +321,23 @@ fn planar_out(out: &mut [u8], width: u32, height: u32) -> YuvPlanarImageMut<'_, 
         v_stride: cw as u32,
         width,
         height,
+    }
+}
+
+/// Writes the last row of an odd-height I420 `picture` (`w`x`h`) from the last row of a
+/// packed 4:2:2 frame (YUYV when `yuyv`, else UYVY): its luma, and the last chroma row.
+fn last_packed_422_row(row: &[u8], yuyv: bool, picture: &mut [u8], w: usize, h: usize) {
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let (luma_at, u_at, v_at) = if yuyv { (0, 1, 3) } else { (1, 0, 2) };
+    let (y, chroma) = picture.split_at_mut(w * h);
+    let (u, v) = chroma.split_at_mut(cw * ch);
+    for (x, out) in y[(h - 1) * w..].iter_mut().enumerate() {
+        *out = row[2 * x + luma_at];
+    }
+    let macropixels = row.chunks_exact(4);
+    let chroma_rows = u[(ch - 1) * cw..].iter_mut().zip(&mut v[(ch - 1) * cw..]);
+    for ((u, v), macropixel) in chroma_rows.zip(macropixels) {
+        (*u, *v) = (macropixel[u_at], macropixel[v_at]);
     }
 }
 
@@ -437,6 +461,35 @@ mod tests {
             for value in plane {
                 assert!((i32::from(*value) - expected).abs() <= 5, "{plane:?}");
             }
+        }
+    }
+
+    #[test]
+    fn an_odd_last_row_of_packed_422_is_converted_too() {
+        // 4x3: rows 0 and 1 pair up; row 2 (Y 40..43, U 120, V 170) stands alone.
+        let row = |y: u8, u: u8, v: u8, uyvy: bool| -> Vec<u8> {
+            let macropixel = |y0: u8| {
+                if uyvy {
+                    [u, y0, v, y0 + 1]
+                } else {
+                    [y0, u, y0 + 1, v]
+                }
+            };
+            [macropixel(y), macropixel(y + 2)].concat()
+        };
+        for (format, uyvy) in [(PixelFormat::Yuyv, false), (PixelFormat::Uyvy, true)] {
+            let frame = [
+                row(20, 100, 150, uyvy),
+                row(30, 110, 160, uyvy),
+                row(40, 120, 170, uyvy),
+            ]
+            .concat();
+            // A recycled buffer holding another picture's bytes.
+            let mut out = vec![0xEE; 4 * 3 + 2 * 2 * 2];
+            to_i420(layout(format, 4, 3, 0), &frame, &mut out).unwrap();
+            assert_eq!(&out[8..12], &[40, 41, 42, 43], "{format:?}: last luma row");
+            assert_eq!((out[14], out[15]), (120, 120), "{format:?}: last U row");
+            assert_eq!((out[18], out[19]), (170, 170), "{format:?}: last V row");
         }
     }
 
