@@ -2,6 +2,7 @@
 //! Conversions use the `yuv` (SIMD) and `zune-jpeg` crates; this module never touches a
 //! device and never panics on a short or corrupt buffer (it returns an error instead).
 
+use super::frame_pool::PictureOut;
 use std::fmt;
 use yuv::{
     BufferStoreMut, YuvConversionMode, YuvPackedImage, YuvPlanarImageMut, YuvRange,
@@ -144,10 +145,10 @@ impl Layout {
     }
 }
 
-/// Converts one captured frame into tightly packed I420, reusing `out`'s allocation.
+/// Converts one captured frame into tightly packed I420 in `out`, overwriting every byte.
 /// A frame the driver describes impossibly (no pixels, rows narrower than the picture,
 /// fewer bytes than its rows need) is an error before anything is read or allocated.
-pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), ConvertError> {
+pub fn to_i420(layout: Layout, data: &[u8], out: &mut impl PictureOut) -> Result<(), ConvertError> {
     if layout.width == 0 || layout.height == 0 {
         return Err(ConvertError::Empty {
             format: layout.format,
@@ -171,10 +172,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
         stride,
         need,
     };
-    let fill_out = |out: &mut Vec<u8>| {
-        out.clear();
-        out.resize(w * h + 2 * cw * ch, 0);
-    };
+    let picture_len = w * h + 2 * cw * ch;
     match layout.format {
         PixelFormat::Yuyv | PixelFormat::Uyvy => {
             // Two pixels per 4-byte macropixel.
@@ -195,8 +193,8 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
                 height: layout.height,
             };
             let yuyv = layout.format == PixelFormat::Yuyv;
-            fill_out(out);
-            let mut planar = planar_out(out, layout.width, layout.height);
+            let picture = out.sized(picture_len);
+            let mut planar = planar_out(picture, layout.width, layout.height);
             let result = if yuyv {
                 yuv::yuyv422_to_yuv420(&mut planar, &packed)
             } else {
@@ -206,7 +204,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
             if h % 2 == 1 {
                 // The yuv crate converts rows in pairs and leaves an odd last row unwritten.
                 let last_row = &data[stride * (h - 1)..need];
-                last_packed_422_row(last_row, yuyv, out, w, h);
+                last_packed_422_row(last_row, yuyv, picture, w, h);
             }
             Ok(())
         }
@@ -234,8 +232,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
                 (Some(luma), Some(need)) if data.len() >= need => (luma, need),
                 _ => return Err(short(need)),
             };
-            fill_out(out);
-            let (y_out, chroma_out) = out.split_at_mut(w * h);
+            let (y_out, chroma_out) = out.sized(picture_len).split_at_mut(w * h);
             copy_rows(&data[..luma], stride, y_out, w);
             let (u_out, v_out) = chroma_out.split_at_mut(cw * ch);
             let chroma = &data[luma..need];
@@ -256,8 +253,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut Vec<u8>) -> Result<(), Con
         }
         PixelFormat::Mjpeg => {
             let rgb = decode_jpeg(data, layout.width, layout.height)?;
-            fill_out(out);
-            let mut planar = planar_out(out, layout.width, layout.height);
+            let mut planar = planar_out(out.sized(picture_len), layout.width, layout.height);
             yuv::rgb_to_yuv420(
                 &mut planar,
                 &rgb,

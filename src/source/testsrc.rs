@@ -2,7 +2,7 @@
 //! clock, carrying the latency stamp. Lets everything downstream run without a camera.
 //! It must never burst frames to catch up, nor do per-pixel work it can do once.
 
-use super::frame_pool::FramePool;
+use super::frame_pool::{FramePool, PictureOut};
 use super::stamp;
 use super::{Frame, StreamedMode};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ impl TestSource {
     pub fn render(&mut self, sequence: u64, capture_us: u64) -> Frame {
         let (w, h) = (self.width as usize, self.height as usize);
         let mut i420 = self.buffers.take();
-        self.bars.fill(i420.as_vec_mut(), h);
+        self.bars.fill(i420.sized(w * h * 3 / 2), h);
         let frames_per_sweep = (SWEEP_SECONDS * u64::from(self.fps)).max(1);
         let phase = (sequence % frames_per_sweep) as usize;
         let sweep = frames_per_sweep as usize;
@@ -171,16 +171,13 @@ impl BarRows {
         }
     }
 
-    /// Replaces `frame` with the background picture, `h` rows high.
-    fn fill(&self, frame: &mut Vec<u8>, h: usize) {
-        frame.clear();
-        frame.reserve(self.luma.len() * h + self.u.len() * h);
-        for _ in 0..h {
-            frame.extend_from_slice(&self.luma);
-        }
-        for plane in [&self.u, &self.v] {
-            for _ in 0..h / 2 {
-                frame.extend_from_slice(plane);
+    /// Writes the background picture, `h` rows high, over all of `frame`.
+    fn fill(&self, frame: &mut [u8], h: usize) {
+        let (luma, chroma) = frame.split_at_mut(self.luma.len() * h);
+        let (u, v) = chroma.split_at_mut(self.u.len() * (h / 2));
+        for (plane, row) in [(luma, &self.luma), (u, &self.u), (v, &self.v)] {
+            for out in plane.chunks_exact_mut(row.len()) {
+                out.copy_from_slice(row);
             }
         }
     }

@@ -285,8 +285,7 @@ impl V4l2Source {
             stride: mode.stride,
         };
         let converting = std::time::Instant::now();
-        convert::to_i420(layout, data, i420.as_vec_mut())
-            .map_err(|e| SourceError::Frame(e.to_string()))?;
+        convert::to_i420(layout, data, &mut i420).map_err(|e| SourceError::Frame(e.to_string()))?;
         self.last_convert = converting.elapsed();
         Ok(Captured::Raw(Frame {
             width: mode.offer.width,
