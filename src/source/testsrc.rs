@@ -252,8 +252,8 @@ mod tests {
         let first = source.render(0, 0);
         let address = first.i420.as_ptr();
         drop(first);
-        // Without the pool, the allocator would hand the freed block to this decoy.
-        let decoy = vec![0u8; 64 * 32 * 3 / 2];
+        // Without the pool, the kernel would hand the freed mapping's range to this decoy.
+        let decoy = memmap2::MmapMut::map_anon(64 * 32 * 3 / 2).unwrap();
         let second = source.render(1, 0);
         assert_eq!(second.i420.as_ptr(), address, "no allocation per frame");
         assert_ne!(decoy.as_ptr(), address);
