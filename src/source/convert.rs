@@ -193,8 +193,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut impl PictureOut) -> Result
                 height: layout.height,
             };
             let yuyv = layout.format == PixelFormat::Yuyv;
-            let picture = out.sized(picture_len);
-            let mut planar = planar_out(picture, layout.width, layout.height);
+            let mut planar = planar_out(out.sized(picture_len), layout.width, layout.height);
             let result = if yuyv {
                 yuv::yuyv422_to_yuv420(&mut planar, &packed)
             } else {
@@ -203,8 +202,7 @@ pub fn to_i420(layout: Layout, data: &[u8], out: &mut impl PictureOut) -> Result
             result.map_err(|e| ConvertError::Library(e.to_string()))?;
             if h % 2 == 1 {
                 // The yuv crate converts rows in pairs and leaves an odd last row unwritten.
-                let last_row = &data[stride * (h - 1)..need];
-                last_packed_422_row(last_row, yuyv, picture, w, h);
+                last_packed_422_row(&data[stride * (h - 1)..need], yuyv, &mut planar);
             }
             Ok(())
         }
@@ -320,20 +318,22 @@ fn planar_out(out: &mut [u8], width: u32, height: u32) -> YuvPlanarImageMut<'_, 
     }
 }
 
-/// Writes the last row of an odd-height I420 `picture` (`w`x`h`) from the last row of a
-/// packed 4:2:2 frame (YUYV when `yuyv`, else UYVY): its luma, and the last chroma row.
-fn last_packed_422_row(row: &[u8], yuyv: bool, picture: &mut [u8], w: usize, h: usize) {
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+/// Writes the last row of an odd-height I420 picture from the last row of a packed 4:2:2
+/// frame (YUYV when `yuyv`, else UYVY): its luma, and the last chroma row.
+fn last_packed_422_row(row: &[u8], yuyv: bool, planar: &mut YuvPlanarImageMut<'_, u8>) {
+    let (w, cw) = (planar.y_stride as usize, planar.u_stride as usize);
     let (luma_at, u_at, v_at) = if yuyv { (0, 1, 3) } else { (1, 0, 2) };
-    let (y, chroma) = picture.split_at_mut(w * h);
-    let (u, v) = chroma.split_at_mut(cw * ch);
-    for (x, out) in y[(h - 1) * w..].iter_mut().enumerate() {
+    let y = planar.y_plane.borrow_mut();
+    let last_luma = y.len() - w;
+    for (x, out) in y[last_luma..].iter_mut().enumerate() {
         *out = row[2 * x + luma_at];
     }
-    let macropixels = row.chunks_exact(4);
-    let chroma_rows = u[(ch - 1) * cw..].iter_mut().zip(&mut v[(ch - 1) * cw..]);
-    for ((u, v), macropixel) in chroma_rows.zip(macropixels) {
-        (*u, *v) = (macropixel[u_at], macropixel[v_at]);
+    for (plane, at) in [(&mut planar.u_plane, u_at), (&mut planar.v_plane, v_at)] {
+        let plane = plane.borrow_mut();
+        let last_row = plane.len() - cw;
+        for (out, macropixel) in plane[last_row..].iter_mut().zip(row.chunks_exact(4)) {
+            *out = macropixel[at];
+        }
     }
 }
 
