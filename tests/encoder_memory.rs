@@ -15,17 +15,13 @@ use peercam::source::testsrc::TestSource;
 /// own malloc + memset, by 18.2 MiB: this catches the patch being lost.
 const MAX_GROWTH_MIB: f64 = 12.0;
 
-fn rss_anon_kib() -> u64 {
-    common::proc_status_kib("self", "RssAnon").expect("RssAnon in /proc/self/status")
-}
-
 #[test]
 fn a_720p_encoder_keeps_only_what_it_writes_resident() {
     let (width, height) = (1280, 720);
     // The frames are made first, so their memory is in the baseline.
     let mut source = TestSource::new(width, height, 30).expect("testsrc");
     let frames: Vec<_> = (0..10).map(|_| source.next_frame()).collect();
-    let before = rss_anon_kib();
+    let before = common::own_rss_anon_kib();
     let mut encoder = H264Encoder::new(EncoderSettings {
         width,
         height,
@@ -41,7 +37,7 @@ fn a_720p_encoder_keeps_only_what_it_writes_resident() {
             keyframes += usize::from(encoded.keyframe);
         }
     }
-    let grown_mib = rss_anon_kib().saturating_sub(before) as f64 / 1024.0;
+    let grown_mib = common::own_rss_anon_kib().saturating_sub(before) as f64 / 1024.0;
     println!("720p encoder: anonymous memory grew by {grown_mib:.1} MiB over 10 frames");
     assert!(keyframes >= 2, "the first and the forced IDR: {keyframes}");
     assert!(

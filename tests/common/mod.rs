@@ -599,3 +599,8 @@ pub fn proc_status_kib(process: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     parse_status_kib(&status, field)
 }
+
+/// This test process's anonymous resident memory (`RssAnon`), in KiB.
+pub fn own_rss_anon_kib() -> u64 {
+    proc_status_kib("self", "RssAnon").expect("RssAnon in /proc/self/status")
+}
